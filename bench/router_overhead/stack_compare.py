@@ -1,0 +1,234 @@
+"""Pick the router's server stack by measurement: minimal pass-through proxies compared.
+
+Each variant is the smallest proxy that forwards a POST body to one upstream and relays the
+response back (buffered for JSON, chunk by chunk for SSE). The same load generator runs
+against the upstream directly (the baseline) and through each variant, in the same run, so
+the results are ratios on this machine rather than absolute numbers.
+
+    PYTHONPATH=router python bench/router_overhead/stack_compare.py --requests 2000
+
+Writes stack_compare.json and stack_compare.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BODY = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 16}
+).encode()
+REPLY = json.dumps(
+    {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "w " * 60}}]}
+).encode()
+VARIANTS = ["aiohttp+aiohttp", "aiohttp+httpx", "aiohttp+httpx-aiohttp", "uvicorn+httpx",
+            "uvicorn+httpx-aiohttp"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_upstream(port: int) -> None:
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if b'"stream": true' in body:
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for i in range(16):
+                await resp.write(b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i)
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        return web.Response(body=REPLY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_proxy(variant: str, port: int, upstream: str) -> None:
+    server, _, client = variant.partition("+")
+    target = upstream + "/v1/chat/completions"
+    if server == "aiohttp":
+        from aiohttp import ClientSession, TCPConnector, web
+
+        async def on_start(app: web.Application) -> None:
+            if client == "aiohttp":
+                app["c"] = ClientSession(connector=TCPConnector(limit=256))
+            else:
+                app["c"] = make_httpx(client)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            headers = {"content-type": "application/json"}
+            if client == "aiohttp":
+                async with request.app["c"].post(target, data=body, headers=headers) as up:
+                    out = web.StreamResponse(status=up.status,
+                                             headers={"content-type": up.content_type})
+                    await out.prepare(request)
+                    async for chunk in up.content.iter_any():
+                        await out.write(chunk)
+                    await out.write_eof()
+                    return out
+            req = request.app["c"].build_request("POST", target, content=body, headers=headers)
+            up = await request.app["c"].send(req, stream=True)
+            try:
+                out = web.StreamResponse(status=up.status_code,
+                                         headers={"content-type": up.headers["content-type"]})
+                await out.prepare(request)
+                async for chunk in up.aiter_raw():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+            finally:
+                await up.aclose()
+
+        app = web.Application()
+        app.on_startup.append(on_start)
+        app.router.add_post("/v1/chat/completions", handler)
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+        return
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    state: dict[str, Any] = {}
+
+    async def shandler(request: Request) -> StreamingResponse:
+        if "c" not in state:
+            state["c"] = make_httpx(client)
+        body = await request.body()
+        c = state["c"]
+        req = c.build_request("POST", target, content=body,
+                              headers={"content-type": "application/json"})
+        up = await c.send(req, stream=True)
+        return StreamingResponse(up.aiter_raw(), status_code=up.status_code,
+                                 media_type=up.headers["content-type"],
+                                 background=None)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", shandler, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def make_httpx(client: str) -> Any:
+    import httpx
+
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    if client == "httpx-aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=30)
+    return httpx.AsyncClient(limits=limits, timeout=30)
+
+
+async def wait_port(port: int, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+async def load(url: str, n: int, conc: int, stream: bool) -> dict[str, float]:
+    import aiohttp
+
+    body = BODY.replace(b'"max_tokens"', b'"stream": true, "max_tokens"') if stream else BODY
+    lat: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+        queue = iter(range(n))
+
+        async def worker() -> None:
+            for _ in queue:
+                t0 = time.perf_counter()
+                async with s.post(url, data=body,
+                                  headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(r.status)
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    return {"p50_ms": statistics.median(lat) * 1e3,
+            "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3, "rps": n / wall}
+
+
+async def run(args: argparse.Namespace) -> None:
+    procs: list[subprocess.Popen[bytes]] = []
+    me = [sys.executable, str(Path(__file__).resolve())]
+    up_port = free_port()
+    procs.append(subprocess.Popen([*me, "upstream", str(up_port)]))
+    results: dict[str, Any] = {}
+    try:
+        await wait_port(up_port)
+        upstream = f"http://127.0.0.1:{up_port}"
+        targets = {"direct": upstream}
+        for v in args.variants:
+            p = free_port()
+            procs.append(subprocess.Popen([*me, "proxy", v, str(p), upstream]))
+            targets[v] = f"http://127.0.0.1:{p}"
+        for t in targets.values():
+            await wait_port(int(t.rsplit(":", 1)[1]))
+        for stream in (False, True):
+            for name, base in targets.items():
+                url = base + "/v1/chat/completions"
+                await load(url, 200, args.concurrency, stream)  # warm-up
+                r = await load(url, args.requests, args.concurrency, stream)
+                results[f"{name}|{'stream' if stream else 'json'}"] = r
+                print(name, "stream" if stream else "json", {k: round(v, 2) for k, v in r.items()})
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+    (HERE / "stack_compare.json").write_text(json.dumps(
+        {"concurrency": args.concurrency, "requests": args.requests, "results": results},
+        indent=2))
+    lines = ["| variant | mode | p50 ms | p99 ms | req/s | added p50 ms |", "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        name, mode = key.split("|")
+        base = results[f"direct|{mode}"]["p50_ms"]
+        lines.append(f"| {name} | {mode} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['rps']:.0f} | {r['p50_ms'] - base:.2f} |")
+    (HERE / "stack_compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "upstream":
+        serve_upstream(int(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "proxy":
+        serve_proxy(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--variants", nargs="*", default=VARIANTS)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

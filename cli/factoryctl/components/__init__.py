@@ -1,0 +1,1 @@
+"""The components of the local fleet, one module each (see `factoryctl.fleet`)."""

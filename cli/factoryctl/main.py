@@ -1,0 +1,157 @@
+"""The `factoryctl` command line (typer): `factoryctl dev tools|up|down|status|env`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from factoryctl import fleet
+from factoryctl.errors import FactoryctlError
+from factoryctl.home import FleetHome, default_home
+from factoryctl.toolchain import ensure_tools
+from factoryctl.topology import DEFAULT_TOPOLOGY, load_topology
+
+app = typer.Typer(
+    help="Inference Factory: operate a multi-region LLM inference fleet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dev = typer.Typer(
+    help="The local fleet: a real control plane with simulated accelerators.", no_args_is_help=True
+)
+app.add_typer(dev, name="dev")
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="FACTORY_HOME",
+        help="Fleet home: keeps this fleet's state, names and ports apart.",
+    ),
+]
+TopologyOption = Annotated[
+    Path, typer.Option("--topology", help="Topology file (regions, node pools, round trips).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _progress(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _context(home: Path | None, topology: Path) -> fleet.FleetContext:
+    return fleet.FleetContext(FleetHome(home or default_home()), load_topology(topology), _progress)
+
+
+def _fail(exc: FactoryctlError) -> typer.Exit:
+    print(f"error: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    return typer.Exit(1)
+
+
+@dev.command()
+def tools(json_output: JsonOption = False) -> None:
+    """Find or build the pinned binaries (Kubernetes, etcd, kwok, Helm) into the cache."""
+    try:
+        toolchain = ensure_tools(_progress)
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        print(json.dumps(toolchain.as_dict(), indent=2))
+    else:
+        for name, path in toolchain.as_dict().items():
+            print(f"{name:<24} {path}")
+
+
+@dev.command()
+def up(
+    home: HomeOption = None,
+    topology: TopologyOption = DEFAULT_TOPOLOGY,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated components to bring up (default: all).")
+    ] = None,
+) -> None:
+    """Bring the local fleet up, component by component (idempotent)."""
+    started = time.monotonic()
+    try:
+        ctx = _context(home, topology)
+        fleet.up(ctx, only.split(",") if only else None)
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+    _progress(f"fleet up in {time.monotonic() - started:.1f}s (home: {ctx.home.root})")
+    _print_env(env_of(ctx), json_output=False)
+
+
+@dev.command()
+def down(home: HomeOption = None, topology: TopologyOption = DEFAULT_TOPOLOGY) -> None:
+    """Stop everything the fleet started; leaves no process behind."""
+    try:
+        fleet.down(_context(home, topology))
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+
+
+@dev.command()
+def status(
+    home: HomeOption = None,
+    topology: TopologyOption = DEFAULT_TOPOLOGY,
+    json_output: JsonOption = False,
+) -> None:
+    """Say what runs, component by component."""
+    try:
+        statuses = fleet.status(_context(home, topology))
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        print(json.dumps([s.__dict__ for s in statuses], indent=2, default=str))
+        return
+    for s in statuses:
+        print(f"{s.name:<12} {s.state:<9} {s.detail}")
+
+
+def env_of(ctx: fleet.FleetContext) -> dict[str, Any]:
+    """The fleet's endpoints, in the shape of `factoryctl dev env --json`."""
+    recorded: dict[str, Any] = ctx.home.state().get("env", {})
+    return {
+        "home": str(ctx.home.root),
+        "kubeconfig": str(ctx.home.kubeconfig) if ctx.home.kubeconfig.exists() else None,
+        "prometheus_url": recorded.get("prometheus_url"),
+        "router_url": recorded.get("router_url"),
+        "admin_key": recorded.get("admin_key"),
+        "tenants": recorded.get("tenants", {}),
+        **{k: v for k, v in recorded.items() if k not in {"tenants"}},
+    }
+
+
+def _print_env(values: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(values, indent=2))
+        return
+    if values["kubeconfig"]:
+        print(f"export KUBECONFIG={values['kubeconfig']}")
+    for key, value in values.items():
+        if key not in {"kubeconfig", "tenants", "home"} and value:
+            print(f"# {key}: {value}")
+
+
+@dev.command()
+def env(
+    home: HomeOption = None,
+    topology: TopologyOption = DEFAULT_TOPOLOGY,
+    json_output: JsonOption = False,
+) -> None:
+    """Print KUBECONFIG and the fleet's other endpoints (shell or --json)."""
+    try:
+        _print_env(env_of(_context(home, topology)), json_output)
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,104 @@
+"""Background processes of the local fleet, tracked by pid files in the fleet home.
+
+Each process runs in a session of its own (so a stop reaches its children), logs to
+`<home>/logs/<name>.log`, and is stopped with SIGTERM, then SIGKILL after a deadline.
+A pid file also records the process's start time, so a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from factoryctl.home import FleetHome
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    # Field 22 of /proc/<pid>/stat is the start time; field 3 the state (Z: zombie).
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _pidfile(home: FleetHome, name: str) -> Path:
+    return home.run_dir / f"{name}.json"
+
+
+def running_pid(home: FleetHome, name: str) -> int | None:
+    """The pid of process `name` if it is still the one we started."""
+    try:
+        record = json.loads(_pidfile(home, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid = int(record["pid"])
+    if _start_time(pid) != record.get("start"):
+        return None
+    return pid
+
+
+def start(
+    home: FleetHome,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start `argv` detached as process `name` unless it already runs; return its pid."""
+    if (pid := running_pid(home, name)) is not None:
+        return pid
+    home.ensure()
+    log = (home.logs_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    log.close()
+    record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": list(argv)}
+    _pidfile(home, name).write_text(json.dumps(record))
+    return proc.pid
+
+
+def stop(home: FleetHome, name: str, grace: float = 10.0) -> bool:
+    """Stop process `name` and its session; True if something was running."""
+    pid = running_pid(home, name)
+    _pidfile(home, name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
+    return _start_time(pid) is not None
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def names(home: FleetHome) -> list[str]:
+    """Names of every process with a pid file in this home."""
+    return sorted(p.stem for p in home.run_dir.glob("*.json"))

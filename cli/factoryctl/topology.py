@@ -1,0 +1,235 @@
+"""The local fleet's topology file, and the Node objects it describes.
+
+The file (`deploy/local/topology.yaml`) names regions, their jurisdictions, node pools by AWS
+instance type, and inter-region round trips. `node_manifests()` turns it into kwok-managed
+`v1.Node` objects with the labels, capacity and taints that real clusters carry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from factoryctl.errors import TopologyError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TOPOLOGY = REPO_ROOT / "deploy" / "local" / "topology.yaml"
+
+
+class InstanceShape(BaseModel):
+    """What one AWS instance type offers, as a node advertises it."""
+
+    cpu: int
+    memory_gi: int
+    accelerator_kind: str | None = None  # "nvidia" | "neuron"
+    accelerator_type: str | None = None  # "H100", "L4", "inf2", "trn1"
+    accelerators: int = 0
+    neuron_cores: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    taint_value: str | None = None
+
+
+# NVIDIA labels are those GPU feature discovery sets (product, count, memory in MiB, family,
+# compute capability). Neuron nodes carry Karpenter's well-known accelerator labels; the Neuron
+# device plugin advertises aws.amazon.com/neuron (devices), /neuroncore and /neurondevice.
+# Taints differ by provisioner: GKE uses nvidia.com/gpu=present, Karpenter setups
+# nvidia.com/gpu=true; both occur here so that pools must tolerate the key with Exists.
+INSTANCE_SHAPES: dict[str, InstanceShape] = {
+    "p5.48xlarge": InstanceShape(
+        cpu=192,
+        memory_gi=2048,
+        accelerator_kind="nvidia",
+        accelerator_type="H100",
+        accelerators=8,
+        taint_value="true",
+        labels={
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+            "nvidia.com/gpu.count": "8",
+            "nvidia.com/gpu.memory": "81559",
+            "nvidia.com/gpu.family": "hopper",
+            "nvidia.com/gpu.compute.major": "9",
+            "nvidia.com/gpu.compute.minor": "0",
+            "nvidia.com/gpu.machine": "p5.48xlarge",
+        },
+    ),
+    "g6.12xlarge": InstanceShape(
+        cpu=48,
+        memory_gi=192,
+        accelerator_kind="nvidia",
+        accelerator_type="L4",
+        accelerators=4,
+        taint_value="present",
+        labels={
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": "NVIDIA-L4",
+            "nvidia.com/gpu.count": "4",
+            "nvidia.com/gpu.memory": "23034",
+            "nvidia.com/gpu.family": "ada-lovelace",
+            "nvidia.com/gpu.compute.major": "8",
+            "nvidia.com/gpu.compute.minor": "9",
+            "nvidia.com/gpu.machine": "g6.12xlarge",
+        },
+    ),
+    "inf2.48xlarge": InstanceShape(
+        cpu=192,
+        memory_gi=768,
+        accelerator_kind="neuron",
+        accelerator_type="inf2",
+        accelerators=12,
+        neuron_cores=24,
+        taint_value="",
+        labels={
+            "karpenter.k8s.aws/instance-accelerator-manufacturer": "aws",
+            "karpenter.k8s.aws/instance-accelerator-name": "inferentia",
+            "karpenter.k8s.aws/instance-accelerator-count": "12",
+            "karpenter.k8s.aws/instance-family": "inf2",
+        },
+    ),
+    "trn1.32xlarge": InstanceShape(
+        cpu=128,
+        memory_gi=512,
+        accelerator_kind="neuron",
+        accelerator_type="trn1",
+        accelerators=16,
+        neuron_cores=32,
+        taint_value="",
+        labels={
+            "karpenter.k8s.aws/instance-accelerator-manufacturer": "aws",
+            "karpenter.k8s.aws/instance-accelerator-name": "trainium",
+            "karpenter.k8s.aws/instance-accelerator-count": "16",
+            "karpenter.k8s.aws/instance-family": "trn1",
+        },
+    ),
+    "m7i.4xlarge": InstanceShape(cpu=16, memory_gi=64),
+}
+
+RESOURCE_BY_KIND = {"nvidia": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
+
+
+class NodePool(BaseModel):
+    """A group of identical nodes in one region."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    instance_type: str = Field(alias="instanceType")
+    count: int = Field(ge=0, le=50)
+
+
+class Region(BaseModel):
+    """One region of the local fleet."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    jurisdiction: str = Field(pattern=r"^[A-Z]{2,8}$")
+    zones: list[str] = Field(min_length=1)
+    nodePools: list[NodePool]
+
+
+class Topology(BaseModel):
+    """The whole topology file."""
+
+    model_config = ConfigDict(extra="forbid")
+    intraRegionRttMs: float = 2.0
+    regions: list[Region] = Field(min_length=1)
+    rttMs: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    def rtt_ms(self, a: str, b: str) -> float:
+        """Round trip between two regions, symmetric; intra-region when equal."""
+        if a == b:
+            return self.intraRegionRttMs
+        found = self.rttMs.get(a, {}).get(b)
+        if found is None:
+            found = self.rttMs.get(b, {}).get(a)
+        if found is None:
+            raise TopologyError(f"no round trip between {a} and {b} in the topology file")
+        return found
+
+    def rtt_table(self, region: str) -> dict[str, float]:
+        """Round trips from every region to `region`."""
+        return {other.name: self.rtt_ms(other.name, region) for other in self.regions}
+
+
+def load_topology(path: Path | None = None) -> Topology:
+    """Read and validate the topology file; unknown instance types are refused."""
+    path = path or DEFAULT_TOPOLOGY
+    try:
+        topology = Topology.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError as exc:
+        raise TopologyError(f"topology file {path} not found") from exc
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise TopologyError(f"topology file {path} is invalid: {exc}") from exc
+    for region in topology.regions:
+        for pool in region.nodePools:
+            if pool.instance_type not in INSTANCE_SHAPES:
+                raise TopologyError(
+                    f"{path}: region {region.name} pool {pool.name}: unknown instance type "
+                    f"{pool.instance_type!r}; known: {', '.join(sorted(INSTANCE_SHAPES))}"
+                )
+    names = [r.name for r in topology.regions]
+    for a in names:
+        for b in names:
+            topology.rtt_ms(a, b)
+    return topology
+
+
+def node_manifests(topology: Topology) -> list[dict[str, Any]]:
+    """Every fake Node of the topology, ready for `kubectl apply`."""
+    nodes = []
+    for region in topology.regions:
+        for pool in region.nodePools:
+            shape = INSTANCE_SHAPES[pool.instance_type]
+            for index in range(pool.count):
+                nodes.append(_node(region, pool, shape, index))
+    return nodes
+
+
+def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> dict[str, Any]:
+    name = f"{region.name}-{pool.name}-{index}"
+    zone = region.zones[index % len(region.zones)]
+    capacity = {"cpu": str(shape.cpu), "memory": f"{shape.memory_gi}Gi", "pods": "110"}
+    taints: list[dict[str, str]] = []
+    if shape.accelerator_kind is not None:
+        resource = RESOURCE_BY_KIND[shape.accelerator_kind]
+        capacity[resource] = str(shape.accelerators)
+        taint = {"key": resource, "effect": "NoSchedule"}
+        if shape.taint_value:
+            taint["value"] = shape.taint_value
+        taints.append(taint)
+    if shape.accelerator_kind == "neuron":
+        capacity["aws.amazon.com/neuroncore"] = str(shape.neuron_cores)
+        capacity["aws.amazon.com/neurondevice"] = str(shape.accelerators)
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": pool.instance_type,
+        "topology.kubernetes.io/region": region.name,
+        "topology.kubernetes.io/zone": zone,
+        "inference.factory.dev/node-pool": pool.name,
+        "type": "kwok",
+        **shape.labels,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": taints} if taints else {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "containerRuntimeVersion": "kwok",
+            },
+        },
+    }

@@ -1,0 +1,132 @@
+"""FleetRegion (cluster-scoped): one region of the fleet, its jurisdiction and its economics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    API_VERSION,
+    JURISDICTION,
+    MAX_CONDITIONS,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_URI,
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    cel,
+    cel_rules,
+)
+
+URL_PATTERN = r"^https?://[^\s]+$"
+REGION_LABEL = "topology.kubernetes.io/region"
+
+
+class PrometheusRef(ApiModel):
+    """Where the region's Prometheus answers PromQL (used by the router's load snapshot)."""
+
+    url: str = Field(description="Base URL of the Prometheus HTTP API.", max_length=MAX_URI,
+                     pattern=URL_PATTERN)
+
+
+class FleetRegionSpec(ApiModel):
+    """Desired description of a region."""
+
+    model_config = {
+        "json_schema_extra": cel_rules(
+            cel("!has(self.pricing) || self.pricing.all(t, self.pricing[t] >= 0.0)",
+                "pricing values must not be negative", ".pricing"),
+            cel("!has(self.power) || self.power.all(t, self.power[t] > 0)",
+                "power values must be positive watts", ".power"),
+        )
+    }
+
+    jurisdiction: str = Field(
+        description="Legal zone whose rules apply to data processed here, as an upper-case "
+        "code (EU, US, UK, IN, ...). Residency rules of factories and tenants match it.",
+        pattern=JURISDICTION,
+        max_length=8,
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Labels that select this region's nodes. Default: "
+        "topology.kubernetes.io/region=<metadata.name>.",
+        json_schema_extra={"maxProperties": MAX_LABELS},
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="Where this region's traffic enters (one-cluster-per-region fleets).",
+        max_length=MAX_URI,
+        pattern=URL_PATTERN,
+    )
+    prometheus: PrometheusRef | None = Field(
+        default=None, description="The region's Prometheus, if it has its own."
+    )
+    pricing: dict[str, float] | None = Field(
+        default=None,
+        description="Price per accelerator-hour (USD) by accelerator type (H100, L4, inf2...).",
+        json_schema_extra={"maxProperties": MAX_LABELS},
+    )
+    power: dict[str, int] | None = Field(
+        default=None,
+        description="Power draw per accelerator in watts, by accelerator type.",
+        json_schema_extra={"maxProperties": MAX_LABELS},
+    )
+
+    def selector(self, region_name: str) -> dict[str, str]:
+        """The node selector in force (the default when none is given)."""
+        return dict(self.node_selector) if self.node_selector else {REGION_LABEL: region_name}
+
+
+class AcceleratorCapacity(ApiModel):
+    """Accelerators of one resource seen on the region's nodes."""
+
+    resource: str = Field(description="Extended resource name, e.g. nvidia.com/gpu.",
+                          max_length=MAX_NAME)
+    product: str | None = Field(default=None, description="Product label when known "
+                                "(nvidia.com/gpu.product or node.kubernetes.io/instance-type).",
+                                max_length=MAX_NAME)
+    nodes: int = Field(description="Ready, schedulable nodes offering this resource.", ge=0)
+    allocatable: int = Field(description="Sum of allocatable units on those nodes.", ge=0)
+    max_per_node: int = Field(description="Largest allocatable count on one node.", ge=0)
+
+
+class FleetRegionStatus(ApiModel):
+    """What the operator observed about the region."""
+
+    observed_generation: int | None = Field(default=None, description="Generation observed.",
+                                            ge=0)
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready: the region has ready nodes.",
+        max_length=MAX_CONDITIONS,
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]},
+    )
+    nodes: int = Field(default=0, description="Nodes matching the region's selector.", ge=0)
+    ready_nodes: int = Field(default=0, description="Of those, Ready and schedulable.", ge=0)
+    accelerators: list[AcceleratorCapacity] = Field(
+        default_factory=list, description="Accelerator capacity by resource and product.",
+        max_length=32,
+    )
+    accelerator_summary: str = Field(
+        default="", description="Short text for kubectl get, e.g. '16 nvidia.com/gpu'.",
+        max_length=MAX_URI,
+    )
+
+
+class FleetRegion(ApiModel):
+    """A FleetRegion object as read from the API server."""
+
+    api_version: Literal["inference.factory.dev/v1alpha1"] = Field(
+        default=API_VERSION, description="API version.")
+    kind: Literal["FleetRegion"] = Field(default="FleetRegion", description="Kind.")
+    metadata: ObjectMeta = Field(description="Object metadata.")
+    spec: FleetRegionSpec = Field(description="Desired state.")
+    status: FleetRegionStatus | None = Field(default=None, description="Observed state.")
+
+    @property
+    def name(self) -> str:
+        """The region's name (metadata.name)."""
+        return self.metadata.name

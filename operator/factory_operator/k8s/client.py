@@ -1,0 +1,150 @@
+"""The one gateway to the API server: a sync ``kubernetes`` dynamic client run in threads.
+
+Every request has an explicit (connect, read) timeout from the settings, and every write
+is counted in ``OperatorMetrics.api_writes``. API errors are translated into the operator's
+error tree (``api.errors``): 404 -> None/ignored where absence is fine, 409 -> ConflictError,
+429/5xx/connection errors -> ApiUnavailableError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import (
+    ApiException,
+    ConflictError as K8sConflict,
+    NotFoundError,
+    ResourceNotFoundError,
+)
+from urllib3.exceptions import HTTPError
+
+from factory_operator.api.errors import ApiUnavailableError, ConflictError
+from factory_operator.plan import OperatorSettings
+
+from .metrics import OperatorMetrics
+
+FIELD_MANAGER = "inference-factory"
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+def load_api_client() -> Any:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s_client.ApiClient()
+
+
+class Kube:
+    """Async facade over the dynamic client (each call runs in a worker thread)."""
+
+    def __init__(self, api_client: Any, settings: OperatorSettings,
+                 metrics: OperatorMetrics) -> None:
+        self.dynamic = DynamicClient(api_client)
+        self.settings = settings
+        self.metrics = metrics
+        self.timeout = (settings.api_connect_timeout_seconds, settings.api_timeout_seconds)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except K8sConflict as err:
+            raise ConflictError(str(err)) from err
+        except ApiException as err:
+            if err.status in (429, 500, 502, 503, 504):
+                raise ApiUnavailableError(f"API server answered {err.status}") from err
+            raise
+        except HTTPError as err:
+            raise ApiUnavailableError(str(err)) from err
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    async def has_kind(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind (e.g. the PodMonitor CRD is installed)."""
+        def probe() -> bool:
+            try:
+                self._resource(api_version, kind)
+            except ResourceNotFoundError:
+                return False
+            return True
+        self.metrics.api_reads.labels(kind="Discovery").inc()
+        return await self._call(probe)
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[Obj]:
+        """Items of a kind as plain dicts."""
+        def run() -> list[Obj]:
+            res = self._resource(api_version, kind)
+            out = self.dynamic.get(res, namespace=namespace, label_selector=label_selector,
+                                   field_selector=field_selector,
+                                   _request_timeout=self.timeout)
+            return [item.to_dict() for item in out.items]
+        self.metrics.api_reads.labels(kind=kind).inc()
+        return await self._call(run)
+
+    async def get(self, api_version: str, kind: str, name: str,
+                  namespace: str | None = None) -> Obj | None:
+        """One object, or None when it does not exist."""
+        def run() -> Obj | None:
+            try:
+                obj = self.dynamic.get(self._resource(api_version, kind), name=name,
+                                       namespace=namespace, _request_timeout=self.timeout)
+            except NotFoundError:
+                return None
+            return dict(obj.to_dict())
+        self.metrics.api_reads.labels(kind=kind).inc()
+        return await self._call(run)
+
+    async def apply(self, manifest: Obj) -> None:
+        """Server-side apply under the operator's field manager; force takes back our fields
+        from a concurrent writer instead of failing on the conflict."""
+        meta = manifest["metadata"]
+        def run() -> None:
+            self.dynamic.server_side_apply(
+                self._resource(manifest["apiVersion"], manifest["kind"]), body=manifest,
+                name=meta["name"], namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER, force_conflicts=True,
+                _request_timeout=self.timeout)
+        self.metrics.api_writes.labels(verb="apply", kind=manifest["kind"]).inc()
+        await self._call(run)
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        """Delete (foreground-free, background propagation); absent is fine."""
+        def run() -> None:
+            try:
+                self.dynamic.delete(self._resource(api_version, kind), name=name,
+                                    namespace=namespace, body={"propagationPolicy": "Background"},
+                                    _request_timeout=self.timeout)
+            except NotFoundError:
+                return
+        self.metrics.api_writes.labels(verb="delete", kind=kind).inc()
+        await self._call(run)
+
+    async def patch_status(self, api_version: str, kind: str, name: str,
+                           namespace: str | None, status: Obj) -> None:
+        """Merge-patch the status subresource (lists such as conditions are replaced whole)."""
+        def run() -> None:
+            res = self._resource(api_version, kind)
+            self.dynamic.patch(res.subresources["status"], body={"status": status}, name=name,
+                               namespace=namespace, content_type="application/merge-patch+json",
+                               _request_timeout=self.timeout)
+        self.metrics.api_writes.labels(verb="patch-status", kind=kind).inc()
+        await self._call(run)
+
+    async def create_event(self, event: Obj) -> None:
+        """Record a core/v1 Event."""
+        def run() -> None:
+            self.dynamic.create(self._resource("v1", "Event"), body=event,
+                                namespace=event["metadata"]["namespace"],
+                                _request_timeout=self.timeout)
+        self.metrics.api_writes.labels(verb="create", kind="Event").inc()
+        await self._call(run)

@@ -1,0 +1,187 @@
+"""``plan_factory``: the one pure function every handler calls.
+
+spec + regions + observed world -> children to apply, children to delete, status, events.
+Residency fails closed: a pool whose FleetRegion is unknown or whose jurisdiction is not
+allowed is never deployed, and its running children are deleted; the other pools run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from factory_operator.api import (
+    FleetRegion,
+    InferenceFactory,
+    InferenceFactoryStatus,
+    Pool,
+    PoolStatus,
+)
+from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.errors import SpecError
+
+from .engine import merge_engine, resolve_profile, revision_hash, tensor_parallel_size, vllm_args
+from .observed import ChildRef, Observed, PodProblem
+from .settings import OperatorSettings
+from .status import summarize
+from .workload import (
+    Manifest,
+    PoolContext,
+    deployment,
+    pod_disruption_budget,
+    pod_monitor,
+    service,
+    service_endpoint,
+)
+
+STOP_REASONS = {"ResidencyViolation", "UnknownRegion"}
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """A Kubernetes Event to record on the factory."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one reconcile should do."""
+
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    status: InferenceFactoryStatus = field(default_factory=InferenceFactoryStatus)
+    events: list[PlannedEvent] = field(default_factory=list)
+    permanent_error: str | None = None
+
+
+@dataclass
+class _Outcome:
+    status: PoolStatus
+    message: str = ""
+    children: list[Manifest] = field(default_factory=list)
+
+
+def _blocked(pool: Pool, jurisdiction: str | None, reason: str, message: str,
+             ready: int) -> _Outcome:
+    return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
+                               state="Blocked", reason=reason, desired_replicas=0,
+                               ready_replicas=ready), message)
+
+
+def _capacity_gap(pool: Pool, selector: dict[str, str], observed: Observed) -> str | None:
+    """Why no node can host one replica, or None when one can."""
+    resource = RESOURCE_BY_KIND[pool.accelerator.kind]
+    wanted = {**selector, **(pool.node_selector or {})}
+    best = max((n.allocatable.get(resource, 0) for n in observed.nodes
+                if n.ready and n.schedulable
+                and all(n.labels.get(k) == v for k, v in wanted.items())), default=0)
+    if best >= pool.accelerator.count:
+        return None
+    return (f"needs {pool.accelerator.count} {resource} per replica; the largest matching node "
+            f"in region {pool.region} offers {best}")
+
+
+def _plan_pool(factory: InferenceFactory, pool: Pool, regions: Mapping[str, FleetRegion],
+               observed: Observed, settings: OperatorSettings) -> _Outcome:
+    running = observed.deployments.get(pool.name)
+    ready = running.ready_replicas if running else 0
+    region = regions.get(pool.region)
+    if region is None:
+        return _blocked(pool, None, "UnknownRegion",
+                        f"FleetRegion {pool.region} does not exist; not deployed", ready)
+    jurisdiction = region.spec.jurisdiction
+    allowed = factory.spec.residency.jurisdictions if factory.spec.residency else None
+    if allowed is not None and jurisdiction not in allowed:
+        return _blocked(pool, jurisdiction, "ResidencyViolation",
+                        f"region {pool.region} is in {jurisdiction}, outside "
+                        f"spec.residency.jurisdictions {sorted(allowed)}; not deployed", ready)
+    if settings.region is not None and pool.region != settings.region:
+        return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
+                                   state="ManagedElsewhere", reason="ManagedElsewhere",
+                                   desired_replicas=pool.replicas.min, ready_replicas=0),
+                        f"reconciled by the operator of region {pool.region}")
+    engine = merge_engine(factory.spec.engine, pool.engine)
+    profile = resolve_profile(pool, engine, settings)
+    if profile is None:
+        return _blocked(pool, jurisdiction, "NoDefaultImage",
+                        f"no known vLLM image for neuron type {pool.accelerator.type}: set "
+                        "engine.image", ready)
+    try:
+        tp = tensor_parallel_size(pool, engine)
+    except SpecError as err:
+        return _blocked(pool, jurisdiction, "InvalidSpec", str(err), ready)
+
+    args = vllm_args(factory, pool, engine, profile, tp)
+    env = {e.name: e.value for e in (engine.env or [])}
+    revision = revision_hash(profile.image, factory.spec.model.uri, factory.spec.model.revision,
+                             args, env)
+    ctx = PoolContext(factory, pool, engine, profile, args, revision, jurisdiction,
+                      region.spec.selector(region.name), settings)
+    children = [deployment(ctx), service(ctx), pod_disruption_budget(ctx)]
+    if observed.podmonitor_crd:
+        children.append(pod_monitor(ctx))
+
+    desired = pool.replicas.min
+    current = (running is not None and running.revision == revision
+               and running.spec_replicas == desired
+               and running.observed_generation >= running.generation)
+    problems = [p for p in observed.problems if p.pool == pool.name]
+    rejected = [p for p in problems if p.reason == "FailedCreate"]
+    if running is not None and running.replica_failure:
+        rejected.append(PodProblem(pool.name, "FailedCreate", running.replica_failure))
+    unschedulable = [p for p in problems if p.reason == "Unschedulable"
+                     and ("Insufficient" in p.message or "nvidia.com/gpu" in p.message
+                          or "aws.amazon.com/neuron" in p.message)]
+    gap = _capacity_gap(pool, ctx.region_selector, observed) if desired else None
+    reason: str | None = None
+    message = ""
+    if rejected:
+        reason, message = "PodsRejected", rejected[0].message
+    elif unschedulable or (gap and ready < desired):
+        reason = "InsufficientAccelerators"
+        message = gap or unschedulable[0].message
+    if reason:
+        state = "Degraded"
+    elif current and ready >= desired:
+        state = "Running"
+    else:
+        state = "Progressing"
+    return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
+                               state=state, reason=reason, desired_replicas=desired,
+                               ready_replicas=ready if running and running.revision == revision
+                               else 0,
+                               endpoint=service_endpoint(ctx), revision=revision),
+                    message, children)
+
+
+def plan_factory(factory: InferenceFactory, regions: Mapping[str, FleetRegion],
+                 observed: Observed, settings: OperatorSettings) -> Plan:
+    """Desired children, deletions, status and events for one factory."""
+    outcomes = [_plan_pool(factory, pool, regions, observed, settings)
+                for pool in factory.spec.pools]
+    apply = [child for o in outcomes for child in o.children]
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in apply}
+    delete = [c for c in observed.children if (c.kind, c.name) not in wanted]
+    stopping = {c.pool for c in delete if c.kind == "Deployment"}
+    events = [PlannedEvent("Warning", "PoolStopped", f"pool {o.status.name} stopped: {o.message}")
+              for o in outcomes
+              if o.status.reason in STOP_REASONS and o.status.name in stopping]
+
+    pools = [o.status for o in outcomes]
+    previous = factory.status.conditions if factory.status else []
+    conditions = summarize(pools, {o.status.name: o.message for o in outcomes},
+                           generation=factory.metadata.generation, now=observed.now,
+                           previous=previous)
+    ready_pools = sum(1 for p in pools if p.state == "Running")
+    running_in = sorted({p.jurisdiction for p in pools
+                         if p.jurisdiction and p.state in {"Running", "Progressing", "Degraded"}})
+    status = InferenceFactoryStatus(
+        observed_generation=factory.metadata.generation, conditions=conditions, pools=pools,
+        ready_pools=ready_pools, total_pools=len(pools),
+        pools_ready=f"{ready_pools}/{len(pools)}", jurisdictions=",".join(running_in))
+    invalid = [o.message for o in outcomes if o.status.reason == "InvalidSpec"]
+    return Plan(apply=apply, delete=delete, status=status, events=events,
+                permanent_error="; ".join(invalid) or None)

@@ -1,0 +1,244 @@
+"""Children of one pool as plain dicts ready for server-side apply.
+
+Deployment, Service, PodDisruptionBudget and (when its CRD exists) a PodMonitor, all named
+``<factory>-<pool>``, labelled and owned by the factory (garbage collection removes them
+with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from factory_operator.api import EngineSpec, InferenceFactory, Pool
+from factory_operator.api.accelerators import RESOURCE_BY_KIND
+
+from .engine import MODEL_MOUNT, NEURON_CACHE, EngineProfile
+from .settings import OperatorSettings
+
+MANAGED_BY = "inference-factory"
+SERVICE_PORT = 8000
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """Everything needed to render one pool's children."""
+
+    factory: InferenceFactory
+    pool: Pool
+    engine: EngineSpec
+    profile: EngineProfile
+    args: list[str]
+    revision: str
+    jurisdiction: str
+    region_selector: dict[str, str]
+    settings: OperatorSettings
+
+    @property
+    def name(self) -> str:
+        """``<factory>-<pool>``."""
+        return f"{self.factory.metadata.name}-{self.pool.name}"
+
+    @property
+    def namespace(self) -> str:
+        """The factory's namespace."""
+        return self.factory.metadata.namespace or "default"
+
+
+def label_key(settings: OperatorSettings, key: str) -> str:
+    """``<annotation prefix>/<key>``."""
+    return f"{settings.annotation_prefix}/{key}"
+
+
+def selector_labels(ctx: PoolContext) -> dict[str, str]:
+    """Immutable selector: factory + pool (never the revision)."""
+    return {label_key(ctx.settings, "factory"): ctx.factory.metadata.name,
+            label_key(ctx.settings, "pool"): ctx.pool.name}
+
+
+def pool_labels(ctx: PoolContext) -> dict[str, str]:
+    """All labels of a pool's children and pods."""
+    return {"app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/name": "vllm",
+            "app.kubernetes.io/instance": ctx.name,
+            **selector_labels(ctx),
+            label_key(ctx.settings, "region"): ctx.pool.region,
+            label_key(ctx.settings, "jurisdiction"): ctx.jurisdiction,
+            label_key(ctx.settings, "revision"): ctx.revision}
+
+
+def owner_reference(factory: InferenceFactory) -> dict[str, Any]:
+    """Controller owner reference to the factory."""
+    return {"apiVersion": factory.api_version, "kind": factory.kind,
+            "name": factory.metadata.name, "uid": factory.metadata.uid or "",
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(ctx: PoolContext) -> dict[str, Any]:
+    return {"name": ctx.name, "namespace": ctx.namespace, "labels": pool_labels(ctx),
+            "ownerReferences": [owner_reference(ctx.factory)]}
+
+
+def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom) for the engine container."""
+    model = ctx.factory.spec.model
+    env: list[dict[str, Any]] = []
+    env_from: list[dict[str, Any]] = []
+    secret = model.credentials_secret_ref
+    if secret is not None and model.uri.startswith("hf://"):
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": secret.name, "key": "HF_TOKEN"}}})
+    elif secret is not None and model.uri.startswith("s3://"):
+        # The Run:ai streamer reads the standard AWS_* variables (docs.vllm.ai "Run:ai Model
+        # Streamer"); the Secret carries them under those names.
+        env_from.append({"secretRef": {"name": secret.name}})
+    if ctx.profile.neuron == "nxdi":
+        env.append({"name": "NEURON_COMPILED_ARTIFACTS",
+                    "value": f"{NEURON_CACHE}/compiled/{ctx.revision}"})
+        env.append({"name": "NEURON_COMPILE_CACHE_URL", "value": f"{NEURON_CACHE}/neuronx-cc"})
+    elif ctx.profile.neuron == "plugin":
+        env.append({"name": "VLLM_CACHE_ROOT", "value": f"{NEURON_CACHE}/vllm"})
+    env += [{"name": e.name, "value": e.value} for e in (ctx.engine.env or [])]
+    return env, env_from
+
+
+def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts): /dev/shm, a writable cache, the model PVC, the Neuron cache."""
+    volumes: list[dict[str, Any]] = [
+        # vLLM's Kubernetes guide mounts a memory-backed /dev/shm: tensor-parallel workers
+        # exchange tensors through shared memory and the container default is 64Mi.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.settings.shm_size}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"},
+                                    {"name": "cache", "mountPath": "/root/.cache"}]
+    uri = ctx.factory.spec.model.uri
+    if uri.startswith("pvc://"):
+        claim = uri.removeprefix("pvc://").split("/", 1)[0]
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
+                                                                   "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    if ctx.profile.neuron is not None:
+        volumes.append({"name": "neuron-cache", "emptyDir": {}})
+        mounts.append({"name": "neuron-cache", "mountPath": NEURON_CACHE})
+    return volumes, mounts
+
+
+def _probes(ctx: PoolContext) -> dict[str, Any]:
+    get = {"path": ctx.profile.health_path, "port": "http"}
+    ceiling = (ctx.settings.neuron_startup_seconds if ctx.profile.neuron
+               else ctx.settings.nvidia_startup_seconds)
+    return {
+        # Model download + load (+ Neuron compilation) happen before /health answers.
+        "startupProbe": {"httpGet": get, "periodSeconds": 10, "timeoutSeconds": 5,
+                         "failureThreshold": max(1, ceiling // 10)},
+        "readinessProbe": {"httpGet": get, "periodSeconds": 5, "timeoutSeconds": 3,
+                           "failureThreshold": 3},
+        "livenessProbe": {"httpGet": get, "periodSeconds": 15, "timeoutSeconds": 5,
+                          "failureThreshold": 4},
+    }
+
+
+def _resources(ctx: PoolContext) -> dict[str, Any]:
+    key = RESOURCE_BY_KIND[ctx.pool.accelerator.kind]
+    count = str(ctx.pool.accelerator.count)
+    extra = ctx.pool.resources
+    requests = dict(extra.requests or {}) if extra else {}
+    limits = dict(extra.limits or {}) if extra else {}
+    return {"requests": {**requests, key: count}, "limits": {**limits, key: count}}
+
+
+def _tolerations(ctx: PoolContext) -> list[dict[str, Any]]:
+    # Taint values differ by cloud (GKE nvidia.com/gpu=present, Karpenter =true, EKS managed
+    # groups none): tolerating the resource key with Exists covers all of them.
+    key = RESOURCE_BY_KIND[ctx.pool.accelerator.kind]
+    own = [t.to_wire() for t in (ctx.pool.tolerations or [])]
+    return [{"key": key, "operator": "Exists"}, *own]
+
+
+def deployment(ctx: PoolContext) -> Manifest:
+    """The pool's vLLM Deployment."""
+    env, env_from = _env(ctx)
+    volumes, mounts = _volumes(ctx)
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": ctx.profile.image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": ctx.args,
+        "ports": [{"name": "http", "containerPort": ctx.profile.port, "protocol": "TCP"}],
+        "env": env,
+        "resources": _resources(ctx),
+        "volumeMounts": mounts,
+        **_probes(ctx),
+        # Sleep first so Service endpoints drop the pod before vLLM gets SIGTERM; vLLM then
+        # drains in-flight streams within the grace period.
+        "lifecycle": {"preStop": {"sleep": {"seconds": ctx.settings.prestop_sleep_seconds}}},
+        # The vLLM and Neuron DLC images run as root, so runAsNonRoot cannot be set; the rest
+        # of the restricted profile applies. The root filesystem stays writable (caches).
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    node_selector = {**ctx.region_selector, **(ctx.pool.node_selector or {})}
+    labels = pool_labels(ctx)
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(ctx),
+        "spec": {
+            "replicas": ctx.pool.replicas.min,
+            "selector": {"matchLabels": selector_labels(ctx)},
+            # Accelerators are scarce: replace pods one at a time without a surge pod.
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "nodeSelector": node_selector,
+                    "tolerations": _tolerations(ctx),
+                    "volumes": volumes,
+                    "terminationGracePeriodSeconds": ctx.settings.termination_grace_seconds,
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                },
+            },
+        },
+    }
+
+
+def service(ctx: PoolContext) -> Manifest:
+    """ClusterIP Service on 8000 for every pool, whatever port the engine uses."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx),
+            "spec": {"type": "ClusterIP", "selector": selector_labels(ctx),
+                     "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                                "protocol": "TCP"}]}}
+
+
+def pod_disruption_budget(ctx: PoolContext) -> Manifest:
+    """At most one pod of the pool evicted at a time (drains, upgrades)."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(ctx),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ctx)}}}
+
+
+def pod_monitor(ctx: PoolContext) -> Manifest:
+    """Prometheus Operator PodMonitor with the project's label set."""
+    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_meta(label_key(ctx.settings, k))}"],
+                "targetLabel": k} for k in ("factory", "pool", "region", "jurisdiction")]
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": _metadata(ctx),
+            "spec": {"selector": {"matchLabels": selector_labels(ctx)},
+                     "podMetricsEndpoints": [{"port": "http", "path": "/metrics",
+                                              "relabelings": relabel}]}}
+
+
+def _meta(label: str) -> str:
+    """A label name as Prometheus service discovery spells it."""
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def service_endpoint(ctx: PoolContext) -> str:
+    """In-cluster base URL of the pool."""
+    return f"http://{ctx.name}.{ctx.namespace}.svc:{SERVICE_PORT}/v1"

@@ -1,0 +1,1 @@
+"""The router's aiohttp application: OpenAI endpoints, proxying, admin, metrics, logs."""

@@ -1,0 +1,128 @@
+"""Non-proxy endpoints: /v1/models, /healthz, /readyz, /metrics, /admin/explain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from factory_router.app.http import error_response, placement_headers, request_id
+from factory_router.app.state import RouterState
+from factory_router.policy.errors import BadRequest, Forbidden, RouterError
+from factory_router.policy.policies import RouteRequest
+from factory_router.policy.route import plan
+from factory_router.policy.tenants import allowed_jurisdictions
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(doc).encode(), content_type="application/json",
+        headers=headers,
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    state: RouterState = request.app["state"]
+    rid = request_id(request)
+    headers = placement_headers(rid, None, None, None)
+    try:
+        tenant = state.tenants.authenticate(request.headers.get("authorization"))
+        allowed = allowed_jurisdictions(
+            tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
+        )
+    except RouterError as err:
+        return error_response(err, headers)
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "inference-factory"}
+        for m in state.fleet.models_for(allowed)
+    ]
+    return _json({"object": "list", "data": data}, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def load_status(state: RouterState) -> dict[str, Any]:
+    age = state.load.age()
+    fresh = state.load.fresh()
+    return {
+        "source": "prometheus+passive" if fresh else "passive-only",
+        "prometheus_url": state.prometheus_url,
+        "age_seconds": None if age is None else round(age, 3),
+        "stale": not fresh,
+        "last_error": state.prometheus_error,
+    }
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while the router can route (degraded load data is reported, not fatal)."""
+    state: RouterState = request.app["state"]
+    load = load_status(state)
+    problems: list[str] = []
+    if state.draining:
+        problems.append("draining")
+    if not state.fleet.backends:
+        problems.append("no backends discovered")
+    if state.fleet_error:
+        problems.append(f"discovery: {state.fleet_error}")
+    degraded = load["stale"] and state.prometheus_url is not None
+    status = "unready" if problems[:2] else ("degraded" if degraded or problems else "ok")
+    doc = {
+        "status": status,
+        "problems": problems,
+        "load_data": load,
+        "backends": len(state.fleet.backends),
+        "inflight": state.inflight,
+        "policy": str(state.policy),
+        "region": state.region,
+    }
+    return _json(doc, status=503 if status == "unready" else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state: RouterState = request.app["state"]
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+async def explain(request: web.Request) -> web.Response:
+    """GET /admin/explain?tenant=T&model=M[&residency=EU,UK][&client_region=R]."""
+    state: RouterState = request.app["state"]
+    rid = request_id(request)
+    headers = placement_headers(rid, None, None, None)
+    try:
+        if not state.tenants.is_admin(request.headers.get("authorization")):
+            raise Forbidden("The explain endpoint needs the admin key.")
+        name = request.query.get("tenant", "")
+        model = request.query.get("model", "")
+        tenant = state.tenants.tenants.get(name)
+        if tenant is None or not model:
+            raise BadRequest("Query parameters 'tenant' (a known tenant) and 'model' are needed.")
+        allowed = allowed_jurisdictions(
+            tenant, request.query.get("residency"), state.known_jurisdictions()
+        )
+        client_region = request.query.get("client_region") or state.region
+        req = RouteRequest(model, allowed, client_region, None, rid)
+        route = plan(
+            state.fleet, req, state.ranker, state.load, state.ejector, state.now(), explain=True
+        )
+    except RouterError as err:
+        return error_response(err, headers)
+    chosen = route.ordered[0].backend.id if route.ordered else None
+    return _json(
+        {
+            "tenant": tenant.name,
+            "model": model,
+            "allowed_jurisdictions": sorted(allowed),
+            "client_region": client_region,
+            "policy": str(state.policy),
+            "load_data": load_status(state),
+            "outcome": route.outcome,
+            "chosen": chosen,
+            "candidates": route.explanation,
+        },
+        headers=headers,
+    )

@@ -1,0 +1,86 @@
+"""Prometheus metrics of one router instance (own registry: no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RouterMetrics:
+    def __init__(
+        self,
+        load_age: Callable[[], float],
+        load_stale: Callable[[], float],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "factory_router_requests",
+            "Requests answered, by backend region, model and HTTP status.",
+            ["region", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "factory_router_request_duration_seconds",
+            "Time from request to the end of the response, by backend region and model.",
+            ["region", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "factory_router_upstream_ttfb_seconds",
+            "Time from sending upstream to its first body byte, by backend region.",
+            ["region"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.residency_denials = Counter(
+            "factory_router_residency_denials",
+            "Requests refused for residency: invalid header, narrowed to nothing, model "
+            "not served in the allowed jurisdictions, no compliant backend up.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "factory_router_upstream_errors",
+            "Failed upstream attempts (before or after the first byte), by region and kind.",
+            ["region", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "factory_router_retries", "Failover attempts made.", registry=r
+        )
+        self.retry_budget_exhausted = Counter(
+            "factory_router_retry_budget_exhausted",
+            "Failovers refused by the retry budget.",
+            registry=r,
+        )
+        self.ejections = Counter(
+            "factory_router_ejections", "Endpoints ejected, by region.", ["region"], registry=r
+        )
+        self.inflight = Gauge(
+            "factory_router_inflight_requests",
+            "Client requests being handled now.",
+            registry=r,
+        )
+        self.load_age = Gauge(
+            "factory_router_load_data_age_seconds",
+            "Age of the Prometheus load snapshot (+Inf when there is none).",
+            registry=r,
+        )
+        self.load_age.set_function(load_age)
+        self.load_stale = Gauge(
+            "factory_router_load_data_stale",
+            "1 when routing runs on passive signals only (Prometheus down or stale).",
+            registry=r,
+        )
+        self.load_stale.set_function(load_stale)
+        self.reload_errors = Counter(
+            "factory_router_config_reload_errors",
+            "Tenant or backend file reloads rejected (the previous one is kept).",
+            ["file"],
+            registry=r,
+        )

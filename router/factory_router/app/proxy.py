@@ -1,0 +1,261 @@
+"""The OpenAI proxy: authenticate, filter by residency, rank, forward with failover, relay.
+
+Failover happens only before the first byte reaches the client, only to the next
+candidate of the same plan (every one of which passed the residency filter), and only
+while the per-request attempt limit and the router-wide retry budget allow. Once bytes
+flow, they are relayed chunk by chunk as they arrive (never buffered); a client that
+goes away cancels the handler, which closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from factory_router.app.http import (
+    FORWARD_REQUEST_HEADERS,
+    RELAY_RESPONSE_HEADERS,
+    error_response,
+    parse_json_object,
+    placement_headers,
+    read_body,
+    request_id,
+)
+from factory_router.app.logs import log_request
+from factory_router.app.state import RouterState
+from factory_router.policy.affinity import prefix_key
+from factory_router.policy.errors import (
+    BadRequest,
+    InvalidResidency,
+    ModelNotFound,
+    NoCompliantBackend,
+    ResidencyDenied,
+    RouterError,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
+from factory_router.policy.route import RoutePlan, plan
+from factory_router.policy.tenants import allowed_jurisdictions
+from factory_router.upstream.client import AttemptFailed, Opened
+
+log = logging.getLogger("factory_router.proxy")
+
+_DENIAL_REASON: dict[type[RouterError], str] = {
+    InvalidResidency: "invalid_header",
+    ResidencyDenied: "narrowed_to_nothing",
+    ModelNotFound: "model_not_in_jurisdictions",
+    NoCompliantBackend: "no_compliant_backend",
+}
+
+
+class _Outcome:
+    """What the access log and the metrics record about one request."""
+
+    __slots__ = ("attempts", "backend", "jurisdiction", "pool", "reason", "region", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.region: str | None = None
+        self.jurisdiction: str | None = None
+        self.pool: str | None = None
+        self.backend: str | None = None
+        self.reason = ""
+        self.attempts = 0
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state: RouterState = request.app["state"]
+    started = time.perf_counter()
+    rid = request_id(request)
+    out = _Outcome()
+    tenant_name: str | None = None
+    model: str | None = None
+    state.inflight += 1
+    state.metrics.inflight.inc()
+    try:
+        try:
+            tenant = state.tenants.authenticate(request.headers.get("authorization"))
+            tenant_name = tenant.name
+            allowed = allowed_jurisdictions(
+                tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
+            )
+            body = await read_body(request, state.config.limits.max_body_bytes)
+            doc = parse_json_object(body)
+            model_field = doc.get("model")
+            if not isinstance(model_field, str) or not model_field:
+                raise BadRequest("'model' is required and must be a string.", param="model")
+            model = model_field
+            route = _plan(state, request, doc, model, allowed, rid)
+            return await _forward(state, request, route, body, rid, out)
+        except RouterError as err:
+            out.status = err.status
+            out.reason = err.code or err.type
+            denial = _DENIAL_REASON.get(type(err))
+            if denial:
+                state.metrics.residency_denials.labels(denial).inc()
+            headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
+            return error_response(err, headers)
+    except asyncio.CancelledError:
+        out.status, out.reason = 499, "client_disconnected"
+        raise
+    finally:
+        state.inflight -= 1
+        state.metrics.inflight.dec()
+        elapsed = time.perf_counter() - started
+        known_model = model if model and out.pool else "unknown"
+        region = out.region or "none"
+        state.metrics.requests.labels(region, known_model, str(out.status)).inc()
+        state.metrics.latency.labels(region, known_model).observe(elapsed)
+        log_request(
+            request_id=rid,
+            tenant=tenant_name,
+            model=model,
+            path=request.path,
+            region=out.region,
+            jurisdiction=out.jurisdiction,
+            pool=out.pool,
+            backend=out.backend,
+            reason=out.reason,
+            status=out.status,
+            attempts=out.attempts,
+            latency_ms=round(elapsed * 1000, 2),
+        )
+
+
+def _plan(
+    state: RouterState,
+    request: web.Request,
+    doc: dict[str, Any],
+    model: str,
+    allowed: frozenset[str],
+    rid: str,
+) -> RoutePlan:
+    client_region = request.headers.get("x-factory-client-region") or state.region
+    key = None
+    if state.policy is PolicyName.SCORE:
+        key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
+    req = RouteRequest(model, allowed, client_region, key, rid)
+    return plan(state.fleet, req, state.ranker, state.load, state.ejector, state.now())
+
+
+def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dict[str, str]:
+    headers = {"x-request-id": rid, "x-factory-router-region": state.region}
+    for name in FORWARD_REQUEST_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+async def _forward(
+    state: RouterState,
+    request: web.Request,
+    route: RoutePlan,
+    body: bytes,
+    rid: str,
+    out: _Outcome,
+) -> web.StreamResponse:
+    headers = _upstream_headers(state, request, rid)
+    now = state.now()
+    state.budget.record_request(now)
+    last: AttemptFailed | None = None
+    for ranked in route.ordered[: state.config.limits.max_attempts]:
+        if out.attempts:
+            if not state.budget.try_withdraw(state.now()):
+                state.metrics.retry_budget_exhausted.inc()
+                break
+            state.metrics.retries.inc()
+        out.attempts += 1
+        backend = ranked.backend
+        state.load.passive.start(backend.id)
+        try:
+            opened = await state.upstream.open(backend, "POST", request.path, body, headers)
+        except AttemptFailed as failure:
+            state.load.passive.finish(backend.id)
+            _record_failure(state, ranked, failure.kind)
+            last = failure
+            continue
+        except BaseException:
+            state.load.passive.finish(backend.id)
+            raise
+        try:
+            state.ejector.record_success(backend.id)
+            state.load.passive.observe_ttft(backend.id, opened.ttfb_s * 1000)
+            state.metrics.ttfb.labels(backend.region or "none").observe(opened.ttfb_s)
+            out.region = backend.region
+            out.jurisdiction = state.fleet.jurisdiction_of(backend)
+            out.pool = backend.pool
+            out.backend = backend.id
+            out.reason = route.reason if out.attempts == 1 else f"failover #{out.attempts - 1}"
+            return await _relay(state, request, opened, rid, out)
+        finally:
+            opened.close()
+            state.load.passive.finish(backend.id)
+    if last is not None and last.kind == "timeout":
+        raise UpstreamTimeout(
+            f"The model backend did not start answering within "
+            f"{state.config.timeouts.first_byte:g}s (after {out.attempts} attempt(s))."
+        )
+    raise UpstreamFailed(
+        f"No compliant backend could serve the request after {out.attempts} attempt(s)"
+        + (f"; last error: {last.kind}." if last else ".")
+    )
+
+
+def _record_failure(state: RouterState, ranked: Ranked, kind: str) -> None:
+    backend = ranked.backend
+    region = backend.region or "none"
+    state.metrics.upstream_errors.labels(region, kind).inc()
+    if state.ejector.record_failure(backend.id, state.now()):
+        state.metrics.ejections.labels(region).inc()
+        log.warning(
+            "backend ejected",
+            extra={"fields": {"backend": backend.id, "pool": backend.pool, "kind": kind,
+                              "until": state.ejector.ejected_until(backend.id)}},
+        )
+
+
+async def _relay(
+    state: RouterState,
+    request: web.Request,
+    opened: Opened,
+    rid: str,
+    out: _Outcome,
+) -> web.StreamResponse:
+    up = opened.response
+    headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
+    for name in RELAY_RESPONSE_HEADERS:
+        value = up.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    resp = web.StreamResponse(status=up.status, headers=headers)
+    if up.content_length is not None and "content-encoding" not in headers:
+        resp.content_length = up.content_length
+    out.status = up.status
+    await resp.prepare(request)
+    chunk = opened.first_chunk
+    while chunk:
+        try:
+            await resp.write(chunk)
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+            out.status, out.reason = 499, "client_disconnected"
+            raise
+        try:
+            chunk = await up.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The engine broke mid-stream: too late to fail over. Close the client's
+            # connection so that it sees a truncated response, not a clean end.
+            kind = "idle_timeout" if isinstance(exc, TimeoutError) else "stream_broken"
+            state.metrics.upstream_errors.labels(out.region or "none", kind).inc()
+            out.status, out.reason = 502, f"{out.reason}; {kind} after first byte"
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+    await resp.write_eof()
+    return resp

@@ -1,0 +1,63 @@
+"""Reload the tenants and static backends files when they change (key rotation without a
+restart). A file that fails to parse is rejected and the previous good one kept: a broken
+edit must never turn into allow-all, nor into an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from factory_router.policy.errors import PolicyError
+
+log = logging.getLogger("factory_router.reload")
+T = TypeVar("T")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class FileWatcher(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        load: Callable[[Path], T],
+        apply: Callable[[T], None],
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.path = path
+        self._load = load
+        self._apply = apply
+        self._on_error = on_error
+        self._stamp = _stamp(path)
+
+    def check(self) -> bool:
+        """Reload if the file changed; True when a new version was applied."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            value = self._load(self.path)
+        except PolicyError as exc:
+            log.error("rejected %s reload, keeping the previous one: %s", self.name, exc)
+            self._on_error(str(exc))
+            return False
+        self._apply(value)
+        log.info("reloaded %s from %s", self.name, self.path)
+        return True
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.check()

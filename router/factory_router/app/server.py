@@ -1,0 +1,185 @@
+"""The aiohttp application and its lifecycle: background tasks and graceful shutdown.
+
+aiohttp server + aiohttp client were chosen by measurement (bench/router_overhead): on
+this class of machine the httpx client added several times more latency per request than
+aiohttp's, and uvicorn+starlette was no faster than aiohttp's own server.
+
+Shutdown: stop listening, report unready, let in-flight requests (streams included)
+finish within the grace period, then close what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from factory_router.app import endpoints, proxy
+from factory_router.app.reload import FileWatcher
+from factory_router.app.state import RouterState
+from factory_router.discovery.static import load_fleet_file
+from factory_router.policy.tenants import TenantTable, load_tenants_text
+from factory_router.signals.prometheus import PrometheusPoller, Snapshot
+
+log = logging.getLogger("factory_router.server")
+
+OPENAI_POST_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def create_app(
+    state: RouterState,
+    tenants_file: Path | None = None,
+    backends_file: Path | None = None,
+    extra_tasks: list[Callable[[RouterState], Coroutine[Any, Any, None]]] | None = None,
+) -> web.Application:
+    # Bodies are read by the proxy with its own limit (413); aiohttp's must not be lower.
+    app = web.Application(client_max_size=state.config.limits.max_body_bytes + 1)
+    app["state"] = state
+    for path in OPENAI_POST_PATHS:
+        app.router.add_post(path, proxy.handle)
+    app.router.add_get("/v1/models", endpoints.models)
+    app.router.add_get("/healthz", endpoints.healthz)
+    app.router.add_get("/readyz", endpoints.readyz)
+    app.router.add_get("/metrics", endpoints.metrics)
+    app.router.add_get("/admin/explain", endpoints.explain)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_tasks_ctx(tenants_file, backends_file, extra_tasks or []))
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    state: RouterState = app["state"]
+    await state.upstream.start()
+    yield
+    await state.upstream.close()
+
+
+def _tasks_ctx(
+    tenants_file: Path | None,
+    backends_file: Path | None,
+    extra: list[Callable[[RouterState], Coroutine[Any, Any, None]]],
+) -> Callable[[web.Application], Any]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        state: RouterState = app["state"]
+        tasks: list[asyncio.Task[None]] = []
+        interval = state.config.reload_interval
+        if tenants_file is not None:
+            tasks.append(asyncio.create_task(_tenants_watcher(state, tenants_file).run(interval)))
+        if backends_file is not None:
+            tasks.append(asyncio.create_task(_fleet_watcher(state, backends_file).run(interval)))
+        if state.prometheus_url:
+            tasks.append(asyncio.create_task(_poller(state).run()))
+        tasks.extend(asyncio.create_task(make(state)) for make in extra)
+        yield
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    return ctx
+
+
+def _tenants_watcher(state: RouterState, path: Path) -> FileWatcher[TenantTable]:
+    def apply(table: TenantTable) -> None:
+        state.tenants = table
+
+    return FileWatcher(
+        "tenants", path, lambda p: load_tenants_text(p.read_text()), apply,
+        lambda _: state.metrics.reload_errors.labels("tenants").inc(),
+    )
+
+
+def _fleet_watcher(state: RouterState, path: Path) -> FileWatcher[Any]:
+    def failed(msg: str) -> None:
+        state.metrics.reload_errors.labels("backends").inc()
+        state.fleet_error = msg[:300]
+
+    return FileWatcher("backends", path, load_fleet_file, state.set_fleet, failed)
+
+
+def _poller(state: RouterState) -> PrometheusPoller:
+    assert state.prometheus_url is not None  # checked by the caller
+
+    def installed(snapshot: Snapshot) -> None:
+        state.load.install(snapshot)
+        state.prometheus_error = None
+
+    poller = PrometheusPoller(
+        state.prometheus_url,
+        state.config.prometheus_interval,
+        state.config.timeouts.prometheus_query,
+        installed,
+    )
+
+    original = poller.poll_once
+
+    async def poll_once() -> bool:
+        ok = await original()
+        if not ok:
+            state.prometheus_error = poller.last_error
+        return ok
+
+    poller.poll_once = poll_once  # type: ignore[method-assign]
+    return poller
+
+
+class RouterServer:
+    """Runs one router on host:port (port 0 picks a free one); an async context manager."""
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def state(self) -> RouterState:
+        state: RouterState = self.app["state"]
+        return state
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        grace = self.state.config.timeouts.grace_period
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=grace
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await self._site.start()
+        server = self._site._server
+        if server is not None and self.port == 0:
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("router listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, wait for in-flight requests up to the grace period."""
+        state = self.state
+        state.draining = True
+        if self._site is not None:
+            await self._site.stop()
+        deadline = time.monotonic() + state.config.timeouts.grace_period
+        while state.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if state.inflight:
+            log.warning("grace period over with %d requests in flight", state.inflight)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> RouterServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

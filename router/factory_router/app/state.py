@@ -1,0 +1,84 @@
+"""Everything one router instance holds, built once and passed around (no singletons)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from factory_router.app.metrics import RouterMetrics
+from factory_router.policy.config import RouterConfig
+from factory_router.policy.fleet import Fleet, build_fleet
+from factory_router.policy.health import Ejector, RetryBudget
+from factory_router.policy.policies import PolicyName, Ranker
+from factory_router.policy.tenants import TenantTable
+from factory_router.signals.load import LoadState
+from factory_router.upstream.client import UpstreamClient
+
+
+@dataclass
+class RouterState:
+    region: str
+    tenants: TenantTable
+    fleet: Fleet
+    config: RouterConfig
+    policy: PolicyName
+    ranker: Ranker
+    ejector: Ejector
+    budget: RetryBudget
+    load: LoadState
+    upstream: UpstreamClient
+    metrics: RouterMetrics
+    prometheus_url: str | None = None
+    prometheus_error: str | None = None
+    draining: bool = False
+    inflight: int = 0
+    fleet_error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        region: str,
+        tenants: TenantTable,
+        fleet: Fleet | None = None,
+        config: RouterConfig | None = None,
+        policy: PolicyName = PolicyName.SCORE,
+        prometheus_url: str | None = None,
+    ) -> RouterState:
+        cfg = config or RouterConfig()
+        load = LoadState(cfg.scoring.snapshot_stale_seconds)
+
+        def age() -> float:
+            a = load.age()
+            return math.inf if a is None else a
+
+        metrics = RouterMetrics(load_age=age, load_stale=lambda: 0.0 if load.fresh() else 1.0)
+        return cls(
+            region=region,
+            tenants=tenants,
+            fleet=fleet or build_fleet([], []),
+            config=cfg,
+            policy=policy,
+            ranker=Ranker(policy, cfg.scoring),
+            ejector=Ejector(cfg.ejection),
+            budget=RetryBudget(cfg.retry_budget),
+            load=load,
+            upstream=UpstreamClient(cfg.timeouts, cfg.limits),
+            metrics=metrics,
+            prometheus_url=prometheus_url,
+        )
+
+    def known_jurisdictions(self) -> frozenset[str]:
+        return self.fleet.jurisdictions | self.tenants.jurisdictions
+
+    def set_fleet(self, fleet: Fleet) -> None:
+        """Swap in a new fleet view; ejection state of departed endpoints is dropped."""
+        self.fleet = fleet
+        self.fleet_error = None
+        self.ejector.forget({b.id for b in fleet.backends})
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()

@@ -1,0 +1,83 @@
+"""Every timeout, limit and tuning constant of the router, defined once.
+
+The settings layer (`factory_router.main`) may override any of these from flags or the
+environment; nothing else in the router hard-codes a timeout or a connection limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Upstream timeouts, seconds. There is deliberately no total timeout: a long stream
+    is legitimate; a *stalled* one is caught by `first_byte` and `idle`."""
+
+    connect: float = 3.0  # TCP connect to an engine
+    pool_acquire: float = 5.0  # waiting for a free connection slot
+    first_byte: float = 60.0  # request sent -> first body byte (covers queueing + prefill)
+    idle: float = 120.0  # between two body chunks once streaming
+    grace_period: float = 30.0  # graceful shutdown: in-flight streams may finish
+    prometheus_query: float = 2.0  # one PromQL query
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Connection and size limits."""
+
+    max_connections: int = 1024  # whole upstream pool
+    max_connections_per_host: int = 256  # one engine
+    keepalive_expiry: float = 30.0
+    max_body_bytes: int = 4 * 1024 * 1024  # client request bodies; larger -> 413
+    max_attempts: int = 3  # per request, the first try included
+
+
+@dataclass(frozen=True)
+class RetryBudgetConfig:
+    """Retries allowed: `ratio` of recent requests plus `min_per_second` (Finagle-style)."""
+
+    ratio: float = 0.2
+    min_per_second: float = 5.0
+    window_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class EjectionConfig:
+    """Outlier ejection: `consecutive_failures` in a row eject an endpoint for
+    `base_seconds * 2**(n-1)` (n = ejections in a row), capped at `max_seconds`."""
+
+    consecutive_failures: int = 3
+    base_seconds: float = 1.0
+    max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Weights of the predicted time to first token (all in milliseconds)."""
+
+    default_rtt_ms: float = 150.0  # region pair absent from the RTT matrix
+    same_region_rtt_ms: float = 1.0
+    default_ttft_ms: float = 50.0  # no observed TTFT yet
+    per_outstanding_ms: float = 8.0  # each request running/queued slows the batch
+    waiting_factor: float = 1.0  # each queued request costs about one TTFT more
+    kv_knee: float = 0.8  # KV-cache usage above which preemption risk grows
+    kv_penalty_ms: float = 200.0  # added at 100% KV usage (linear from the knee)
+    affinity_bonus_ms: float = 30.0  # prefix-cache hit saves prefill
+    affinity_max_outstanding: int = 64  # preferred replica "overloaded" above this
+    affinity_prefix_chars: int = 512  # prompt prefix hashed for affinity
+    cost_weight_ms: float = 0.0  # ms per unit of relative cost (0 = ignore cost)
+    snapshot_stale_seconds: float = 15.0  # older load data is ignored (passive only)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """All of the above together."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+    ejection: EjectionConfig = field(default_factory=EjectionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    prometheus_interval: float = 2.0  # seconds between load snapshots
+    reload_interval: float = 1.0  # seconds between checks of tenants/backends files

@@ -1,0 +1,124 @@
+"""The fleet as the policy sees it (regions, backends, RTTs) and the residency filter.
+
+A backend is a *candidate* for a request only if all of these hold (fail closed):
+its region is set and known, that region has a jurisdiction, the jurisdiction is in the
+request's allowed set, and it serves the requested model. Nothing else about a backend
+(its URL, its labels, what it says about itself) can make it compliant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from factory_router.policy.config import ScoringConfig
+from factory_router.policy.errors import ModelNotFound
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    jurisdiction: str | None  # None: unknown, so nothing in it is ever a candidate
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One replica (or one regional endpoint) serving one model."""
+
+    id: str  # unique and stable: "<pool>/<pod or address>"
+    model: str
+    pool: str
+    region: str | None
+    url: str  # base URL, no trailing slash, e.g. http://10.0.0.5:8000
+    factory: str | None = None
+    namespace: str | None = None
+    pod: str | None = None  # matches the `pod` label of Prometheus series
+    cost: float = 0.0  # relative cost per token (scaled by ScoringConfig.cost_weight_ms)
+    serving: bool = True  # EndpointSlice `serving`
+    terminating: bool = False  # EndpointSlice `terminating`: only a last resort
+
+
+@dataclass(frozen=True)
+class RttMatrix:
+    """Round-trip times between regions in ms, symmetric; measured values override."""
+
+    pairs: Mapping[frozenset[str], float] = field(default_factory=dict)
+
+    @classmethod
+    def from_nested(cls, nested: Mapping[str, Mapping[str, float]]) -> RttMatrix:
+        pairs: dict[frozenset[str], float] = {}
+        for a, row in nested.items():
+            for b, ms in row.items():
+                pairs[frozenset((a, b))] = float(ms)
+        return cls(pairs)
+
+    def rtt_ms(self, a: str | None, b: str | None, cfg: ScoringConfig) -> float:
+        if a is None or b is None:
+            return cfg.default_rtt_ms
+        found = self.pairs.get(frozenset((a, b)))
+        if found is not None:
+            return found
+        return cfg.same_region_rtt_ms if a == b else cfg.default_rtt_ms
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """An immutable view of the fleet; discovery builds a new one on every change."""
+
+    regions: Mapping[str, Region]
+    backends: tuple[Backend, ...]
+    rtt: RttMatrix = field(default_factory=RttMatrix)
+
+    def jurisdiction_of(self, backend: Backend) -> str | None:
+        if not backend.region:
+            return None
+        region = self.regions.get(backend.region)
+        return region.jurisdiction if region is not None else None
+
+    @property
+    def jurisdictions(self) -> frozenset[str]:
+        return frozenset(r.jurisdiction for r in self.regions.values() if r.jurisdiction)
+
+    def exclusion_reason(self, backend: Backend, allowed: frozenset[str]) -> str | None:
+        """Why a backend may not take a request with these jurisdictions (None: it may)."""
+        if not backend.region:
+            return "backend has no region"
+        if backend.region not in self.regions:
+            return f"region {backend.region!r} is unknown"
+        jurisdiction = self.regions[backend.region].jurisdiction
+        if not jurisdiction:
+            return f"region {backend.region!r} has no jurisdiction"
+        if jurisdiction not in allowed:
+            return f"jurisdiction {jurisdiction} not allowed"
+        return None
+
+    def compliant(self, model: str, allowed: frozenset[str]) -> list[Backend]:
+        """The residency filter. Raises ModelNotFound when nothing allowed serves `model`
+        (whether or not it is served elsewhere: that is not revealed)."""
+        out = [
+            b
+            for b in self.backends
+            if b.model == model and self.exclusion_reason(b, allowed) is None
+        ]
+        if not out:
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return out
+
+    def models_for(self, allowed: frozenset[str]) -> list[str]:
+        """Models with at least one compliant backend (what /v1/models lists)."""
+        return sorted(
+            {b.model for b in self.backends if self.exclusion_reason(b, allowed) is None}
+        )
+
+
+def build_fleet(
+    regions: Iterable[Region], backends: Iterable[Backend], rtt: RttMatrix | None = None
+) -> Fleet:
+    return Fleet(
+        regions={r.name: r for r in regions},
+        backends=tuple(backends),
+        rtt=rtt or RttMatrix(),
+    )

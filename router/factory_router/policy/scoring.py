@@ -1,0 +1,115 @@
+"""Predicted time to first token (TTFT) of a backend, split into explainable parts.
+
+    predicted = rtt(client region -> backend region)
+              + ttft                          engine-side TTFT: Prometheus p50, else observed
+                                              by the router minus RTT, else a default
+              + outstanding * per_outstanding each running/queued request slows the batch
+              + waiting * waiting_factor * ttft  queued requests wait for a slot
+              + kv_penalty                    KV-cache above the knee: preemption risk
+    score     = predicted - affinity_bonus + cost_weight * cost
+
+`outstanding` blends the snapshot with the router's own in-flight count: the snapshot's
+running+waiting, plus what this router added or finished since the snapshot was taken
+(so a few-seconds-old snapshot does not send everyone to the replica that *was* idle),
+and never less than what this router alone has in flight there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from factory_router.policy.config import ScoringConfig
+from factory_router.policy.fleet import Backend, Fleet
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """One backend's load from the Prometheus snapshot."""
+
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_usage: float | None = None  # 0..1
+    ttft_ms: float | None = None  # engine-side TTFT, p50 over the last minute
+
+
+class LoadView(Protocol):
+    """What the policy may know about load; implemented by `factory_router.signals`."""
+
+    def sample(self, backend: Backend) -> LoadSample | None:
+        """Fresh snapshot data for this backend, None when absent or stale."""
+
+    def inflight(self, backend_id: str) -> int:
+        """Requests this router has in flight to the backend now."""
+
+    def inflight_at_snapshot(self, backend_id: str) -> int:
+        """Requests this router had in flight when the current snapshot was taken."""
+
+    def observed_ttft_ms(self, backend_id: str) -> float | None:
+        """Time to first byte observed by this router (includes the network)."""
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    rtt_ms: float
+    ttft_ms: float
+    queue_ms: float
+    kv_penalty_ms: float
+    affinity_bonus_ms: float
+    cost_ms: float
+    outstanding: float
+    load_source: str  # "prometheus+inflight" or "inflight-only"
+
+    @property
+    def predicted_ttft_ms(self) -> float:
+        return self.rtt_ms + self.ttft_ms + self.queue_ms + self.kv_penalty_ms
+
+    @property
+    def score(self) -> float:
+        return self.predicted_ttft_ms - self.affinity_bonus_ms + self.cost_ms
+
+    def as_dict(self) -> dict[str, float | str]:
+        out: dict[str, float | str] = {
+            k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()
+        }
+        out["predicted_ttft_ms"] = round(self.predicted_ttft_ms, 3)
+        out["score"] = round(self.score, 3)
+        return out
+
+
+def predict(
+    backend: Backend,
+    client_region: str | None,
+    fleet: Fleet,
+    view: LoadView,
+    cfg: ScoringConfig,
+    affinity_bonus_ms: float = 0.0,
+) -> ScoreParts:
+    rtt = fleet.rtt.rtt_ms(client_region, backend.region, cfg)
+    inflight = view.inflight(backend.id)
+    sample = view.sample(backend)
+    observed = view.observed_ttft_ms(backend.id)
+    passive_ttft = max(observed - rtt, 0.0) if observed is not None else None
+    kv_penalty = 0.0
+    if sample is not None:
+        delta = inflight - view.inflight_at_snapshot(backend.id)
+        outstanding = max(float(inflight), sample.waiting + sample.running + delta)
+        waiting = sample.waiting
+        ttft = sample.ttft_ms if sample.ttft_ms is not None else passive_ttft
+        if sample.kv_usage is not None and sample.kv_usage > cfg.kv_knee:
+            kv_penalty = cfg.kv_penalty_ms * (sample.kv_usage - cfg.kv_knee) / (1 - cfg.kv_knee)
+        source = "prometheus+inflight"
+    else:
+        outstanding, waiting, ttft, source = float(inflight), 0.0, passive_ttft, "inflight-only"
+    base = ttft if ttft is not None else cfg.default_ttft_ms
+    queue = outstanding * cfg.per_outstanding_ms + waiting * cfg.waiting_factor * base
+    return ScoreParts(
+        rtt_ms=rtt,
+        ttft_ms=base,
+        queue_ms=queue,
+        kv_penalty_ms=kv_penalty,
+        affinity_bonus_ms=affinity_bonus_ms,
+        cost_ms=cfg.cost_weight_ms * backend.cost,
+        outstanding=outstanding,
+        load_source=source,
+    )

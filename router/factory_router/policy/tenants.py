@@ -1,0 +1,209 @@
+"""Tenants, API keys and the `x-factory-residency` header: who may send data where.
+
+Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
+
+    admin_keys_sha256: [<64 hex>]          # at least one; the admin key is not a tenant
+    tenants:
+      - name: acme-eu
+        jurisdictions: [EU]                # non-empty; no wildcard
+        api_keys_sha256: [<64 hex>, ...]   # several during a rotation
+
+Fail closed everywhere: an empty, missing or unparseable file is a `PolicyError` (the
+router refuses to start, or keeps the previous good table on reload); an unknown key is
+401; a residency header that is malformed, uses `*` or names an unknown jurisdiction is
+400; one that narrows the tenant's set to nothing is 403. The header only narrows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from factory_router.policy.errors import (
+    InvalidResidency,
+    PolicyError,
+    ResidencyDenied,
+    Unauthenticated,
+)
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_JURISDICTION = re.compile(r"^[A-Z][A-Z0-9_-]{0,15}$")
+
+
+def hash_key(api_key: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def normalise_jurisdiction(code: str) -> str:
+    """Upper-cased code; raises ValueError on anything but a plain code (no wildcard)."""
+    norm = code.strip().upper()
+    if not _JURISDICTION.match(norm):
+        raise ValueError(f"invalid jurisdiction code {code!r}")
+    return norm
+
+
+class _TenantDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    jurisdictions: list[str] = Field(min_length=1)
+    api_keys_sha256: list[str] = Field(min_length=1)
+
+    @field_validator("jurisdictions")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        return [normalise_jurisdiction(c) for c in v]
+
+    @field_validator("api_keys_sha256")
+    @classmethod
+    def _hashes(cls, v: list[str]) -> list[str]:
+        out = [h.strip().lower() for h in v]
+        for h in out:
+            if not _SHA256_HEX.match(h):
+                raise ValueError("api_keys_sha256 entries must be 64 hex digits (SHA-256)")
+        return out
+
+
+class _TenantsDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    admin_keys_sha256: list[str] = Field(min_length=1)
+    tenants: list[_TenantDoc] = Field(min_length=1)
+
+    @field_validator("admin_keys_sha256")
+    @classmethod
+    def _hashes(cls, v: list[str]) -> list[str]:
+        return _TenantDoc._hashes(v)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant and the jurisdictions its data may be processed in."""
+
+    name: str
+    jurisdictions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TenantTable:
+    """Immutable lookup table; a reload builds a new one and swaps it atomically."""
+
+    by_hash: Mapping[str, Tenant]
+    admin_hashes: frozenset[str]
+
+    @property
+    def jurisdictions(self) -> frozenset[str]:
+        """Every jurisdiction some tenant is allowed (part of the 'known' set)."""
+        return frozenset(j for t in self.by_hash.values() for j in t.jurisdictions)
+
+    @property
+    def tenants(self) -> dict[str, Tenant]:
+        return {t.name: t for t in self.by_hash.values()}
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """Tenant for an `Authorization: Bearer <key>` header value, else 401."""
+        key = bearer_token(authorization)
+        tenant = self.by_hash.get(hash_key(key)) if key else None
+        if tenant is None:
+            raise Unauthenticated("Invalid or missing API key.")
+        return tenant
+
+    def is_admin(self, authorization: str | None) -> bool:
+        key = bearer_token(authorization)
+        if not key:
+            return False
+        digest = hash_key(key)
+        return any(hmac.compare_digest(digest, h) for h in self.admin_hashes)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def parse_tenants(doc: Any) -> TenantTable:
+    """Validate a parsed tenants document; PolicyError on anything doubtful."""
+    if not doc:
+        raise PolicyError("tenant policy is empty: refusing to serve (no allow-all)")
+    try:
+        parsed = _TenantsDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise PolicyError(f"invalid tenant policy: {exc}") from exc
+    by_hash: dict[str, Tenant] = {}
+    names: set[str] = set()
+    for t in parsed.tenants:
+        if t.name in names:
+            raise PolicyError(f"duplicate tenant name {t.name!r}")
+        names.add(t.name)
+        tenant = Tenant(t.name, frozenset(t.jurisdictions))
+        for h in t.api_keys_sha256:
+            if h in by_hash:
+                raise PolicyError(f"API key hash {h[:8]}... is assigned to two tenants")
+            by_hash[h] = tenant
+    admin = frozenset(parsed.admin_keys_sha256)
+    if admin & by_hash.keys():
+        raise PolicyError("an admin key hash is also a tenant key hash")
+    return TenantTable(by_hash=by_hash, admin_hashes=admin)
+
+
+def load_tenants_text(text: str) -> TenantTable:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"tenant policy is not valid YAML: {exc}") from exc
+    return parse_tenants(doc)
+
+
+def parse_residency(header: str | None, known: Iterable[str]) -> frozenset[str] | None:
+    """Parse `x-factory-residency`: None when absent or blank (no narrowing requested).
+
+    Comma-separated codes, case-insensitive, spaces ignored. `*`, an empty element, a
+    malformed code or a code outside `known` is a 400.
+    """
+    if header is None:
+        return None
+    compact = "".join(header.split())
+    if not compact:
+        return None
+    known_set = frozenset(known)
+    codes: set[str] = set()
+    for part in compact.split(","):
+        if part == "*":
+            raise InvalidResidency("x-factory-residency: '*' is not allowed", param="residency")
+        try:
+            code = normalise_jurisdiction(part)
+        except ValueError:
+            raise InvalidResidency(
+                f"x-factory-residency: malformed element {part!r}", param="residency"
+            ) from None
+        if code not in known_set:
+            raise InvalidResidency(
+                f"x-factory-residency: unknown jurisdiction {code!r}", param="residency"
+            )
+        codes.add(code)
+    return frozenset(codes)
+
+
+def allowed_jurisdictions(
+    tenant: Tenant, header: str | None, known: Iterable[str]
+) -> frozenset[str]:
+    """The tenant's set, narrowed by the header; never wider; empty is a 403."""
+    requested = parse_residency(header, known)
+    allowed = tenant.jurisdictions if requested is None else tenant.jurisdictions & requested
+    if not allowed:
+        raise ResidencyDenied(
+            "x-factory-residency leaves no jurisdiction this tenant may use", param="residency"
+        )
+    return allowed

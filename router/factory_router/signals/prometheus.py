@@ -1,0 +1,145 @@
+"""Background load snapshot from Prometheus (prometheus-api-client, in a worker thread).
+
+Every `interval` seconds four instant queries are made (the labels are the project's
+Prometheus label set; `pod` identifies a replica):
+
+    waiting  sum by (namespace, pool, region, pod) (vllm:num_requests_waiting)
+    running  sum by (namespace, pool, region, pod) (vllm:num_requests_running)
+    kv       max by (namespace, pool, region, pod) (vllm:kv_cache_usage_perc)
+    ttft     histogram_quantile(0.5, sum by (le, namespace, pool, region, pod)
+                 (rate(vllm:time_to_first_token_seconds_bucket[1m])))
+
+A failed poll keeps the previous snapshot; `LoadState` stops using it once it is older
+than the staleness limit, and routing continues on passive signals alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory_router.policy.scoring import LoadSample
+
+log = logging.getLogger("factory_router.signals")
+
+_BY = "namespace, pool, region, pod"
+QUERIES = {
+    "waiting": f"sum by ({_BY}) (vllm:num_requests_waiting)",
+    "running": f"sum by ({_BY}) (vllm:num_requests_running)",
+    "kv": f"max by ({_BY}) (vllm:kv_cache_usage_perc)",
+    "ttft": (
+        f"histogram_quantile(0.5, sum by (le, {_BY}) "
+        "(rate(vllm:time_to_first_token_seconds_bucket[1m])))"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float  # time.monotonic() when the queries completed
+    by_pod: dict[str, LoadSample] = field(default_factory=dict)
+    by_pool: dict[tuple[str, str], LoadSample] = field(default_factory=dict)  # per replica
+    inflight_at: dict[str, int] = field(default_factory=dict)
+
+
+def snapshot_from_results(results: dict[str, list[dict[str, Any]]], taken_at: float) -> Snapshot:
+    """Pure: PromQL vectors to per-pod and per-pool (per-replica average) samples."""
+    per_pod: defaultdict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for name, vector in results.items():
+        for series in vector:
+            labels = series.get("metric", {})
+            try:
+                value = float(series["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if math.isnan(value) or math.isinf(value):
+                continue
+            key = (labels.get("pod", ""), labels.get("pool", ""), labels.get("region", ""))
+            per_pod[key][name] = value
+    by_pod: dict[str, LoadSample] = {}
+    pools: defaultdict[tuple[str, str], list[LoadSample]] = defaultdict(list)
+    for (pod, pool, region), vals in per_pod.items():
+        sample = LoadSample(
+            waiting=vals.get("waiting", 0.0),
+            running=vals.get("running", 0.0),
+            kv_usage=vals.get("kv"),
+            ttft_ms=vals["ttft"] * 1000.0 if "ttft" in vals else None,
+        )
+        if pod:
+            by_pod[pod] = sample
+        pools[(pool, region)].append(sample)
+    by_pool = {key: _average(samples) for key, samples in pools.items()}
+    return Snapshot(taken_at=taken_at, by_pod=by_pod, by_pool=by_pool)
+
+
+def _average(samples: list[LoadSample]) -> LoadSample:
+    n = len(samples)
+    kvs = [s.kv_usage for s in samples if s.kv_usage is not None]
+    ttfts = [s.ttft_ms for s in samples if s.ttft_ms is not None]
+    return LoadSample(
+        waiting=sum(s.waiting for s in samples) / n,
+        running=sum(s.running for s in samples) / n,
+        kv_usage=sum(kvs) / len(kvs) if kvs else None,
+        ttft_ms=sum(ttfts) / len(ttfts) if ttfts else None,
+    )
+
+
+class PrometheusPoller:
+    """Polls Prometheus and hands each good snapshot to `on_snapshot`."""
+
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        timeout: float,
+        on_snapshot: Callable[[Snapshot], None],
+    ) -> None:
+        self.url = url
+        self.interval = interval
+        self.timeout = timeout
+        self.on_snapshot = on_snapshot
+        self.failures = 0  # consecutive
+        self.last_error: str | None = None
+        self._prom: Any = None
+
+    def _client(self) -> Any:
+        if self._prom is None:
+            from prometheus_api_client import PrometheusConnect
+            from urllib3.util.retry import Retry
+
+            # No retries inside a poll: the next poll is the retry.
+            self._prom = PrometheusConnect(
+                url=self.url, disable_ssl=False, retry=Retry(total=0), timeout=self.timeout
+            )
+        return self._prom
+
+    def _query_all(self) -> dict[str, list[dict[str, Any]]]:
+        prom = self._client()
+        return {name: prom.custom_query(q) for name, q in QUERIES.items()}
+
+    async def poll_once(self) -> bool:
+        try:
+            results = await asyncio.to_thread(self._query_all)
+        except Exception as exc:  # any failure of the source is "no fresh data"
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.failures == 1 or self.failures % 30 == 0:
+                log.warning("prometheus poll failed (%d in a row): %s", self.failures,
+                            self.last_error)
+            return False
+        self.failures = 0
+        self.last_error = None
+        self.on_snapshot(snapshot_from_results(results, time.monotonic()))
+        return True
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.poll_once()
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))

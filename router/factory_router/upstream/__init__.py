@@ -1,0 +1,1 @@
+"""Talking to engines: one pooled HTTP client, attempts classified for failover."""

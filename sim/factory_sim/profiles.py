@@ -1,0 +1,168 @@
+"""Accelerator profiles: how fast an 8B-class model (Llama-3.1-8B-Instruct, BF16) runs.
+
+The lowest layer of the simulator: plain data, no I/O. Every figure below names its source
+in a comment, and says ``derived`` where it is computed from published hardware or model
+facts rather than read off a published vLLM measurement. The step-time model that uses
+these figures lives in ``factory_sim.engine.costs``.
+
+One engine step (one forward pass of vLLM's continuous batching, chunked prefill on) costs::
+
+    step_s = step_base_s
+           + per_token_s     * (prefill tokens + decode tokens scheduled in the step)
+           + kv_read_s_per_token * (context tokens of every sequence in the step)
+
+``step_base_s`` is the floor of one forward pass (streaming 16 GB of weights once, kernel
+launches, scheduler overhead); ``per_token_s`` is the compute for one token through the
+model; ``kv_read_s_per_token`` is attention reading the KV cache.
+
+Model facts used throughout (source: meta-llama/Llama-3.1-8B-Instruct model card and
+config.json on Hugging Face, https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct):
+8.03 B parameters -> 16.06 GB of BF16 weights; 32 layers, 8 KV heads, head dim 128, so one
+token of KV cache is 2 (K,V) x 32 x 8 x 128 x 2 bytes = 131,072 bytes (derived); 2 x 8.03 B
+= 16 GFLOP per token forward (derived, the usual 2*N rule); context length 131,072.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+ProfileName = Literal["h100", "l4", "inf2", "trn1"]
+
+KV_BYTES_PER_TOKEN = 131_072  # derived from config.json, see the module docstring
+WEIGHT_BYTES = 16.06e9  # 8.03 B params x 2 bytes (BF16), model card
+FLOP_PER_TOKEN = 16.06e9  # 2 x params, derived
+
+
+class AcceleratorProfile(BaseModel):
+    """Figures for one replica of the model on one accelerator configuration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ProfileName
+    accelerator: str
+    devices_per_replica: int
+    kv_cache_tokens: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    step_base_s: float
+    per_token_s: float
+    kv_read_s_per_token: float
+    embedding_dim: int = 4096  # Llama-3.1-8B hidden size, config.json
+    sources: tuple[str, ...] = ()
+
+
+H100 = AcceleratorProfile(
+    name="h100",
+    accelerator="NVIDIA H100 SXM5 80GB (1 GPU, TP=1)",
+    devices_per_replica=1,
+    # Derived: 80 GiB x 0.9 (vLLM default --gpu-memory-utilization) = 77.3 GB, minus
+    # 16.06 GB weights, minus ~3 GB activations/CUDA graphs = ~58 GB / 131,072 B per token.
+    kv_cache_tokens=440_000,
+    # vLLM defaults for devices with >= 70 GiB that are not A100 (OpenAI API server):
+    # max_num_seqs=1024, max_num_batched_tokens=8192. Source: vllm/engine/arg_utils.py,
+    # EngineArgs batch defaults ("For GPUs like H100 and MI300x, use larger default values").
+    max_num_seqs=1024,
+    max_num_batched_tokens=8192,
+    max_model_len=131_072,  # Llama-3.1 context length, model card
+    # Calibrated: vLLM nightly "latency_llama8B_tp1" on H100 (input 32, output 128,
+    # batch 8) reports a mean end-to-end latency of 997.5 ms, i.e. ~7.8 ms per decode step
+    # at batch 8 (https://buildkite.com/vllm/performance-benchmark, page mirrored at
+    # buildkite.com/elastic/enterprise-search-ruby/builds/571). The physical floor is
+    # 16.06 GB / 3.35 TB/s HBM3 = 4.8 ms (H100 SXM datasheet,
+    # https://www.nvidia.com/en-us/data-center/h100/); the rest is launch/scheduler overhead.
+    step_base_s=0.0072,
+    # Derived: 16 GFLOP/token at 989 TFLOPS dense BF16 (datasheet) and ~45% MFU = 36 us.
+    per_token_s=36e-6,
+    # Derived: 131,072 B / 3.35 TB/s at ~80% achieved bandwidth = 49 ns per context token.
+    kv_read_s_per_token=49e-9,
+    sources=(
+        "https://www.nvidia.com/en-us/data-center/h100/",
+        "https://buildkite.com/vllm/performance-benchmark",
+        "vllm/engine/arg_utils.py (batch defaults)",
+    ),
+)
+
+L4 = AcceleratorProfile(
+    name="l4",
+    accelerator="NVIDIA L4 24GB (1 GPU, TP=1)",
+    devices_per_replica=1,
+    # Derived: 24 GiB x 0.9 = 23.2 GB, minus 16.06 GB weights, minus ~1.5 GB activations =
+    # ~5.6 GB / 131,072 B = ~43k tokens. BF16 8B barely fits an L4; most users quantize.
+    kv_cache_tokens=43_000,
+    # vLLM defaults for devices below 70 GiB: max_num_seqs=256, max_num_batched_tokens=2048
+    # (vllm/engine/arg_utils.py, same place as above).
+    max_num_seqs=256,
+    max_num_batched_tokens=2048,
+    # Derived: the 131k default would not fit the KV cache above, so vLLM refuses to start;
+    # 16k is a typical --max-model-len for an 8B model on L4.
+    max_model_len=16_384,
+    # Derived: 16.06 GB / 300 GB/s GDDR6 (NVIDIA L4 datasheet,
+    # https://www.nvidia.com/en-us/data-center/l4/) = 53.5 ms, plus ~15% overhead.
+    step_base_s=0.0615,
+    # Derived: 16 GFLOP/token at 121 TFLOPS dense BF16 (datasheet: 242 with sparsity), 45% MFU.
+    per_token_s=294e-6,
+    # Derived: 131,072 B / 300 GB/s at ~80% achieved bandwidth.
+    kv_read_s_per_token=546e-9,
+    sources=("https://www.nvidia.com/en-us/data-center/l4/", "vllm/engine/arg_utils.py"),
+)
+
+INF2 = AcceleratorProfile(
+    name="inf2",
+    accelerator="AWS Inferentia2, 4 devices = 8 NeuronCores (TP=8) of an inf2.48xlarge",
+    # Hugging Face optimum-neuron benchmark for Llama-3.1-8B on Inferentia2 compiles the model
+    # for 4 devices / 8 cores, batch sizes 1-32, sequence length 4096
+    # (https://huggingface.co/docs/optimum-neuron/benchmarks/inferentia-llama3.1-8b).
+    devices_per_replica=4,
+    # Derived: Neuron continuous batching reserves a full-length KV slot per sequence, so
+    # capacity = batch 32 x sequence length 4096 (configuration from the HF page above).
+    kv_cache_tokens=32 * 4096,
+    max_num_seqs=32,  # largest batch in the HF benchmark above
+    max_num_batched_tokens=4096,  # one context-encoding bucket of 4096 tokens (derived)
+    max_model_len=4096,  # HF benchmark sequence length
+    # Derived: inf2.48xlarge has 12 chips, 384 GB and 9.8 TB/s accelerator memory, 2.3 PFLOPS
+    # BF16 (https://aws.amazon.com/ec2/instance-types/inf2/) -> 820 GB/s and ~190 TFLOPS per
+    # chip; 4 chips stream the weights in 16.06 GB / 3.28 TB/s = 4.9 ms. We assume ~1/3 of
+    # that bandwidth is achieved with TP=8 collectives (an assumption, not a measurement:
+    # the HF page publishes its inter-token latency only as a chart).
+    step_base_s=0.015,
+    # Derived: 16 GFLOP/token on 4 x 190 TFLOPS at ~30% utilisation.
+    per_token_s=70e-6,
+    # Derived: 131,072 B / 3.28 TB/s at ~1/3 achieved bandwidth.
+    kv_read_s_per_token=120e-9,
+    sources=(
+        "https://huggingface.co/docs/optimum-neuron/benchmarks/inferentia-llama3.1-8b",
+        "https://aws.amazon.com/ec2/instance-types/inf2/",
+    ),
+)
+
+TRN1 = AcceleratorProfile(
+    name="trn1",
+    accelerator="AWS Trainium1, 4 devices = 8 NeuronCores (TP=8) of a trn1.32xlarge",
+    devices_per_replica=4,  # same layout as INF2 above (derived, for comparability)
+    kv_cache_tokens=32 * 4096,  # derived as for INF2
+    max_num_seqs=32,
+    max_num_batched_tokens=4096,
+    max_model_len=4096,
+    # Derived: trn1.32xlarge has 16 chips, 512 GB and 9.8 TB/s accelerator memory, 3.4
+    # PFLOPS BF16 (https://aws.amazon.com/ec2/instance-types/trn1/) -> ~613 GB/s and ~210
+    # TFLOPS per chip; 4 chips stream the weights in 16.06 GB / 2.45 TB/s = 6.6 ms, with the
+    # same ~1/3 achieved-bandwidth assumption as INF2.
+    step_base_s=0.020,
+    per_token_s=64e-6,  # derived: 16 GFLOP on 4 x 210 TFLOPS at ~30% utilisation
+    kv_read_s_per_token=160e-9,  # derived: 131,072 B / 2.45 TB/s at ~1/3 achieved
+    sources=("https://aws.amazon.com/ec2/instance-types/trn1/",),
+)
+
+PROFILES: dict[str, AcceleratorProfile] = {p.name: p for p in (H100, L4, INF2, TRN1)}
+
+
+def get_profile(name: str) -> AcceleratorProfile:
+    """Return the profile called ``name`` (``h100``, ``l4``, ``inf2``, ``trn1``)."""
+    try:
+        return PROFILES[name.lower()]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown accelerator profile {name!r}; known: {known}") from None
