@@ -15,13 +15,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+import httpx
+import uvicorn
+from aiohttp import ClientSession, TCPConnector, web
+from common import cpu_seconds, free_port, wait_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+try:  # measured only where installed (not a dependency of the router)
+    from httpx_aiohttp import AiohttpTransport
+except ImportError:  # pragma: no cover
+    AiohttpTransport = None
 
 HERE = Path(__file__).resolve().parent
 BODY = json.dumps(
@@ -30,19 +44,16 @@ BODY = json.dumps(
 REPLY = json.dumps(
     {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "w " * 60}}]}
 ).encode()
-VARIANTS = ["aiohttp+aiohttp", "aiohttp+httpx", "aiohttp+httpx-aiohttp", "uvicorn+httpx",
-            "uvicorn+httpx-aiohttp"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+VARIANTS = [
+    "aiohttp+aiohttp",
+    "aiohttp+httpx",
+    "aiohttp+httpx-aiohttp",
+    "uvicorn+httpx",
+    "uvicorn+httpx-aiohttp",
+]
 
 
 def serve_upstream(port: int) -> None:
-    from aiohttp import web
-
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if b'"stream": true' in body:
@@ -64,7 +75,6 @@ def serve_proxy(variant: str, port: int, upstream: str) -> None:
     server, _, client = variant.partition("+")
     target = upstream + "/v1/chat/completions"
     if server == "aiohttp":
-        from aiohttp import ClientSession, TCPConnector, web
 
         async def on_start(app: web.Application) -> None:
             if client == "aiohttp":
@@ -77,8 +87,9 @@ def serve_proxy(variant: str, port: int, upstream: str) -> None:
             headers = {"content-type": "application/json"}
             if client == "aiohttp":
                 async with request.app["c"].post(target, data=body, headers=headers) as up:
-                    out = web.StreamResponse(status=up.status,
-                                             headers={"content-type": up.content_type})
+                    out = web.StreamResponse(
+                        status=up.status, headers={"content-type": up.content_type}
+                    )
                     await out.prepare(request)
                     async for chunk in up.content.iter_any():
                         await out.write(chunk)
@@ -87,8 +98,9 @@ def serve_proxy(variant: str, port: int, upstream: str) -> None:
             req = request.app["c"].build_request("POST", target, content=body, headers=headers)
             up = await request.app["c"].send(req, stream=True)
             try:
-                out = web.StreamResponse(status=up.status_code,
-                                         headers={"content-type": up.headers["content-type"]})
+                out = web.StreamResponse(
+                    status=up.status_code, headers={"content-type": up.headers["content-type"]}
+                )
                 await out.prepare(request)
                 async for chunk in up.aiter_raw():
                     await out.write(chunk)
@@ -102,12 +114,6 @@ def serve_proxy(variant: str, port: int, upstream: str) -> None:
         app.router.add_post("/v1/chat/completions", handler)
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
         return
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import StreamingResponse
-    from starlette.routing import Route
-
     state: dict[str, Any] = {}
 
     async def shandler(request: Request) -> StreamingResponse:
@@ -115,43 +121,31 @@ def serve_proxy(variant: str, port: int, upstream: str) -> None:
             state["c"] = make_httpx(client)
         body = await request.body()
         c = state["c"]
-        req = c.build_request("POST", target, content=body,
-                              headers={"content-type": "application/json"})
+        req = c.build_request(
+            "POST", target, content=body, headers={"content-type": "application/json"}
+        )
         up = await c.send(req, stream=True)
-        return StreamingResponse(up.aiter_raw(), status_code=up.status_code,
-                                 media_type=up.headers["content-type"],
-                                 background=None)
+        return StreamingResponse(
+            up.aiter_raw(),
+            status_code=up.status_code,
+            media_type=up.headers["content-type"],
+            background=None,
+        )
 
     app = Starlette(routes=[Route("/v1/chat/completions", shandler, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def make_httpx(client: str) -> Any:
-    import httpx
-
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     if client == "httpx-aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
+        if AiohttpTransport is None:
+            raise SystemExit("httpx-aiohttp is not installed")
         return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=30)
     return httpx.AsyncClient(limits=limits, timeout=30)
 
 
-async def wait_port(port: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"port {port} not listening")
-
-
 async def load(url: str, n: int, conc: int, stream: bool) -> dict[str, float]:
-    import aiohttp
-
     body = BODY.replace(b'"max_tokens"', b'"stream": true, "max_tokens"') if stream else BODY
     lat: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
@@ -160,8 +154,9 @@ async def load(url: str, n: int, conc: int, stream: bool) -> dict[str, float]:
         async def worker() -> None:
             for _ in queue:
                 t0 = time.perf_counter()
-                async with s.post(url, data=body,
-                                  headers={"content-type": "application/json"}) as r:
+                async with s.post(
+                    url, data=body, headers={"content-type": "application/json"}
+                ) as r:
                     await r.read()
                     if r.status != 200:
                         raise RuntimeError(r.status)
@@ -171,47 +166,81 @@ async def load(url: str, n: int, conc: int, stream: bool) -> dict[str, float]:
         await asyncio.gather(*(worker() for _ in range(conc)))
         wall = time.perf_counter() - t0
     lat.sort()
-    return {"p50_ms": statistics.median(lat) * 1e3,
-            "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3, "rps": n / wall}
+    return {
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3,
+        "rps": n / wall,
+    }
 
 
 async def run(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen[bytes]] = []
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = [sys.executable, str(HERE / "stack_compare.py")]
     up_port = free_port()
-    procs.append(subprocess.Popen([*me, "upstream", str(up_port)]))
+    quiet = {"stderr": subprocess.DEVNULL}  # killed proxies complain about open sessions
+    procs.append(subprocess.Popen([*me, "upstream", str(up_port)], **quiet))  # noqa: ASYNC220
     results: dict[str, Any] = {}
+    pids: dict[str, int] = {}
     try:
         await wait_port(up_port)
         upstream = f"http://127.0.0.1:{up_port}"
         targets = {"direct": upstream}
         for v in args.variants:
             p = free_port()
-            procs.append(subprocess.Popen([*me, "proxy", v, str(p), upstream]))
+            procs.append(subprocess.Popen([*me, "proxy", v, str(p), upstream], **quiet))  # noqa: ASYNC220
             targets[v] = f"http://127.0.0.1:{p}"
+            pids[v] = procs[-1].pid
         for t in targets.values():
             await wait_port(int(t.rsplit(":", 1)[1]))
+        # Rounds interleave the variants so that a change in background load hits all
+        # of them alike; the medians over rounds are reported, with the proxy's CPU time
+        # per request (less sensitive to other processes than latency is).
+        per_round = max(1, args.requests // args.rounds)
         for stream in (False, True):
-            for name, base in targets.items():
-                url = base + "/v1/chat/completions"
-                await load(url, 200, args.concurrency, stream)  # warm-up
-                r = await load(url, args.requests, args.concurrency, stream)
-                results[f"{name}|{'stream' if stream else 'json'}"] = r
-                print(name, "stream" if stream else "json", {k: round(v, 2) for k, v in r.items()})
+            mode = "stream" if stream else "json"
+            samples: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
+            for base in targets.values():  # warm-up
+                await load(base + "/v1/chat/completions", 200, args.concurrency, stream)
+            for _ in range(args.rounds):
+                for name, base in targets.items():
+                    cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
+                    r = await load(
+                        base + "/v1/chat/completions", per_round, args.concurrency, stream
+                    )
+                    if name in pids:
+                        r["cpu_ms_per_req"] = (cpu_seconds(pids[name]) - cpu0) * 1e3 / per_round
+                    samples[name].append(r)
+            for name, runs in samples.items():
+                med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+                results[f"{name}|{mode}"] = med
+                print(name, mode, {k: round(v, 3) for k, v in med.items()}, flush=True)
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(10)
-    (HERE / "stack_compare.json").write_text(json.dumps(
-        {"concurrency": args.concurrency, "requests": args.requests, "results": results},
-        indent=2))
-    lines = ["| variant | mode | p50 ms | p99 ms | req/s | added p50 ms |", "|---|---|---|---|---|---|"]
+    (HERE / "stack_compare.json").write_text(
+        json.dumps(
+            {
+                "concurrency": args.concurrency,
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    lines = [
+        "| variant | mode | p50 ms | p99 ms | req/s | added p50 ms | proxy CPU ms/req |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, r in results.items():
         name, mode = key.split("|")
         base = results[f"direct|{mode}"]["p50_ms"]
-        lines.append(f"| {name} | {mode} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['rps']:.0f} | {r['p50_ms'] - base:.2f} |")
+        lines.append(
+            f"| {name} | {mode} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['rps']:.0f} | {r['p50_ms'] - base:.2f} | {r.get('cpu_ms_per_req', 0):.3f} |"
+        )
     (HERE / "stack_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -227,6 +256,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--variants", nargs="*", default=VARIANTS)
+    ap.add_argument("--rounds", type=int, default=3)
     asyncio.run(run(ap.parse_args()))
 
 

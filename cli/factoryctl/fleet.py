@@ -111,10 +111,23 @@ def wait_until(
 def all_components() -> list[Component]:
     """The fleet's components in start order. Later parts of the fleet are added here."""
     from factoryctl.components.cluster import ClusterComponent  # noqa: PLC0415
+    from factoryctl.components.engines import EnginesComponent  # noqa: PLC0415
     from factoryctl.components.nodes import NodesComponent  # noqa: PLC0415
+    from factoryctl.components.operator import OperatorComponent  # noqa: PLC0415
+    from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
+    from factoryctl.components.resources import CrdsComponent, SamplesComponent  # noqa: PLC0415
     from factoryctl.components.toolchain import ToolchainComponent  # noqa: PLC0415
 
-    return [ToolchainComponent(), ClusterComponent(), NodesComponent()]
+    return [
+        ToolchainComponent(),
+        ClusterComponent(),
+        NodesComponent(),
+        CrdsComponent(),
+        SamplesComponent(),
+        OperatorComponent(),
+        EnginesComponent(),
+        PrometheusComponent(),
+    ]
 
 
 def select(names: Sequence[str] | None) -> list[Component]:

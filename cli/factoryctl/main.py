@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -151,6 +152,41 @@ def env(
         _print_env(env_of(_context(home, topology)), json_output)
     except FactoryctlError as exc:
         raise _fail(exc) from exc
+
+
+@dev.command("kill-sim")
+def kill_sim(
+    region: Annotated[str, typer.Argument(help="Region whose simulated engines to kill.")],
+    home: HomeOption = None,
+    topology: TopologyOption = DEFAULT_TOPOLOGY,
+) -> None:
+    """Kill a region's simulator process (SIGKILL), as a regional outage would.
+
+    The engines agent leaves it down; `factoryctl dev up` starts it again.
+    """
+    from factoryctl import procs  # noqa: PLC0415
+    from factoryctl.components.engines import sim_process  # noqa: PLC0415
+
+    ctx = _context(home, topology)
+    if region not in {r.name for r in ctx.topology.regions}:
+        raise _fail(FactoryctlError(f"unknown region {region!r}"))
+    if not procs.stop(ctx.home, sim_process(region), grace=5, sig=signal.SIGKILL):
+        raise _fail(FactoryctlError(f"the simulator of {region} is not running"))
+
+
+@dev.command("engines-agent", hidden=True)
+def engines_agent(home: HomeOption = None, topology: TopologyOption = DEFAULT_TOPOLOGY) -> None:
+    """Run the engines agent in the foreground (the `engines` component starts it)."""
+    import logging  # noqa: PLC0415
+
+    from factoryctl.agents.engines import EnginesAgent  # noqa: PLC0415
+    from factoryctl.components.engines import control_url  # noqa: PLC0415
+    from factoryctl.components.prometheus import targets_file  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ctx = _context(home, topology)
+    urls = {r.name: control_url(ctx, r.name) for r in ctx.topology.regions}
+    EnginesAgent(str(ctx.home.kubeconfig), ctx.topology, urls, targets_file(ctx)).run()
 
 
 if __name__ == "__main__":

@@ -71,22 +71,31 @@ def start(
     return proc.pid
 
 
-def stop(home: FleetHome, name: str, grace: float = 10.0) -> bool:
-    """Stop process `name` and its session; True if something was running."""
+def stop(
+    home: FleetHome, name: str, grace: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> bool:
+    """Stop process `name` and its session with `sig`, then SIGKILL after `grace` seconds.
+
+    Returns True if something was running; returns once it has exited.
+    """
     pid = running_pid(home, name)
     _pidfile(home, name).unlink(missing_ok=True)
     if pid is None:
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
+        os.killpg(pid, sig)
+    _wait_gone(pid, grace)
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    _reap(pid)
+        _wait_gone(pid, 10.0)
     return True
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

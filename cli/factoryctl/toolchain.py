@@ -200,12 +200,12 @@ class _Ticker(threading.Thread):
         self, progress: Progress, step: str, started: float, count: Callable[[], int]
     ) -> None:
         super().__init__(daemon=True)
-        self._progress, self._step, self._started, self._count = progress, step, started, count
+        self._progress, self._step, self._began, self._count = progress, step, started, count
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(20):
-            elapsed = time.monotonic() - self._started
+            elapsed = time.monotonic() - self._began
             self._progress(
                 f"{self._step}: {elapsed:.0f}s elapsed, {self._count()} packages compiled"
             )
@@ -300,6 +300,7 @@ def _build_etcd(builder: _Builder, root: Path) -> None:
 
 
 def _go_install(builder: _Builder, root: Path, step: str, pkgs: list[str], ldflags: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
     builder.env["GOBIN"] = str(root / "bin")
     try:
         builder.run(step, ["install", "-v", "-trimpath", "-ldflags", ldflags, *pkgs], root)

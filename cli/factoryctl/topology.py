@@ -225,11 +225,5 @@ def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> d
         "status": {
             "capacity": capacity,
             "allocatable": dict(capacity),
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "containerRuntimeVersion": "kwok",
-            },
         },
     }

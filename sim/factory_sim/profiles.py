@@ -8,12 +8,15 @@ these figures lives in ``factory_sim.engine.costs``.
 One engine step (one forward pass of vLLM's continuous batching, chunked prefill on) costs::
 
     step_s = step_base_s
-           + per_token_s     * (prefill tokens + decode tokens scheduled in the step)
+           + prefill_token_s * (prompt tokens scheduled in the step)
+           + decode_token_s  * (sequences decoding one token in the step)
            + kv_read_s_per_token * (context tokens of every sequence in the step)
 
 ``step_base_s`` is the floor of one forward pass (streaming 16 GB of weights once, kernel
-launches, scheduler overhead); ``per_token_s`` is the compute for one token through the
-model; ``kv_read_s_per_token`` is attention reading the KV cache.
+launches, scheduler overhead); ``prefill_token_s`` is the compute for one prompt token
+(compute-bound); ``decode_token_s`` is the marginal cost of one more decoding sequence,
+much smaller because decode GEMMs ride on the weight stream already paid for in the base;
+``kv_read_s_per_token`` is attention reading the KV cache.
 
 Model facts used throughout (source: meta-llama/Llama-3.1-8B-Instruct model card and
 config.json on Hugging Face, https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct):
@@ -48,7 +51,8 @@ class AcceleratorProfile(BaseModel):
     max_num_batched_tokens: int
     max_model_len: int
     step_base_s: float
-    per_token_s: float
+    prefill_token_s: float
+    decode_token_s: float
     kv_read_s_per_token: float
     embedding_dim: int = 4096  # Llama-3.1-8B hidden size, config.json
     sources: tuple[str, ...] = ()
@@ -73,9 +77,14 @@ H100 = AcceleratorProfile(
     # buildkite.com/elastic/enterprise-search-ruby/builds/571). The physical floor is
     # 16.06 GB / 3.35 TB/s HBM3 = 4.8 ms (H100 SXM datasheet,
     # https://www.nvidia.com/en-us/data-center/h100/); the rest is launch/scheduler overhead.
-    step_base_s=0.0072,
+    step_base_s=0.0075,
     # Derived: 16 GFLOP/token at 989 TFLOPS dense BF16 (datasheet) and ~45% MFU = 36 us.
-    per_token_s=36e-6,
+    prefill_token_s=36e-6,
+    # Calibrated: with ~1000 sequences decoding, vLLM PR #18566 (Llama-3.1-8B-Instruct,
+    # ShareGPT, 1000 prompts at once; https://github.com/vllm-project/vllm/pull/18566)
+    # reports a median inter-token latency of 25.4 ms; 7.5 ms + 1000 x 6 us + ~330k context
+    # tokens x 49 ns = 29 ms. (For scale: 16 GFLOP at the full 989 TFLOPS is 16 us.)
+    decode_token_s=6e-6,
     # Derived: 131,072 B / 3.35 TB/s at ~80% achieved bandwidth = 49 ns per context token.
     kv_read_s_per_token=49e-9,
     sources=(
@@ -103,7 +112,9 @@ L4 = AcceleratorProfile(
     # https://www.nvidia.com/en-us/data-center/l4/) = 53.5 ms, plus ~15% overhead.
     step_base_s=0.0615,
     # Derived: 16 GFLOP/token at 121 TFLOPS dense BF16 (datasheet: 242 with sparsity), 45% MFU.
-    per_token_s=294e-6,
+    prefill_token_s=294e-6,
+    # Derived: the H100 profile's decode/prefill ratio (6/36) applied to the L4 prefill cost.
+    decode_token_s=49e-6,
     # Derived: 131,072 B / 300 GB/s at ~80% achieved bandwidth.
     kv_read_s_per_token=546e-9,
     sources=("https://www.nvidia.com/en-us/data-center/l4/", "vllm/engine/arg_utils.py"),
@@ -129,7 +140,8 @@ INF2 = AcceleratorProfile(
     # the HF page publishes its inter-token latency only as a chart).
     step_base_s=0.015,
     # Derived: 16 GFLOP/token on 4 x 190 TFLOPS at ~30% utilisation.
-    per_token_s=70e-6,
+    prefill_token_s=70e-6,
+    decode_token_s=12e-6,  # derived: the H100 profile's decode/prefill ratio (6/36)
     # Derived: 131,072 B / 3.28 TB/s at ~1/3 achieved bandwidth.
     kv_read_s_per_token=120e-9,
     sources=(
@@ -151,7 +163,8 @@ TRN1 = AcceleratorProfile(
     # TFLOPS per chip; 4 chips stream the weights in 16.06 GB / 2.45 TB/s = 6.6 ms, with the
     # same ~1/3 achieved-bandwidth assumption as INF2.
     step_base_s=0.020,
-    per_token_s=64e-6,  # derived: 16 GFLOP on 4 x 210 TFLOPS at ~30% utilisation
+    prefill_token_s=64e-6,  # derived: 16 GFLOP on 4 x 210 TFLOPS at ~30% utilisation
+    decode_token_s=11e-6,  # derived: the H100 profile's decode/prefill ratio (6/36)
     kv_read_s_per_token=160e-9,  # derived: 131,072 B / 2.45 TB/s at ~1/3 achieved
     sources=("https://aws.amazon.com/ec2/instance-types/trn1/",),
 )

@@ -6,9 +6,9 @@ the wire names are their camelCase aliases, generated once here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "inference.factory.dev"
@@ -27,6 +27,7 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 JURISDICTION = r"^[A-Z][A-Z0-9]{1,7}$"
 CAMEL_CASE_REASON = r"^[A-Z][A-Za-z0-9]*$"
 RFC3339 = "date-time"
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:

@@ -55,8 +55,8 @@ def _root(description: str, spec: type[BaseModel], status: type[BaseModel],
     return root
 
 
-def _crd(kind: str, plural: str, scope: str, short: list[str], columns: list[dict[str, Any]],
-         schema: Schema) -> dict[str, Any]:
+def _crd(kind: str, plural: str, scope: str, short: list[str], *,
+         columns: list[dict[str, Any]], schema: Schema) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -91,7 +91,7 @@ def crd_objects() -> dict[str, dict[str, Any]]:
     """The CRDs as Python objects, keyed by file name."""
     factory = _crd(
         "InferenceFactory", "inferencefactories", "Namespaced", ["if", "ifactory"],
-        [{"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+        columns=[{"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
          {"name": "Pools", "type": "string", "jsonPath": ".status.poolsReady",
           "description": "Pools with all replicas ready / pools in spec."},
          {"name": "Jurisdictions", "type": "string", "jsonPath": ".status.jurisdictions"},
@@ -99,16 +99,16 @@ def crd_objects() -> dict[str, dict[str, Any]]:
          {"name": "Reason", "type": "string", "priority": 1,
           "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
          _age()],
-        _root("InferenceFactory: one model served by a set of regional vLLM pools.",
+        schema=_root("InferenceFactory: one model served by a set of regional vLLM pools.",
               InferenceFactorySpec, InferenceFactoryStatus, FACTORY_ROOT_RULES),
     )
     region = _crd(
         "FleetRegion", "fleetregions", "Cluster", ["fr", "fregion"],
-        [{"name": "Jurisdiction", "type": "string", "jsonPath": ".spec.jurisdiction"},
+        columns=[{"name": "Jurisdiction", "type": "string", "jsonPath": ".spec.jurisdiction"},
          {"name": "Nodes", "type": "integer", "jsonPath": ".status.readyNodes"},
          {"name": "Accelerators", "type": "string", "jsonPath": ".status.acceleratorSummary"},
          _age()],
-        _root("FleetRegion: one region of the fleet, its jurisdiction and its economics.",
+        schema=_root("FleetRegion: one region of the fleet, its jurisdiction and its economics.",
               FleetRegionSpec, FleetRegionStatus, []),
     )
     return {f"inferencefactories.{GROUP}.yaml": factory,

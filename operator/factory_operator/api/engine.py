@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .common import MAX_STRING, ApiModel, cel, cel_rules
 
@@ -42,12 +42,10 @@ class EngineArgs(ApiModel):
 class Speculative(ApiModel):
     """Speculative decoding, passed to vLLM as --speculative-config JSON."""
 
-    model_config = {
-        "json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
             cel("self.method in ['ngram', 'mtp'] || has(self.model)",
                 "speculative.model is required unless method is ngram or mtp", ".model"),
-        )
-    }
+        ))
 
     method: Literal["ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "draft_model",
                     "mtp"] = Field(description="Speculation method.")
@@ -68,8 +66,7 @@ class EngineSpec(ApiModel):
     """How the engine runs. In a pool, fields set here override spec.engine field by field
     (args key by key, env by name; image, speculative and extraArgs replace)."""
 
-    model_config = {
-        "json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
             cel("!has(self.extraArgs) || self.extraArgs.all(a, !a.startsWith('--port') && "
                 "!a.startsWith('--host') && !a.startsWith('--model') && "
                 "!a.startsWith('--served-model-name'))",
@@ -78,8 +75,7 @@ class EngineSpec(ApiModel):
             cel("!has(self.env) || self.env.all(e, !e.name.startsWith('HF_TOKEN') && "
                 "!e.name.startsWith('AWS_SECRET'))",
                 "put credentials in model.credentialsSecretRef, not in plain env", ".env"),
-        )
-    }
+        ))
 
     image: str | None = Field(
         default=None, description="Container image. Default: vllm/vllm-openai for NVIDIA, the "

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .accelerators import NEURON_TYPE_PATTERN, NVIDIA_TYPES, AcceleratorKind
 from .common import (
-    API_VERSION,
     DNS1035_LABEL,
     DNS1123_LABEL,
     JURISDICTION,
@@ -19,6 +18,7 @@ from .common import (
     MAX_URI,
     ApiModel,
     Condition,
+    LabelValue,
     ObjectMeta,
     cel,
     cel_rules,
@@ -40,16 +40,14 @@ class SecretRef(ApiModel):
 class ModelSource(ApiModel):
     """The model to serve and where its weights come from."""
 
-    model_config = {
-        "json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
             cel("!self.uri.startsWith('s3://') || has(self.credentialsSecretRef)",
                 "an s3:// model needs credentialsSecretRef (AWS_* keys for vLLM's streamer)",
                 ".credentialsSecretRef"),
             cel("!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
                 "a pvc:// model is mounted, it takes no credentialsSecretRef",
                 ".credentialsSecretRef"),
-        )
-    }
+        ))
 
     name: str = Field(description="The OpenAI `model` name clients ask for (global across "
                       "the fleet).", min_length=1, max_length=MAX_STRING,
@@ -67,14 +65,12 @@ class ModelSource(ApiModel):
 class Accelerator(ApiModel):
     """The accelerators each replica of a pool gets."""
 
-    model_config = {
-        "json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
             cel(f"self.kind != 'nvidia' || self.type in [{_NVIDIA_LIST}]",
                 f"an nvidia accelerator type must be one of {', '.join(NVIDIA_TYPES)}", ".type"),
             cel(f"self.kind != 'neuron' || self.type.matches('{NEURON_TYPE_PATTERN}')",
                 "a neuron accelerator type must be inf2, trn1, trn1n, trn2, trn3...", ".type"),
-        )
-    }
+        ))
 
     kind: AcceleratorKind = Field(description="nvidia (nvidia.com/gpu) or neuron "
                                   "(aws.amazon.com/neuron).")
@@ -87,8 +83,8 @@ class Accelerator(ApiModel):
 class Replicas(ApiModel):
     """Replica bounds. Until autoscaling exists a pool runs `min` replicas."""
 
-    model_config = {"json_schema_extra": cel_rules(
-        cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min"))}
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min")))
 
     min: int = Field(description="Replicas the pool runs (0 parks it).", ge=0, le=1000)
     max: int = Field(description="Ceiling for the future autoscaler.", ge=1, le=1000)
@@ -114,10 +110,10 @@ class PoolResources(ApiModel):
     """CPU/memory/ephemeral-storage for the engine container. Accelerators come from
     `accelerator` and may not be set here."""
 
-    model_config = {"json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
         cel(f"(!has(self.requests) || !self.requests.exists(k, k in {_ACCEL_KEYS})) && "
             f"(!has(self.limits) || !self.limits.exists(k, k in {_ACCEL_KEYS}))",
-            "accelerator resources come from pool.accelerator, not pool.resources"))}
+            "accelerator resources come from pool.accelerator, not pool.resources")))
 
     requests: dict[str, Quantity] | None = Field(
         default=None, description="Requests.", json_schema_extra={"maxProperties": 8})
@@ -128,7 +124,7 @@ class PoolResources(ApiModel):
 class Pool(ApiModel):
     """A set of identical replicas in one region on one accelerator type."""
 
-    model_config = {"json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
         cel("!has(self.engine) || !has(self.engine.args) || "
             "!has(self.engine.args.tensorParallelSize) || self.accelerator.kind != 'nvidia' || "
             "self.engine.args.tensorParallelSize == self.accelerator.count",
@@ -144,7 +140,7 @@ class Pool(ApiModel):
             "!has(self.engine.args) || !has(self.engine.args.gpuMemoryUtilization)",
             "gpuMemoryUtilization does not apply to neuron pools",
             ".engine.args.gpuMemoryUtilization"),
-    )}
+    ))
 
     name: str = Field(description="Pool name, a DNS-1035 label; <factory>-<pool> names its "
                       "Deployment and Service.", min_length=1, max_length=MAX_NAME,
@@ -155,7 +151,7 @@ class Pool(ApiModel):
     replicas: Replicas = Field(description="Replica bounds.")
     engine: EngineSpec | None = Field(default=None, description="Overrides of spec.engine for "
                                       "this pool (a Neuron pool needs its own settings).")
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, LabelValue] | None = Field(
         default=None, description="Extra node labels, added to the region's selector.",
         json_schema_extra={"maxProperties": MAX_LABELS})
     tolerations: list[Toleration] | None = Field(
@@ -176,7 +172,7 @@ class Residency(ApiModel):
 class InferenceFactorySpec(ApiModel):
     """Desired state of a factory."""
 
-    model_config = {"json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
         cel("!has(self.engine) || !has(self.engine.args) || "
             "!has(self.engine.args.tensorParallelSize) || self.pools.all(p, "
             "p.accelerator.kind != 'nvidia' || (has(p.engine) && has(p.engine.args) && "
@@ -184,7 +180,7 @@ class InferenceFactorySpec(ApiModel):
             "p.accelerator.count == self.engine.args.tensorParallelSize)",
             "spec.engine.args.tensorParallelSize must equal the GPU count of every nvidia pool "
             "that does not set its own", ".engine.args.tensorParallelSize"),
-    )}
+    ))
 
     model: ModelSource = Field(description="The model served.")
     engine: EngineSpec | None = Field(default=None, description="Engine settings for all pools.")
@@ -195,9 +191,8 @@ class InferenceFactorySpec(ApiModel):
         description="Regional pools.", min_length=1, max_length=MAX_POOLS,
         json_schema_extra={
             "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-            "x-kubernetes-validations": [
-                cel("self.all(p, self.exists_one(q, q.name == p.name))",
-                    "pool names must be unique")],
+            **cel_rules(cel("self.all(p, self.exists_one(q, q.name == p.name))",
+                            "pool names must be unique")),
         })
 
 
@@ -246,7 +241,7 @@ class InferenceFactory(ApiModel):
     """An InferenceFactory object as read from the API server."""
 
     api_version: Literal["inference.factory.dev/v1alpha1"] = Field(
-        default=API_VERSION, description="API version.")
+        default="inference.factory.dev/v1alpha1", description="API version.")
     kind: Literal["InferenceFactory"] = Field(default="InferenceFactory", description="Kind.")
     metadata: ObjectMeta = Field(description="Object metadata.")
     spec: InferenceFactorySpec = Field(description="Desired state.")

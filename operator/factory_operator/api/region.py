@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .common import (
-    API_VERSION,
     JURISDICTION,
     MAX_CONDITIONS,
     MAX_LABELS,
@@ -15,6 +14,7 @@ from .common import (
     MAX_URI,
     ApiModel,
     Condition,
+    LabelValue,
     ObjectMeta,
     cel,
     cel_rules,
@@ -34,14 +34,12 @@ class PrometheusRef(ApiModel):
 class FleetRegionSpec(ApiModel):
     """Desired description of a region."""
 
-    model_config = {
-        "json_schema_extra": cel_rules(
+    model_config = ConfigDict(json_schema_extra=cel_rules(
             cel("!has(self.pricing) || self.pricing.all(t, self.pricing[t] >= 0.0)",
                 "pricing values must not be negative", ".pricing"),
             cel("!has(self.power) || self.power.all(t, self.power[t] > 0)",
                 "power values must be positive watts", ".power"),
-        )
-    }
+        ))
 
     jurisdiction: str = Field(
         description="Legal zone whose rules apply to data processed here, as an upper-case "
@@ -49,7 +47,7 @@ class FleetRegionSpec(ApiModel):
         pattern=JURISDICTION,
         max_length=8,
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, LabelValue] | None = Field(
         default=None,
         description="Labels that select this region's nodes. Default: "
         "topology.kubernetes.io/region=<metadata.name>.",
@@ -120,7 +118,7 @@ class FleetRegion(ApiModel):
     """A FleetRegion object as read from the API server."""
 
     api_version: Literal["inference.factory.dev/v1alpha1"] = Field(
-        default=API_VERSION, description="API version.")
+        default="inference.factory.dev/v1alpha1", description="API version.")
     kind: Literal["FleetRegion"] = Field(default="FleetRegion", description="Kind.")
     metadata: ObjectMeta = Field(description="Object metadata.")
     spec: FleetRegionSpec = Field(description="Desired state.")

@@ -9,18 +9,15 @@ error tree (``api.errors``): 404 -> None/ignored where absence is fine, 409 -> C
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import (
-    ApiException,
-    ConflictError as K8sConflict,
-    NotFoundError,
-    ResourceNotFoundError,
-)
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ConflictError as K8sConflict
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from urllib3.exceptions import HTTPError
 
 from factory_operator.api.errors import ApiUnavailableError, ConflictError
@@ -29,17 +26,24 @@ from factory_operator.plan import OperatorSettings
 from .metrics import OperatorMetrics
 
 FIELD_MANAGER = "inference-factory"
+USER_AGENT = "factory-operator"
+KIND_RECHECK_SECONDS = 60.0
 T = TypeVar("T")
+# The kubernetes package is untyped: keep it behind Any here, typed methods below.
+_k8s: Any = kubernetes
 Obj = dict[str, Any]
 
 
 def load_api_client() -> Any:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
     try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s_client.ApiClient()
+        _k8s.config.load_incluster_config()
+    except _k8s.config.ConfigException:
+        _k8s.config.load_kube_config()
+    api_client = _k8s.client.ApiClient()
+    # A user agent of its own makes the operator's requests stand out in audit logs.
+    api_client.user_agent = USER_AGENT
+    return api_client
 
 
 class Kube:
@@ -47,7 +51,10 @@ class Kube:
 
     def __init__(self, api_client: Any, settings: OperatorSettings,
                  metrics: OperatorMetrics) -> None:
-        self.dynamic = DynamicClient(api_client)
+        self.dynamic: Any = _k8s.dynamic.DynamicClient(api_client)
+        self._resources_lock = threading.Lock()
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._missing: dict[tuple[str, str], float] = {}
         self.settings = settings
         self.metrics = metrics
         self.timeout = (settings.api_connect_timeout_seconds, settings.api_timeout_seconds)
@@ -65,10 +72,27 @@ class Kube:
             raise ApiUnavailableError(str(err)) from err
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        # The dynamic client's discovery cache is not thread-safe (concurrent look-ups from
+        # worker threads corrupt it: KeyError 'resources'), so look-ups are serialised and
+        # their results kept.
+        key = (api_version, kind)
+        with self._resources_lock:
+            if key not in self._resources:
+                self._resources[key] = self.dynamic.resources.get(
+                    api_version=api_version, kind=kind)
+            return self._resources[key]
 
     async def has_kind(self, api_version: str, kind: str) -> bool:
-        """Whether the cluster serves this kind (e.g. the PodMonitor CRD is installed)."""
+        """Whether the cluster serves this kind (e.g. the PodMonitor CRD is installed).
+
+        A miss makes the dynamic client re-run the whole discovery, so a "no" is kept for
+        `KIND_RECHECK_SECONDS` before asking again (a CRD installed later is seen then).
+        """
+        key = (api_version, kind)
+        missed_at = self._missing.get(key)
+        if missed_at is not None and time.monotonic() - missed_at < KIND_RECHECK_SECONDS:
+            return False
+
         def probe() -> bool:
             try:
                 self._resource(api_version, kind)
@@ -76,7 +100,12 @@ class Kube:
                 return False
             return True
         self.metrics.api_reads.labels(kind="Discovery").inc()
-        return await self._call(probe)
+        found = await self._call(probe)
+        if found:
+            self._missing.pop(key, None)
+        else:
+            self._missing[key] = time.monotonic()
+        return found
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
                    label_selector: str | None = None,

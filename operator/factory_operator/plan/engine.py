@@ -119,7 +119,7 @@ def model_argument(uri: str) -> str:
     return uri  # s3:// is read by vLLM's Run:ai streamer itself
 
 
-def _neuron_config(args: EngineArgs | None, tp: int) -> dict[str, Any]:
+def _neuron_config(args: EngineArgs | None) -> dict[str, Any]:
     if args is None or not args.enable_prefix_caching:
         return {}
     config: dict[str, Any] = {"is_prefix_caching": True, "is_block_kv_layout": True,
@@ -135,7 +135,7 @@ def vllm_args(factory: InferenceFactory, pool: Pool, engine: EngineSpec,
     """The argument list of vLLM's OpenAI server for this pool."""
     model = factory.spec.model
     out = ["--model", model_argument(model.uri), "--served-model-name", model.name,
-           "--host", "0.0.0.0", "--port", str(profile.port),  # noqa: S104 (pod network)
+           "--host", "0.0.0.0", "--port", str(profile.port),
            "--tensor-parallel-size", str(tp)]
     if model.revision and model.uri.startswith("hf://"):
         out += ["--revision", model.revision]
@@ -155,16 +155,16 @@ def vllm_args(factory: InferenceFactory, pool: Pool, engine: EngineSpec,
             out.append("--enable-prefix-caching" if args.enable_prefix_caching
                        else "--no-enable-prefix-caching")
     if profile.neuron is not None:
-        out += _neuron_args(args, tp, profile.neuron)
+        out += _neuron_args(args, profile.neuron)
     if engine.speculative is not None:
         spec = engine.speculative.model_dump(exclude_none=True)
         out += ["--speculative-config", json.dumps(spec, sort_keys=True, separators=(",", ":"))]
     return out + list(engine.extra_args or [])
 
 
-def _neuron_args(args: EngineArgs | None, tp: int, generation: NeuronGeneration) -> list[str]:
+def _neuron_args(args: EngineArgs | None, generation: NeuronGeneration) -> list[str]:
     out: list[str] = []
-    config = _neuron_config(args, tp)
+    config = _neuron_config(args)
     if config:
         out += ["--block-size", str(NEURON_PREFIX_BLOCK)]
         if "pa_num_blocks" in config:

@@ -17,7 +17,7 @@ from factory_operator.api import (
     Pool,
     PoolStatus,
 )
-from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.accelerators import RESOURCE_BY_KIND, type_requirement
 from factory_operator.api.errors import SpecError
 
 from .engine import merge_engine, resolve_profile, revision_hash, tensor_parallel_size, vllm_args
@@ -75,13 +75,16 @@ def _capacity_gap(pool: Pool, selector: dict[str, str], observed: Observed) -> s
     """Why no node can host one replica, or None when one can."""
     resource = RESOURCE_BY_KIND[pool.accelerator.kind]
     wanted = {**selector, **(pool.node_selector or {})}
+    required = type_requirement(pool.accelerator.kind, pool.accelerator.type)
     best = max((n.allocatable.get(resource, 0) for n in observed.nodes
                 if n.ready and n.schedulable
-                and all(n.labels.get(k) == v for k, v in wanted.items())), default=0)
+                and all(n.labels.get(k) == v for k, v in wanted.items())
+                and (required is None or n.labels.get(required[0]) in required[1])),
+               default=0)  # fmt: skip
     if best >= pool.accelerator.count:
         return None
-    return (f"needs {pool.accelerator.count} {resource} per replica; the largest matching node "
-            f"in region {pool.region} offers {best}")
+    return (f"needs {pool.accelerator.count} {resource} ({pool.accelerator.type}) per replica; "
+            f"the largest matching node in region {pool.region} offers {best}")
 
 
 def _plan_pool(factory: InferenceFactory, pool: Pool, regions: Mapping[str, FleetRegion],

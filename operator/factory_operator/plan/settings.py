@@ -46,6 +46,7 @@ class OperatorSettings(BaseSettings):
                                   "at least this often (the timer).")
     liveness_endpoint: str | None = Field(default="http://0.0.0.0:8080/healthz",
                                           description="kopf liveness probe URL; none to disable.")
+    metrics_address: str = Field(default="0.0.0.0", description="/metrics listen address.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="/metrics port; 0: off.")
     log_format: str = Field(default="json", pattern="^(json|plain)$", description="Log format.")
     nvidia_image: str = Field(default=DEFAULT_NVIDIA_IMAGE, description="Default NVIDIA image.")
@@ -60,6 +61,7 @@ class OperatorSettings(BaseSettings):
                                        "endpoints drop the pod before vLLM stops accepting.")
     nvidia_startup_seconds: int = Field(default=1800, ge=60, description="Startup ceiling "
                                         "(download + load + CUDA graphs).")
-    neuron_startup_seconds: int = Field(default=3600, ge=60, description="Startup ceiling "
-                                        "(download + Neuron compile, up to ~15 min for 8B, + load).")
+    neuron_startup_seconds: int = Field(
+        default=3600, ge=60,
+        description="Startup ceiling (download + Neuron compile, ~15 min for 8B, + load).")
     shm_size: str = Field(default="8Gi", description="Memory-backed /dev/shm size.")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from factory_operator.api import EngineSpec, InferenceFactory, Pool
-from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.accelerators import RESOURCE_BY_KIND, type_requirement
 
 from .engine import MODEL_MOUNT, NEURON_CACHE, EngineProfile
 from .settings import OperatorSettings
@@ -111,7 +111,8 @@ def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.settings.shm_size}},
         {"name": "cache", "emptyDir": {}},
     ]
-    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"},
+    shm = "/dev/shm"  # noqa: S108 (a mount point, not a temp file)
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": shm},
                                     {"name": "cache", "mountPath": "/root/.cache"}]
     uri = ctx.factory.spec.model.uri
     if uri.startswith("pvc://"):
@@ -197,6 +198,7 @@ def deployment(ctx: PoolContext) -> Manifest:
                 "spec": {
                     "containers": [container],
                     "nodeSelector": node_selector,
+                    **_type_affinity(ctx),
                     "tolerations": _tolerations(ctx),
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": ctx.settings.termination_grace_seconds,
@@ -207,6 +209,18 @@ def deployment(ctx: PoolContext) -> Manifest:
             },
         },
     }
+
+
+def _type_affinity(ctx: PoolContext) -> dict[str, object]:
+    """Node affinity to the pool's accelerator type (H100 vs L4, inf2 vs trn1)."""
+    accel = ctx.pool.accelerator
+    required = type_requirement(accel.kind, accel.type)
+    if required is None:
+        return {}
+    key, values = required
+    term = {"matchExpressions": [{"key": key, "operator": "In", "values": list(values)}]}
+    return {"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}
 
 
 def service(ctx: PoolContext) -> Manifest:
@@ -225,8 +239,9 @@ def pod_disruption_budget(ctx: PoolContext) -> Manifest:
 
 def pod_monitor(ctx: PoolContext) -> Manifest:
     """Prometheus Operator PodMonitor with the project's label set."""
-    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_meta(label_key(ctx.settings, k))}"],
-                "targetLabel": k} for k in ("factory", "pool", "region", "jurisdiction")]
+    source = "__meta_kubernetes_pod_label_"
+    relabel = [{"sourceLabels": [source + _meta(label_key(ctx.settings, k))], "targetLabel": k}
+               for k in ("factory", "pool", "region", "jurisdiction")]
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
             "metadata": _metadata(ctx),
             "spec": {"selector": {"matchLabels": selector_labels(ctx)},

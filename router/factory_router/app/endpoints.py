@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factory_router.app.http import error_response, placement_headers, request_id
-from factory_router.app.state import RouterState
+from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.policy.errors import BadRequest, Forbidden, RouterError
 from factory_router.policy.policies import RouteRequest
 from factory_router.policy.route import plan
@@ -18,13 +18,15 @@ from factory_router.policy.tenants import allowed_jurisdictions
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, body=json.dumps(doc).encode(), content_type="application/json",
+        status=status,
+        body=json.dumps(doc).encode(),
+        content_type="application/json",
         headers=headers,
     )
 
 
 async def models(request: web.Request) -> web.Response:
-    state: RouterState = request.app["state"]
+    state = request.app[STATE_KEY]
     rid = request_id(request)
     headers = placement_headers(rid, None, None, None)
     try:
@@ -59,17 +61,18 @@ def load_status(state: RouterState) -> dict[str, Any]:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 while the router can route (degraded load data is reported, not fatal)."""
-    state: RouterState = request.app["state"]
+    state = request.app[STATE_KEY]
     load = load_status(state)
-    problems: list[str] = []
+    fatal: list[str] = []
     if state.draining:
-        problems.append("draining")
+        fatal.append("draining")
     if not state.fleet.backends:
-        problems.append("no backends discovered")
-    if state.fleet_error:
-        problems.append(f"discovery: {state.fleet_error}")
-    degraded = load["stale"] and state.prometheus_url is not None
-    status = "unready" if problems[:2] else ("degraded" if degraded or problems else "ok")
+        fatal.append("no backends discovered")
+    warnings = [f"discovery: {state.fleet_error}"] if state.fleet_error else []
+    if load["stale"] and state.prometheus_url is not None:
+        warnings.append("load data stale: routing on passive signals")
+    problems = fatal + warnings
+    status = "unready" if fatal else ("degraded" if warnings else "ok")
     doc = {
         "status": status,
         "problems": problems,
@@ -83,14 +86,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state: RouterState = request.app["state"]
+    state = request.app[STATE_KEY]
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 async def explain(request: web.Request) -> web.Response:
     """GET /admin/explain?tenant=T&model=M[&residency=EU,UK][&client_region=R]."""
-    state: RouterState = request.app["state"]
+    state = request.app[STATE_KEY]
     rid = request_id(request)
     headers = placement_headers(rid, None, None, None)
     try:
@@ -107,7 +110,13 @@ async def explain(request: web.Request) -> web.Response:
         client_region = request.query.get("client_region") or state.region
         req = RouteRequest(model, allowed, client_region, None, rid)
         route = plan(
-            state.fleet, req, state.ranker, state.load, state.ejector, state.now(), explain=True
+            state.fleet,
+            req,
+            ranker=state.ranker,
+            view=state.load,
+            ejector=state.ejector,
+            now=state.now(),
+            explain=True,
         )
     except RouterError as err:
         return error_response(err, headers)

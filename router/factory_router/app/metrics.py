@@ -50,9 +50,7 @@ class RouterMetrics:
             ["region", "kind"],
             registry=r,
         )
-        self.retries = Counter(
-            "factory_router_retries", "Failover attempts made.", registry=r
-        )
+        self.retries = Counter("factory_router_retries", "Failover attempts made.", registry=r)
         self.retry_budget_exhausted = Counter(
             "factory_router_retry_budget_exhausted",
             "Failovers refused by the retry budget.",

@@ -26,8 +26,7 @@ from factory_router.app.http import (
     read_body,
     request_id,
 )
-from factory_router.app.logs import log_request
-from factory_router.app.state import RouterState
+from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.policy.affinity import prefix_key
 from factory_router.policy.errors import (
     BadRequest,
@@ -45,6 +44,7 @@ from factory_router.policy.tenants import allowed_jurisdictions
 from factory_router.upstream.client import AttemptFailed, Opened
 
 log = logging.getLogger("factory_router.proxy")
+_WHOLE_BODY_MAX = 256 * 1024  # sized non-SSE answers up to this are relayed in one write
 
 _DENIAL_REASON: dict[type[RouterError], str] = {
     InvalidResidency: "invalid_header",
@@ -70,14 +70,13 @@ class _Outcome:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    state: RouterState = request.app["state"]
+    state = request.app[STATE_KEY]
     started = time.perf_counter()
     rid = request_id(request)
     out = _Outcome()
     tenant_name: str | None = None
     model: str | None = None
-    state.inflight += 1
-    state.metrics.inflight.inc()
+    state.request_started()
     try:
         try:
             tenant = state.tenants.authenticate(request.headers.get("authorization"))
@@ -91,8 +90,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if not isinstance(model_field, str) or not model_field:
                 raise BadRequest("'model' is required and must be a string.", param="model")
             model = model_field
-            route = _plan(state, request, doc, model, allowed, rid)
-            return await _forward(state, request, route, body, rid, out)
+            route = _plan(state, request, doc=doc, model=model, allowed=allowed, rid=rid)
+            return await _forward(state, request, route=route, body=body, rid=rid, out=out)
         except RouterError as err:
             out.status = err.status
             out.reason = err.code or err.type
@@ -105,32 +104,34 @@ async def handle(request: web.Request) -> web.StreamResponse:
         out.status, out.reason = 499, "client_disconnected"
         raise
     finally:
-        state.inflight -= 1
-        state.metrics.inflight.dec()
+        state.request_finished()
         elapsed = time.perf_counter() - started
         known_model = model if model and out.pool else "unknown"
         region = out.region or "none"
         state.metrics.requests.labels(region, known_model, str(out.status)).inc()
         state.metrics.latency.labels(region, known_model).observe(elapsed)
-        log_request(
-            request_id=rid,
-            tenant=tenant_name,
-            model=model,
-            path=request.path,
-            region=out.region,
-            jurisdiction=out.jurisdiction,
-            pool=out.pool,
-            backend=out.backend,
-            reason=out.reason,
-            status=out.status,
-            attempts=out.attempts,
-            latency_ms=round(elapsed * 1000, 2),
+        state.access_log.write(
+            {
+                "request_id": rid,
+                "tenant": tenant_name,
+                "model": model,
+                "path": request.path,
+                "region": out.region,
+                "jurisdiction": out.jurisdiction,
+                "pool": out.pool,
+                "backend": out.backend,
+                "reason": out.reason,
+                "status": out.status,
+                "attempts": out.attempts,
+                "latency_ms": round(elapsed * 1000, 2),
+            }
         )
 
 
 def _plan(
     state: RouterState,
     request: web.Request,
+    *,
     doc: dict[str, Any],
     model: str,
     allowed: frozenset[str],
@@ -141,7 +142,14 @@ def _plan(
     if state.policy is PolicyName.SCORE:
         key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
     req = RouteRequest(model, allowed, client_region, key, rid)
-    return plan(state.fleet, req, state.ranker, state.load, state.ejector, state.now())
+    return plan(
+        state.fleet,
+        req,
+        ranker=state.ranker,
+        view=state.load,
+        ejector=state.ejector,
+        now=state.now(),
+    )
 
 
 def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dict[str, str]:
@@ -156,6 +164,7 @@ def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dic
 async def _forward(
     state: RouterState,
     request: web.Request,
+    *,
     route: RoutePlan,
     body: bytes,
     rid: str,
@@ -202,9 +211,14 @@ async def _forward(
             f"The model backend did not start answering within "
             f"{state.config.timeouts.first_byte:g}s (after {out.attempts} attempt(s))."
         )
-    raise UpstreamFailed(
-        f"No compliant backend could serve the request after {out.attempts} attempt(s)"
-        + (f"; last error: {last.kind}." if last else ".")
+    if len(route.ordered) > out.attempts:
+        raise UpstreamFailed(
+            f"The request failed on {out.attempts} compliant backend(s) and the retry "
+            f"limit was reached; last error: {last.kind if last else 'none'}."
+        )
+    raise NoCompliantBackend(
+        f"Every compliant backend for this model failed ({out.attempts} tried); "
+        f"last error: {last.kind if last else 'none'}."
     )
 
 
@@ -216,8 +230,14 @@ def _record_failure(state: RouterState, ranked: Ranked, kind: str) -> None:
         state.metrics.ejections.labels(region).inc()
         log.warning(
             "backend ejected",
-            extra={"fields": {"backend": backend.id, "pool": backend.pool, "kind": kind,
-                              "until": state.ejector.ejected_until(backend.id)}},
+            extra={
+                "fields": {
+                    "backend": backend.id,
+                    "pool": backend.pool,
+                    "kind": kind,
+                    "until": state.ejector.ejected_until(backend.id),
+                }
+            },
         )
 
 
@@ -234,10 +254,22 @@ async def _relay(
         value = up.headers.get(name)
         if value is not None:
             headers[name] = value
-    resp = web.StreamResponse(status=up.status, headers=headers)
-    if up.content_length is not None and "content-encoding" not in headers:
-        resp.content_length = up.content_length
     out.status = up.status
+    size = up.content_length
+    if size is not None and size <= _WHOLE_BODY_MAX and up.content_type != "text/event-stream":
+        # A sized, small, non-SSE answer (a non-streaming completion): its bytes are all
+        # here or nearly, and one write of headers + body saves syscalls.
+        body = opened.first_chunk
+        try:
+            if len(body) < size:
+                body += await up.content.readexactly(size - len(body))
+        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+            state.metrics.upstream_errors.labels(out.region or "none", "stream_broken").inc()
+            raise UpstreamFailed("The model backend broke off its answer.") from None
+        return web.Response(status=up.status, body=body, headers=headers)
+    resp = web.StreamResponse(status=up.status, headers=headers)
+    if size is not None:
+        resp.content_length = size
     await resp.prepare(request)
     chunk = opened.first_chunk
     while chunk:

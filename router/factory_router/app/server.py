@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from factory_router.app import endpoints, proxy
 from factory_router.app.reload import FileWatcher
-from factory_router.app.state import RouterState
+from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.discovery.static import load_fleet_file
 from factory_router.policy.tenants import TenantTable, load_tenants_text
 from factory_router.signals.prometheus import PrometheusPoller, Snapshot
@@ -40,7 +39,7 @@ def create_app(
 ) -> web.Application:
     # Bodies are read by the proxy with its own limit (413); aiohttp's must not be lower.
     app = web.Application(client_max_size=state.config.limits.max_body_bytes + 1)
-    app["state"] = state
+    app[STATE_KEY] = state
     for path in OPENAI_POST_PATHS:
         app.router.add_post(path, proxy.handle)
     app.router.add_get("/v1/models", endpoints.models)
@@ -54,7 +53,7 @@ def create_app(
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    state: RouterState = app["state"]
+    state = app[STATE_KEY]
     await state.upstream.start()
     yield
     await state.upstream.close()
@@ -66,7 +65,7 @@ def _tasks_ctx(
     extra: list[Callable[[RouterState], Coroutine[Any, Any, None]]],
 ) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        state: RouterState = app["state"]
+        state = app[STATE_KEY]
         tasks: list[asyncio.Task[None]] = []
         interval = state.config.reload_interval
         if tenants_file is not None:
@@ -76,14 +75,22 @@ def _tasks_ctx(
         if state.prometheus_url:
             tasks.append(asyncio.create_task(_poller(state).run()))
         tasks.extend(asyncio.create_task(make(state)) for make in extra)
+        tasks.append(asyncio.create_task(_flush_access_log(state)))
         yield
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        state.access_log.flush()
 
     return ctx
+
+
+async def _flush_access_log(state: RouterState, interval: float = 0.5) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        state.access_log.flush()
 
 
 def _tenants_watcher(state: RouterState, path: Path) -> FileWatcher[TenantTable]:
@@ -91,7 +98,10 @@ def _tenants_watcher(state: RouterState, path: Path) -> FileWatcher[TenantTable]
         state.tenants = table
 
     return FileWatcher(
-        "tenants", path, lambda p: load_tenants_text(p.read_text()), apply,
+        "tenants",
+        path,
+        lambda p: load_tenants_text(p.read_text()),
+        apply,
         lambda _: state.metrics.reload_errors.labels("tenants").inc(),
     )
 
@@ -105,29 +115,22 @@ def _fleet_watcher(state: RouterState, path: Path) -> FileWatcher[Any]:
 
 
 def _poller(state: RouterState) -> PrometheusPoller:
-    assert state.prometheus_url is not None  # checked by the caller
+    url = state.prometheus_url or ""
 
     def installed(snapshot: Snapshot) -> None:
         state.load.install(snapshot)
         state.prometheus_error = None
 
-    poller = PrometheusPoller(
-        state.prometheus_url,
+    def failed(error: str) -> None:
+        state.prometheus_error = error
+
+    return PrometheusPoller(
+        url,
         state.config.prometheus_interval,
         state.config.timeouts.prometheus_query,
         installed,
+        failed,
     )
-
-    original = poller.poll_once
-
-    async def poll_once() -> bool:
-        ok = await original()
-        if not ok:
-            state.prometheus_error = poller.last_error
-        return ok
-
-    poller.poll_once = poll_once  # type: ignore[method-assign]
-    return poller
 
 
 class RouterServer:
@@ -142,8 +145,7 @@ class RouterServer:
 
     @property
     def state(self) -> RouterState:
-        state: RouterState = self.app["state"]
-        return state
+        return self.app[STATE_KEY]
 
     @property
     def url(self) -> str:
@@ -157,25 +159,26 @@ class RouterServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await self._site.start()
-        server = self._site._server
-        if server is not None and self.port == 0:
-            sockets = getattr(server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1])
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
         log.info("router listening on %s", self.url)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, wait for in-flight requests up to the grace period."""
+        if self._runner is None:
+            return
         state = self.state
         state.draining = True
         if self._site is not None:
             await self._site.stop()
-        deadline = time.monotonic() + state.config.timeouts.grace_period
-        while state.inflight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            self._site = None
+        if state.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.idle.wait(), state.config.timeouts.grace_period)
         if state.inflight:
             log.warning("grace period over with %d requests in flight", state.inflight)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
 
     async def __aenter__(self) -> RouterServer:
         await self.start()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
+from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
 from factory_router.policy.config import RouterConfig
 from factory_router.policy.fleet import Fleet, build_fleet
@@ -29,12 +33,24 @@ class RouterState:
     load: LoadState
     upstream: UpstreamClient
     metrics: RouterMetrics
+    access_log: AccessLog
     prometheus_url: str | None = None
     prometheus_error: str | None = None
     draining: bool = False
     inflight: int = 0
     fleet_error: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+        self.metrics.inflight.inc()
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.dec()
+        if self.inflight == 0:
+            self.idle.set()
 
     @classmethod
     def create(
@@ -46,6 +62,7 @@ class RouterState:
         config: RouterConfig | None = None,
         policy: PolicyName = PolicyName.SCORE,
         prometheus_url: str | None = None,
+        access_log: AccessLog | None = None,
     ) -> RouterState:
         cfg = config or RouterConfig()
         load = LoadState(cfg.scoring.snapshot_stale_seconds)
@@ -67,6 +84,7 @@ class RouterState:
             load=load,
             upstream=UpstreamClient(cfg.timeouts, cfg.limits),
             metrics=metrics,
+            access_log=access_log or AccessLog(),
             prometheus_url=prometheus_url,
         )
 
@@ -82,3 +100,6 @@ class RouterState:
     @staticmethod
     def now() -> float:
         return time.monotonic()
+
+
+STATE_KEY = web.AppKey("state", RouterState)

@@ -109,9 +109,7 @@ class Fleet:
 
     def models_for(self, allowed: frozenset[str]) -> list[str]:
         """Models with at least one compliant backend (what /v1/models lists)."""
-        return sorted(
-            {b.model for b in self.backends if self.exclusion_reason(b, allowed) is None}
-        )
+        return sorted({b.model for b in self.backends if self.exclusion_reason(b, allowed) is None})
 
 
 def build_fleet(

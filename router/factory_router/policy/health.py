@@ -66,9 +66,7 @@ class Ejector:
 
     def is_ejected(self, backend_id: str, now: float) -> bool:
         st = self._state.get(backend_id)
-        if st is None or st.ejected_until <= now:
-            return False
-        return True
+        return st is not None and st.ejected_until > now
 
     def ejected_until(self, backend_id: str) -> float:
         st = self._state.get(backend_id)
@@ -94,9 +92,7 @@ class Ejector:
         st.consecutive_failures += 1
         if st.on_probation or st.consecutive_failures >= self._cfg.consecutive_failures:
             st.ejections += 1
-            backoff = min(
-                self._cfg.base_seconds * 2 ** (st.ejections - 1), self._cfg.max_seconds
-            )
+            backoff = min(self._cfg.base_seconds * 2 ** (st.ejections - 1), self._cfg.max_seconds)
             st.ejected_until = now + backoff
             st.consecutive_failures = 0
             st.on_probation = False

@@ -68,7 +68,7 @@ class Ranker:
                     fleet,
                     view,
                     self.cfg,
-                    self.cfg.affinity_bonus_ms if b.id in owners else 0.0,
+                    affinity_bonus_ms=self.cfg.affinity_bonus_ms if b.id in owners else 0.0,
                 ),
                 b.id in owners,
             )
@@ -82,7 +82,10 @@ class Ranker:
         if self.policy is PolicyName.LEAST_REQUEST:
             return sorted(
                 scored,
-                key=lambda r: (view.inflight(r.backend.id), _tiebreak(req.request_key, r.backend.id)),
+                key=lambda r: (
+                    view.inflight(r.backend.id),
+                    _tiebreak(req.request_key, r.backend.id),
+                ),
             )
         return sorted(
             scored, key=lambda r: (r.parts.score, _tiebreak(req.request_key, r.backend.id))

@@ -59,6 +59,7 @@ def healthy(
 def plan(
     fleet: Fleet,
     req: RouteRequest,
+    *,
     ranker: Ranker,
     view: LoadView,
     ejector: Ejector,
@@ -69,11 +70,14 @@ def plan(
         compliant = fleet.compliant(req.model, req.allowed)
     except ModelNotFound:
         if explain:
-            return RoutePlan([], _explain(fleet, req, [], {}, ranker, view), "model_not_found")
+            rows = _explain(fleet, req, [], {}, ranker=ranker, view=view)
+            return RoutePlan([], rows, "model_not_found")
         raise
     usable, excluded = healthy(compliant, ejector, now)
     ordered = ranker.rank(usable, req, fleet, view) if usable else []
-    explanation = _explain(fleet, req, ordered, excluded, ranker, view) if explain else []
+    explanation = (
+        _explain(fleet, req, ordered, excluded, ranker=ranker, view=view) if explain else []
+    )
     if not ordered and not explain:
         raise NoCompliantBackend(
             f"No healthy backend for model '{req.model}' in the allowed jurisdictions "
@@ -87,6 +91,7 @@ def _explain(
     req: RouteRequest,
     ordered: list[Ranked],
     excluded: dict[str, str],
+    *,
     ranker: Ranker,
     view: LoadView,
 ) -> list[dict[str, Any]]:

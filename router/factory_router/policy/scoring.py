@@ -83,6 +83,7 @@ def predict(
     fleet: Fleet,
     view: LoadView,
     cfg: ScoringConfig,
+    *,
     affinity_bonus_ms: float = 0.0,
 ) -> ScoreParts:
     rtt = fleet.rtt.rtt_ms(client_region, backend.region, cfg)

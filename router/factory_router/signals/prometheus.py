@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
 from factory_router.policy.scoring import LoadSample
 
 log = logging.getLogger("factory_router.signals")
@@ -99,20 +102,19 @@ class PrometheusPoller:
         interval: float,
         timeout: float,
         on_snapshot: Callable[[Snapshot], None],
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self.interval = interval
         self.timeout = timeout
         self.on_snapshot = on_snapshot
+        self.on_error = on_error
         self.failures = 0  # consecutive
         self.last_error: str | None = None
         self._prom: Any = None
 
     def _client(self) -> Any:
         if self._prom is None:
-            from prometheus_api_client import PrometheusConnect
-            from urllib3.util.retry import Retry
-
             # No retries inside a poll: the next poll is the retry.
             self._prom = PrometheusConnect(
                 url=self.url, disable_ssl=False, retry=Retry(total=0), timeout=self.timeout
@@ -130,8 +132,11 @@ class PrometheusPoller:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             if self.failures == 1 or self.failures % 30 == 0:
-                log.warning("prometheus poll failed (%d in a row): %s", self.failures,
-                            self.last_error)
+                log.warning(
+                    "prometheus poll failed (%d in a row): %s", self.failures, self.last_error
+                )
+            if self.on_error is not None:
+                self.on_error(self.last_error)
             return False
         self.failures = 0
         self.last_error = None

@@ -90,7 +90,8 @@ class SimEngine:
         )
         seq.prefill_target = seq.prompt_len
         self.waiting.append(seq)
-        self._publish()
+        # Gauges are published once per step, as vLLM's scheduler stats are: a request
+        # that is admitted at the next step is never seen waiting.
         self._wake.set()
         return seq
 
@@ -112,10 +113,14 @@ class SimEngine:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Steps are paced against a simulated clock, not by chained sleeps: a step that the
+        # event loop wakes late shortens the next one, so overshoot does not accumulate.
+        clock = loop.time()
         while True:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
+                clock = loop.time()
                 continue
             self._admit(loop.time())
             prefill, decode = self._plan()
@@ -124,10 +129,13 @@ class SimEngine:
                 # cannot happen with an empty running set, so wait for a change.
                 self._wake.clear()
                 await self._wake.wait()
+                clock = loop.time()
                 continue
-            scheduled = sum(n for _, n in prefill) + len(decode)
-            context = sum(s.num_computed for s, _ in prefill) + sum(s.kv_tokens for s in decode)
-            await asyncio.sleep(costs.step_seconds(self.profile, scheduled, context) * self._scale)
+            prefill_tokens = sum(n for _, n in prefill)
+            context = sum(s.num_computed + n for s, n in prefill) + sum(s.kv_tokens for s in decode)
+            step = costs.step_seconds(self.profile, prefill_tokens, len(decode), context)
+            clock = max(clock + step * self._scale, loop.time() - step * self._scale)
+            await asyncio.sleep(max(0.0, clock - loop.time()))
             self._apply(prefill, decode, loop.time())
             self._publish()
 

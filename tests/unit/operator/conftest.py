@@ -14,50 +14,83 @@ LATER = "2026-01-01T00:05:00Z"
 
 
 def region(name: str, jurisdiction: str) -> FleetRegion:
-    return FleetRegion.model_validate({
-        "apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
-        "metadata": {"name": name, "generation": 1},
-        "spec": {"jurisdiction": jurisdiction}})
+    return FleetRegion.model_validate(
+        {
+            "apiVersion": "inference.factory.dev/v1alpha1",
+            "kind": "FleetRegion",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"jurisdiction": jurisdiction},
+        }
+    )
 
 
-REGIONS = {r.name: r for r in (region("eu-west-1", "EU"), region("eu-central-1", "EU"),
-                               region("us-east-1", "US"), region("ap-south-1", "IN"))}
+REGIONS = {
+    r.name: r
+    for r in (
+        region("eu-west-1", "EU"),
+        region("eu-central-1", "EU"),
+        region("us-east-1", "US"),
+        region("ap-south-1", "IN"),
+    )
+}
 
 
-def factory(pools: list[dict[str, Any]], *, residency: list[str] | None = None,
-            engine: dict[str, Any] | None = None, uri: str = "hf://meta-llama/Llama-3.1-8B-Instruct",
-            status: dict[str, Any] | None = None, **model: Any) -> InferenceFactory:
-    spec: dict[str, Any] = {"model": {"name": "llama-3.1-8b", "uri": uri, **model},
-                            "pools": pools}
+def factory(
+    pools: list[dict[str, Any]],
+    *,
+    residency: list[str] | None = None,
+    engine: dict[str, Any] | None = None,
+    uri: str = "hf://meta-llama/Llama-3.1-8B-Instruct",
+    status: dict[str, Any] | None = None,
+    **model: Any,
+) -> InferenceFactory:
+    spec: dict[str, Any] = {"model": {"name": "llama-3.1-8b", "uri": uri, **model}, "pools": pools}
     if residency is not None:
         spec["residency"] = {"jurisdictions": residency}
     if engine is not None:
         spec["engine"] = engine
-    body: dict[str, Any] = {"apiVersion": "inference.factory.dev/v1alpha1",
-                            "kind": "InferenceFactory",
-                            "metadata": {"name": "llama", "namespace": "ml", "uid": "u-1",
-                                         "generation": 3},
-                            "spec": spec}
+    body: dict[str, Any] = {
+        "apiVersion": "inference.factory.dev/v1alpha1",
+        "kind": "InferenceFactory",
+        "metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 3},
+        "spec": spec,
+    }
     if status is not None:
         body["status"] = status
     return InferenceFactory.model_validate(body)
 
 
-def pool(name: str, region_name: str, kind: str = "nvidia", type_: str = "H100", count: int = 1,
-         replicas: int = 1, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "region": region_name,
-            "accelerator": {"kind": kind, "type": type_, "count": count},
-            "replicas": {"min": replicas, "max": max(replicas, 1)}, **extra}
+def pool(
+    name: str,
+    region_name: str,
+    kind: str = "nvidia",
+    type_: str = "H100",
+    count: int = 1,
+    replicas: int = 1,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "region": region_name,
+        "accelerator": {"kind": kind, "type": type_, "count": count},
+        "replicas": {"min": replicas, "max": max(replicas, 1)},
+        **extra,
+    }
 
 
-def gpu_node(name: str, region_name: str, resource: str = "nvidia.com/gpu",
-             count: int = 8) -> NodeInfo:
+def gpu_node(
+    name: str, region_name: str, resource: str = "nvidia.com/gpu", count: int = 8
+) -> NodeInfo:
     return NodeInfo(name, {"topology.kubernetes.io/region": region_name}, {resource: count})
 
 
-NODES = [gpu_node("h100-a", "eu-west-1"), gpu_node("h100-b", "eu-central-1"),
-         gpu_node("inf2-a", "eu-west-1", "aws.amazon.com/neuron", 12),
-         gpu_node("h100-c", "us-east-1"), gpu_node("h100-d", "ap-south-1")]
+NODES = [
+    gpu_node("h100-a", "eu-west-1"),
+    gpu_node("h100-b", "eu-central-1"),
+    gpu_node("inf2-a", "eu-west-1", "aws.amazon.com/neuron", 12),
+    gpu_node("h100-c", "us-east-1"),
+    gpu_node("h100-d", "ap-south-1"),
+]
 
 
 @pytest.fixture

@@ -24,18 +24,24 @@ def _assert_vllm_error(body: dict[str, object], status: int, err_type: str) -> N
         ("/v1/chat/completions", b'{"model": "llama-8b"}', "messages"),
         ("/v1/completions", b'{"model": "llama-8b"}', "prompt"),
         ("/v1/embeddings", b'{"model": "llama-8b"}', "input"),
-        ("/v1/chat/completions",
-         b'{"model":"llama-8b","messages":[{"role":"user","content":"x"}],"max_tokens":-1}',
-         "max_tokens"),
+        (
+            "/v1/chat/completions",
+            b'{"model":"llama-8b","messages":[{"role":"user","content":"x"}],"max_tokens":-1}',
+            "max_tokens",
+        ),
         ("/v1/completions", b'{"prompt":"x","stream_options":{"include_usage":true}}', None),
     ],
 )
 async def test_malformed_requests_are_400(
-    http: aiohttp.ClientSession, engine: EngineHandle, path: str, payload: bytes,
+    http: aiohttp.ClientSession,
+    engine: EngineHandle,
+    path: str,
+    payload: bytes,
     param: str | None,
 ) -> None:
-    async with http.post(f"{engine.url}{path}", data=payload,
-                         headers={"Content-Type": "application/json"}) as resp:
+    async with http.post(
+        f"{engine.url}{path}", data=payload, headers={"Content-Type": "application/json"}
+    ) as resp:
         assert resp.status == 400
         body = await resp.json()
     _assert_vllm_error(body, 400, "BadRequestError")
@@ -65,7 +71,13 @@ async def test_unknown_model_is_404(http: aiohttp.ClientSession, engine: EngineH
 async def test_unknown_fields_are_allowed(
     http: aiohttp.ClientSession, engine: EngineHandle
 ) -> None:
-    body = {"model": "llama-8b", "messages": [{"role": "user", "content": "x", "name": "me"}],
-            "max_tokens": 2, "top_k": 5, "frobnicate": {"a": 1}, "tenant_hint": "eu"}
+    body = {
+        "model": "llama-8b",
+        "messages": [{"role": "user", "content": "x", "name": "me"}],
+        "max_tokens": 2,
+        "top_k": 5,
+        "frobnicate": {"a": 1},
+        "tenant_hint": "eu",
+    }
     async with http.post(f"{engine.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200

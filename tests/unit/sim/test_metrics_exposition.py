@@ -16,10 +16,17 @@ from factory_sim.server import EngineHandle
 from .conftest import scrape, value
 
 REQUIRED_BY_DESIGN = {  # DESIGN.md section 5 and issue 4
-    "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-    "vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:time_to_first_token_seconds",
-    "vllm:inter_token_latency_seconds", "vllm:e2e_request_latency_seconds",
-    "vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success",
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:request_success",
 }
 
 
@@ -76,8 +83,7 @@ async def test_counters_move_with_traffic(
     samples = await scrape(http, engine)
     assert value(samples, "vllm:request_success_total", finished_reason="length") == 1
     assert {r for r in FINISH_REASONS} <= {
-        s.labels["finished_reason"]
-        for s in samples["__families__"]["vllm:request_success"].samples
+        s.labels["finished_reason"] for s in samples["__families__"]["vllm:request_success"].samples
     }
     assert value(samples, "vllm:generation_tokens_total") == 5
     assert value(samples, "vllm:prompt_tokens_total") == 3  # "hello there": 11 chars / 4
@@ -85,8 +91,10 @@ async def test_counters_move_with_traffic(
     assert value(samples, "vllm:inter_token_latency_seconds_count") == 4
     requests = samples["__families__"][SIM_REQUESTS.name]
     assert requests.type == "counter"
-    assert value(samples, "factory_sim_requests_total", path="/v1/completions",
-                 model_name="llama-8b") == 1
+    assert (
+        value(samples, "factory_sim_requests_total", path="/v1/completions", model_name="llama-8b")
+        == 1
+    )
 
 
 @pytest.mark.parametrize("path", ["/health", "/v1/models", "/version"])

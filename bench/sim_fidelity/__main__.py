@@ -1,0 +1,5 @@
+"""``python -m bench.sim_fidelity`` runs the benchmark (see run.py)."""
+
+from bench.sim_fidelity.run import main
+
+raise SystemExit(main())

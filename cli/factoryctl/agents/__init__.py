@@ -1,0 +1,1 @@
+"""Long-running helpers of the local fleet, each started as a process by a component."""

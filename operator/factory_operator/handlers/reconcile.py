@@ -1,0 +1,78 @@
+"""The reconcile every handler calls: observe -> plan -> execute, with errors classified."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from factory_operator.api import InferenceFactory
+from factory_operator.api.errors import SpecError, TransientError
+from factory_operator.k8s import Kube, OperatorMetrics, execute, observe
+from factory_operator.plan import OperatorSettings, Plan, plan_factory
+
+log = logging.getLogger(__name__)
+RETRY_DELAY = 10.0
+
+
+def utc_now() -> str:
+    """Current time, RFC 3339, second precision (as Kubernetes stores it)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_factory(body: Any) -> InferenceFactory:
+    """A kopf body as the model; a body the model refuses can never work."""
+    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")
+           if k in body}
+    try:
+        return InferenceFactory.model_validate(raw)
+    except ValueError as err:
+        raise SpecError(f"spec refused by the operator: {err}") from err
+
+
+def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Plan) -> None:
+    """Condition and replica gauges for one factory."""
+    ns, name = factory.metadata.namespace or "", factory.metadata.name
+    for cond in plan.status.conditions:
+        for status in ("True", "False", "Unknown"):
+            metrics.condition.labels(ns, name, cond.type, status, cond.reason).set(
+                1 if cond.status == status else 0)
+    for pool in plan.status.pools:
+        labels = (ns, name, pool.name, pool.region, pool.jurisdiction or "")
+        metrics.replicas.labels(*labels, "desired").set(pool.desired_replicas)
+        metrics.replicas.labels(*labels, "ready").set(pool.ready_replicas)
+
+
+async def reconcile_factory(kube: Kube, body: Any, settings: OperatorSettings,
+                            metrics: OperatorMetrics) -> Plan:
+    """Bring one factory's children and status in line with its spec and the fleet.
+
+    Raises kopf.PermanentError for a spec that can never work (after writing the status
+    that says why) and kopf.TemporaryError for transient API failures.
+    """
+    started = time.monotonic()
+    try:
+        factory = parse_factory(body)
+        if factory.metadata.deletion_timestamp:
+            return Plan()  # garbage collection removes owned children
+        world = await observe(kube, factory, settings, utc_now())
+        plan = plan_factory(factory, world.regions, world.observed, settings)
+        writes = await execute(kube, factory, plan, world, settings)
+        record_metrics(metrics, factory, plan)
+    except SpecError as err:
+        metrics.reconciles.labels(outcome="permanent").inc()
+        raise kopf.PermanentError(str(err)) from err
+    except TransientError as err:
+        metrics.reconciles.labels(outcome="retry").inc()
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err
+    finally:
+        metrics.reconcile_seconds.observe(time.monotonic() - started)
+    metrics.reconciles.labels(outcome="ok").inc()
+    if writes:
+        log.info("reconciled", extra={"factory": factory.metadata.name, "writes": writes})
+    if plan.permanent_error:
+        raise kopf.PermanentError(plan.permanent_error)
+    return plan

@@ -1,0 +1,158 @@
+"""kopf glue: every handler of the operator, registered on a fresh registry (no globals).
+
+- InferenceFactory create/update/resume (ids ``factory-create``/``-update``/``-resume``) and
+  a per-factory daemon (``factory-resync``) that re-evaluates on a timer or when woken;
+  all call ``reconcile_factory``.
+- FleetRegion events (``region-changed``): refresh the region's status, wake its factories.
+- accelerator Node events (``node-changed``): wake the factories of the node's regions.
+- Deployment events of our children (``child-changed``): wake the owning factory.
+
+Watch handlers never write to wake a factory: they set an in-memory event (``FactoryIndex``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from factory_operator.api import GROUP, VERSION, FleetRegion
+from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.errors import TransientError
+from factory_operator.k8s import Kube, OperatorMetrics, node_info
+from factory_operator.plan import OperatorSettings, plan_region_status
+
+from .index import FactoryIndex, Key
+from .reconcile import reconcile_factory, utc_now
+
+log = logging.getLogger(__name__)
+FACTORIES = "inferencefactories"
+REGIONS = "fleetregions"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "inference-factory"}
+
+
+def _pool_regions(spec: Any) -> frozenset[str]:
+    return frozenset(p.get("region", "") for p in (spec or {}).get("pools") or [])
+
+
+def _has_accelerators(body: Any, **_: Any) -> bool:
+    allocatable = (body.get("status") or {}).get("allocatable") or {}
+    return any(r in allocatable for r in RESOURCE_BY_KIND.values())
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
+    """Apply the operator's settings to kopf (storage names, timeouts, no chatter)."""
+    kopf_settings.persistence.finalizer = op.finalizer
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=op.annotation_prefix)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=op.annotation_prefix, key="last-handled-configuration")
+    kopf_settings.networking.request_timeout = op.api_timeout_seconds
+    kopf_settings.networking.connect_timeout = op.api_connect_timeout_seconds
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    # kopf posts an Event per handler run by default: writes while idle. Our own Events say
+    # what matters (a pool stopped for residency).
+    kopf_settings.posting.enabled = False
+
+
+def build_registry(settings: OperatorSettings, kube_factory: Callable[[], Kube],
+                   metrics: OperatorMetrics) -> kopf.OperatorRegistry:
+    """A kopf registry with all of the operator's handlers bound to these settings."""
+    registry = kopf.OperatorRegistry()
+    index = FactoryIndex()
+    op_settings = settings  # kopf passes its own settings under the name `settings`
+    clients: dict[str, Kube] = {}
+
+    def kube() -> Kube:
+        if "kube" not in clients:
+            clients["kube"] = kube_factory()
+        return clients["kube"]
+
+    async def reconcile(body: Any, key: Key) -> None:
+        entry = index.entry(key)
+        index.set_regions(key, _pool_regions(body.get("spec")))
+        async with entry.lock:
+            await reconcile_factory(kube(), body, settings, metrics)
+
+    # A fresh registry has none of kopf's default login handlers: log in the way the
+    # `kubernetes` client does (in-cluster service account, else KUBECONFIG).
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, op_settings)
+
+    @kopf.on.create(GROUP, VERSION, FACTORIES, id="factory-create", registry=registry)
+    @kopf.on.update(GROUP, VERSION, FACTORIES, id="factory-update", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, FACTORIES, id="factory-resume", registry=registry)
+    async def factory_changed(body: kopf.Body, name: str, namespace: str | None,
+                              **_: Any) -> None:
+        await reconcile(body, (namespace or "", name))
+
+    @kopf.daemon(GROUP, VERSION, FACTORIES, id="factory-resync", registry=registry,
+                 cancellation_timeout=5.0)
+    async def factory_resync(body: kopf.Body, name: str, namespace: str | None,
+                             stopped: kopf.DaemonStopped, **_: Any) -> None:
+        key = (namespace or "", name)
+        entry = index.entry(key)
+        try:
+            while not stopped:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(entry.wake.wait(), timeout=settings.resync_seconds)
+                entry.wake.clear()
+                if stopped:
+                    break
+                try:
+                    await reconcile(body, key)
+                except (kopf.PermanentError, kopf.TemporaryError) as err:
+                    log.warning("resync: %s", err, extra={"factory": name})
+        finally:
+            index.forget(key)
+
+    @kopf.on.event(GROUP, VERSION, REGIONS, id="region-changed", registry=registry)
+    async def region_changed(body: kopf.Body, name: str, type: str | None,
+                             **_: Any) -> None:
+        if type == "DELETED":
+            index.set_region_selector(name, None)
+        else:
+            region = FleetRegion.model_validate(
+                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")
+                 if k in body})
+            index.set_region_selector(name, region.spec.selector(name))
+            try:
+                await refresh_region_status(kube(), region)
+            except TransientError as err:
+                log.warning("region status: %s", err, extra={"region": name})
+        index.wake_regions({name})
+
+    @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry,
+                   when=_has_accelerators)
+    async def node_changed(body: kopf.Body, **_: Any) -> None:
+        index.wake_regions(index.regions_of_node(body.get("metadata", {}).get("labels") or {}))
+
+    @kopf.on.event("apps", "v1", "deployments", id="child-changed", registry=registry,
+                   labels=MANAGED_BY)
+    async def child_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        owner = (body.get("metadata", {}).get("labels") or {}).get(
+            f"{settings.annotation_prefix}/factory")
+        if owner and namespace:
+            index.wake((namespace, owner))
+
+    return registry
+
+
+async def refresh_region_status(kube: Kube, region: FleetRegion) -> None:
+    """Patch a FleetRegion's status from its nodes, only when it changed."""
+    nodes = [node_info(n) for n in await kube.list("v1", "Node")]
+    status = plan_region_status(region, nodes, utc_now())
+    current = region.status.to_wire() if region.status else None
+    if status.to_wire() != current:
+        await kube.patch_status(f"{GROUP}/{VERSION}", "FleetRegion", region.name, None,
+                                status.to_wire())

@@ -1,0 +1,52 @@
+"""Decide whether a child needs a write: the operator must send nothing once converged.
+
+A server-side apply of an unchanged manifest is still a write request, so each applied
+manifest carries a hash annotation of itself; a child is re-applied only when the hash
+differs (our intent changed) or the live object no longer contains what we want (someone
+else changed one of our fields: drift).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def manifest_hash(manifest: Obj) -> str:
+    """Stable hash of a desired manifest (without its own hash annotation)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: Obj, key: str) -> Obj:
+    """A copy of the manifest annotated with its own hash."""
+    digest = manifest_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), key: digest}
+    return {**manifest, "metadata": meta}
+
+
+def contains(live: Any, wanted: Any) -> bool:
+    """Whether ``live`` holds every field of ``wanted`` (server defaults may add more)."""
+    if isinstance(wanted, dict):
+        return isinstance(live, dict) and all(k in live and contains(live[k], v)
+                                              for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (isinstance(live, list) and len(live) == len(wanted)
+                and all(contains(a, b) for a, b in zip(live, wanted, strict=True)))
+    return bool(live == wanted or str(live) == str(wanted))
+
+
+def needs_apply(desired: Obj, live: Obj | None, key: str) -> bool:
+    """True when the child is missing, our intent changed, or it drifted."""
+    if live is None:
+        return True
+    annotated = with_hash(desired, key)
+    current = (live.get("metadata", {}).get("annotations") or {}).get(key)
+    if current != annotated["metadata"]["annotations"][key]:
+        return True
+    return not contains({k: live.get(k) for k in ("metadata", "spec")},
+                        {k: desired[k] for k in ("metadata", "spec") if k in desired})

@@ -1,0 +1,214 @@
+"""Kubernetes objects -> Fleet: a pure translation, plus the cache that watch events update.
+
+Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3):
+
+- FleetRegion (cluster-scoped): `metadata.name` is the region, `spec.jurisdiction` its
+  jurisdiction (absent or malformed: the region is unknown, nothing in it is routable),
+  `spec.endpoint` the region's entry point in one-cluster-per-region fleets,
+  `spec.pricing` price per accelerator-hour by accelerator type (cost weight).
+- InferenceFactory: `spec.model.name` is the model; `status.pools[]` (name, region,
+  jurisdiction) are the pools really running; `spec.pools[].accelerator` gives the cost.
+- EndpointSlices of Service `<factory>-<pool>` (label `kubernetes.io/service-name`):
+  one backend per endpoint; `conditions.serving`/`terminating` are honoured (a terminating
+  endpoint is used only when no ready one is left, so rollouts and scale-down drop nothing).
+- Pods: annotation `inference.factory.dev/address: host:port` overrides the endpoint's
+  address (the local fleet's simulated engines listen on 127.0.0.1).
+
+Fail closed: a pool whose status jurisdiction disagrees with its FleetRegion's gets no
+region (never a candidate, still visible in the explain output).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory_router.policy.fleet import Backend, Fleet, Region, RttMatrix, build_fleet
+from factory_router.policy.tenants import normalise_jurisdiction
+
+ADDRESS_ANNOTATION = "inference.factory.dev/address"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=inference-factory"
+DEFAULT_PORT = 8000
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+Obj = Mapping[str, Any]
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
+
+
+def _get(obj: Obj | None, *path: str) -> Any:
+    cur: Any = obj
+    for p in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def _key(obj: Obj) -> Key:
+    return (_get(obj, "metadata", "namespace") or "", _get(obj, "metadata", "name") or "")
+
+
+def region_of(obj: Obj) -> Region:
+    name = _get(obj, "metadata", "name") or ""
+    raw = _get(obj, "spec", "jurisdiction")
+    try:
+        jurisdiction = normalise_jurisdiction(raw) if isinstance(raw, str) and raw else None
+    except ValueError:
+        jurisdiction = None
+    return Region(name, jurisdiction)
+
+
+def _address(endpoint: Obj, pod: Obj | None, port: int) -> str | None:
+    override = _get(pod, "metadata", "annotations", ADDRESS_ANNOTATION)
+    if isinstance(override, str) and _HOST_PORT.match(override.strip()):
+        return override.strip()
+    addresses = endpoint.get("addresses") or []
+    if not addresses:
+        return None
+    ip = str(addresses[0])
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _port(slice_obj: Obj) -> int:
+    ports = slice_obj.get("ports") or []
+    for p in ports:
+        if p.get("name") == "http" and p.get("port"):
+            return int(p["port"])
+    return int(ports[0]["port"]) if ports and ports[0].get("port") else DEFAULT_PORT
+
+
+def _serving(endpoint: Obj) -> tuple[bool, bool]:
+    cond = endpoint.get("conditions") or {}
+    ready, serving, terminating = cond.get("ready"), cond.get("serving"), cond.get("terminating")
+    # API conventions: an unset `ready`/`serving` is to be read as true.
+    is_serving = serving if serving is not None else (ready if ready is not None else True)
+    return bool(is_serving), bool(terminating)
+
+
+def _pool_cost(factory: Obj, pool_name: str, region: Obj | None) -> float:
+    pricing = _get(region, "spec", "pricing") or {}
+    for pool in _get(factory, "spec", "pools") or []:
+        if pool.get("name") != pool_name:
+            continue
+        acc = pool.get("accelerator") or {}
+        price = pricing.get(acc.get("type")) if isinstance(pricing, Mapping) else None
+        if isinstance(price, int | float):
+            return float(price) * float(acc.get("count") or 1)
+    return 0.0
+
+
+def fleet_from_objects(
+    fleet_regions: list[Obj],
+    factories: list[Obj],
+    endpoint_slices: list[Obj],
+    pods: list[Obj],
+    *,
+    rtt: RttMatrix | None = None,
+    local_region: str | None = None,
+) -> Fleet:
+    """Pure: the current objects to a Fleet (see the module docstring for the rules)."""
+    regions = {r.name: r for r in map(region_of, fleet_regions) if r.name}
+    region_objs = {_get(o, "metadata", "name"): o for o in fleet_regions}
+    pods_by_key = {_key(p): p for p in pods}
+    slices: dict[Key, list[Obj]] = {}
+    for s in endpoint_slices:
+        svc = _get(s, "metadata", "labels", SERVICE_NAME_LABEL)
+        if svc:
+            slices.setdefault((_get(s, "metadata", "namespace") or "", svc), []).append(s)
+    backends: dict[str, Backend] = {}
+    for factory in factories:
+        ns, fname = _key(factory)
+        model = _get(factory, "spec", "model", "name")
+        if not isinstance(model, str) or not model:
+            continue
+        for pool in _get(factory, "status", "pools") or []:
+            pname, region = pool.get("name"), pool.get("region")
+            if not pname:
+                continue
+            known = regions.get(region) if region else None
+            claimed = pool.get("jurisdiction")
+            if known is not None and claimed and known.jurisdiction != str(claimed).upper():
+                region = None  # disagreement: fail closed
+            svc = f"{fname}-{pname}"
+            cost = _pool_cost(factory, pname, region_objs.get(region))
+            found = False
+            for s in slices.get((ns, svc), []):
+                port = _port(s)
+                for ep in s.get("endpoints") or []:
+                    target = ep.get("targetRef") or {}
+                    pod_name = target.get("name") if target.get("kind", "Pod") == "Pod" else None
+                    pod = pods_by_key.get((target.get("namespace") or ns, pod_name or ""))
+                    address = _address(ep, pod, port)
+                    if address is None:
+                        continue
+                    found = True
+                    serving, terminating = _serving(ep)
+                    bid = f"{ns}/{svc}/{pod_name or address}"
+                    backends[bid] = Backend(
+                        id=bid,
+                        model=model,
+                        pool=svc,
+                        region=region,
+                        url=f"http://{address}",
+                        factory=fname,
+                        namespace=ns,
+                        pod=pod_name,
+                        cost=cost,
+                        serving=serving,
+                        terminating=terminating,
+                    )
+            endpoint = _get(region_objs.get(region), "spec", "endpoint")
+            if not found and endpoint and region and region != local_region:
+                bid = f"region:{region}/{model}"
+                backends.setdefault(
+                    bid,
+                    Backend(
+                        id=bid,
+                        model=model,
+                        pool=svc,
+                        region=region,
+                        url=str(endpoint).rstrip("/"),
+                        factory=fname,
+                        namespace=ns,
+                        cost=cost,
+                    ),
+                )
+    return build_fleet(regions.values(), backends.values(), rtt)
+
+
+@dataclass
+class KubeCache:
+    """The objects last seen by the watches; `apply` is fed watch events."""
+
+    objects: dict[str, dict[Key, Obj]] = field(
+        default_factory=lambda: {k: {} for k in ("regions", "factories", "slices", "pods")}
+    )
+
+    def replace(self, kind: str, items: list[Obj]) -> None:
+        """A fresh list (after a relist): replaces everything of that kind."""
+        self.objects[kind] = {_key(o): o for o in items}
+
+    def apply(self, kind: str, event_type: str, obj: Obj) -> bool:
+        """Apply one watch event; True when the cache changed."""
+        store = self.objects[kind]
+        key = _key(obj)
+        if event_type == "DELETED":
+            return store.pop(key, None) is not None
+        if event_type in ("ADDED", "MODIFIED"):
+            store[key] = obj
+            return True
+        return False  # BOOKMARK / ERROR
+
+    def fleet(self, rtt: RttMatrix | None = None, local_region: str | None = None) -> Fleet:
+        o = self.objects
+        return fleet_from_objects(
+            list(o["regions"].values()),
+            list(o["factories"].values()),
+            list(o["slices"].values()),
+            list(o["pods"].values()),
+            rtt=rtt,
+            local_region=local_region,
+        )

@@ -1,0 +1,210 @@
+"""`factory-router`: flags and environment (pydantic-settings), start-up checks, lifecycle.
+
+Every flag is also an environment variable, `FACTORY_ROUTER_<NAME>` (e.g.
+`FACTORY_ROUTER_PROMETHEUS_URL`). Start-up fails (exit 2) on a missing, empty or invalid
+tenants file, on a missing/invalid backends file, or without exactly one backend source:
+the router never starts in an allow-all or empty state by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from factory_router.app.logs import AccessLog, setup_logging
+from factory_router.app.server import RouterServer, create_app
+from factory_router.app.state import RouterState
+from factory_router.discovery.static import load_fleet_file
+from factory_router.policy.config import (
+    EjectionConfig,
+    Limits,
+    RetryBudgetConfig,
+    RouterConfig,
+    ScoringConfig,
+    Timeouts,
+)
+from factory_router.policy.errors import PolicyError
+from factory_router.policy.fleet import Fleet, RttMatrix
+from factory_router.policy.policies import PolicyName
+from factory_router.policy.tenants import load_tenants_text
+
+log = logging.getLogger("factory_router.main")
+_T, _L, _S = Timeouts(), Limits(), ScoringConfig()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACTORY_ROUTER_",
+        cli_kebab_case=True,
+        cli_prog_name="factory-router",
+        cli_implicit_flags=True,
+    )
+
+    listen: str = Field("127.0.0.1:8080", description="host:port to listen on")
+    region: str = Field(description="this router's region (the default client region)")
+    tenants: Path = Field(description="tenants YAML (reloaded when it changes)")
+    backends: Path | None = Field(None, description="static backends YAML (reloaded)")
+    kubeconfig: Path | None = Field(None, description="discover backends from Kubernetes")
+    in_cluster: bool = Field(False, description="discover from Kubernetes, in-cluster")
+    rtt: Path | None = Field(None, description="RTT matrix YAML {region: {region: ms}}")
+    prometheus_url: str | None = Field(None, description="Prometheus for load snapshots")
+    policy: Literal["score", "round-robin", "least-request"] = Field(
+        "score", description="ranking among compliant backends"
+    )
+    connect_timeout: float = Field(_T.connect, gt=0)
+    first_byte_timeout: float = Field(_T.first_byte, gt=0, description="stall -> 504")
+    idle_timeout: float = Field(_T.idle, gt=0, description="max gap between chunks")
+    grace_period: float = Field(_T.grace_period, ge=0, description="shutdown drain time")
+    max_body_bytes: int = Field(_L.max_body_bytes, gt=0)
+    max_connections: int = Field(_L.max_connections, gt=0)
+    max_connections_per_host: int = Field(_L.max_connections_per_host, gt=0)
+    max_attempts: int = Field(_L.max_attempts, ge=1, description="per request, first included")
+    prometheus_interval: float = Field(2.0, gt=0)
+    stale_after: float = Field(_S.snapshot_stale_seconds, gt=0)
+    cost_weight_ms: float = Field(_S.cost_weight_ms, ge=0)
+    log_level: str = "INFO"
+    event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
+        "asyncio", description="auto: uvloop when installed"
+    )
+    access_log: bool = Field(True, description="one JSON line per request on stderr")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("--listen must be host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Settings:
+        sources = [self.backends is not None, self.kubeconfig is not None, self.in_cluster]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of --backends, --kubeconfig, --in-cluster")
+        return self
+
+    def router_config(self) -> RouterConfig:
+        return RouterConfig(
+            timeouts=Timeouts(
+                connect=self.connect_timeout,
+                first_byte=self.first_byte_timeout,
+                idle=self.idle_timeout,
+                grace_period=self.grace_period,
+            ),
+            limits=Limits(
+                max_connections=self.max_connections,
+                max_connections_per_host=self.max_connections_per_host,
+                max_body_bytes=self.max_body_bytes,
+                max_attempts=self.max_attempts,
+            ),
+            retry_budget=RetryBudgetConfig(),
+            ejection=EjectionConfig(),
+            scoring=ScoringConfig(
+                cost_weight_ms=self.cost_weight_ms, snapshot_stale_seconds=self.stale_after
+            ),
+            prometheus_interval=self.prometheus_interval,
+        )
+
+
+def build(settings: Settings) -> RouterServer:
+    """Load and check everything; PolicyError when the router must not start."""
+    try:
+        tenants = load_tenants_text(settings.tenants.read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read tenants file: {exc}") from exc
+    rtt = None
+    if settings.rtt is not None:
+        try:
+            rtt = RttMatrix.from_nested(yaml.safe_load(settings.rtt.read_text()) or {})
+        except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
+            raise PolicyError(f"invalid RTT file: {exc}") from exc
+    fleet: Fleet | None = None
+    extra: list[Any] = []
+    if settings.backends is not None:
+        fleet = load_fleet_file(settings.backends)
+        if rtt is not None:
+            fleet = Fleet(fleet.regions, fleet.backends, rtt)
+    state = RouterState.create(
+        region=settings.region,
+        tenants=tenants,
+        fleet=fleet,
+        config=settings.router_config(),
+        policy=PolicyName(settings.policy),
+        prometheus_url=settings.prometheus_url,
+        access_log=AccessLog(enabled=settings.access_log),
+    )
+    if settings.backends is None:
+        extra.append(_kube_task(settings, rtt))
+    app = create_app(
+        state, tenants_file=settings.tenants, backends_file=settings.backends, extra_tasks=extra
+    )
+    host, _, port = settings.listen.rpartition(":")
+    return RouterServer(app, host.strip("[]"), int(port))
+
+
+def _kube_task(settings: Settings, rtt: RttMatrix | None) -> Any:
+    def start(state: RouterState) -> Coroutine[Any, Any, None]:
+        # Imported here: the Kubernetes client costs ~0.5 s of start-up, and only this
+        # discovery mode needs it.
+        from factory_router.discovery.kube_watch import KubeWatcher  # noqa: PLC0415
+
+        watcher = KubeWatcher(
+            state.set_fleet,
+            kubeconfig=str(settings.kubeconfig) if settings.kubeconfig else None,
+            rtt=rtt,
+            local_region=settings.region,
+        )
+        return watcher.run()
+
+    return start
+
+
+async def serve(server: RouterServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests")
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = CliApp.run(Settings, cli_args=list(argv) if argv is not None else sys.argv[1:])
+    setup_logging(settings.log_level)
+    try:
+        server = build(settings)
+    except PolicyError as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from exc
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(server))
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for or available (it cut the router's CPU per request in
+    bench/router_overhead); the standard loop otherwise."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--event-loop uvloop: uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Invalid factories: refused by the API server (schema, CEL) naming the field, or, where only
+the operator can know (region, residency, capacity), reported in a condition with nothing
+deployed."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.integration.operator.conftest import RunningOperator, wait_condition
+from tests.integration.operator.factories import as_json, factory
+from tests.support.cluster import KubectlCluster
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        keys = path.split(".")
+        target: Any = obj
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target.setdefault(key, {})
+        last = keys[-1]
+        if value is _DELETE:
+            del target[last]
+        elif last.isdigit():
+            target[int(last)] = value
+        else:
+            target[last] = value
+
+    return mutate
+
+
+_DELETE = object()
+POOL0 = "spec.pools.0"
+
+# (id, mutation, substrings the API server's refusal must contain)
+REFUSED: list[tuple[str, Mutation, list[str]]] = [
+    ("min-above-max", _set(f"{POOL0}.replicas", {"min": 5, "max": 2}),
+     ["replicas.min must be <= replicas.max"]),
+    ("duplicate-pool-names", _set("spec.pools.1.name", "h100-dub"),
+     ["pool names must be unique"]),
+    ("name-too-long", _set(f"{POOL0}.name", "p" * 60), ["at most 63 characters"]),
+    ("pool-name-not-dns", _set(f"{POOL0}.name", "H100_Dub"), ["spec.pools[0].name"]),
+    ("nvidia-with-neuron-type", _set(f"{POOL0}.accelerator.type", "inf2"),
+     ["nvidia accelerator type must be one of"]),
+    ("neuron-with-gpu-type", _set("spec.pools.1.accelerator.type", "H100"),
+     ["neuron accelerator type must be"]),
+    ("zero-accelerators", _set(f"{POOL0}.accelerator.count", 0),
+     ["spec.pools[0].accelerator.count"]),
+    ("negative-replicas", _set(f"{POOL0}.replicas.min", -1), ["spec.pools[0].replicas.min"]),
+    ("gpu-mem-above-one", _set("spec.engine.args.gpuMemoryUtilization", 1.5),
+     ["spec.engine.args.gpuMemoryUtilization"]),
+    ("gpu-mem-zero", _set("spec.engine.args.gpuMemoryUtilization", 0),
+     ["spec.engine.args.gpuMemoryUtilization"]),
+    ("unknown-uri-scheme", _set("spec.model.uri", "ftp://models/llama"), ["spec.model.uri"]),
+    ("model-name-missing", _set("spec.model.name", _DELETE), ["spec.model.name", "Required"]),
+    ("unknown-accelerator-kind", _set(f"{POOL0}.accelerator.kind", "tpu"),
+     ["spec.pools[0].accelerator.kind", "Unsupported value"]),
+    ("tp-not-gpu-count", _set(f"{POOL0}.engine", {"args": {"tensorParallelSize": 4}}),
+     ["tensorParallelSize must equal accelerator.count"]),
+    ("s3-without-credentials", _set("spec.model.uri", "s3://bucket/llama"),
+     ["an s3:// model needs credentialsSecretRef"]),
+    ("extra-args-override-port", _set("spec.engine.extraArgs", ["--port=9000"]),
+     ["extraArgs must not set --port"]),
+    ("token-in-plain-env", _set("spec.engine.env", [{"name": "HF_TOKEN", "value": "hf_x"}]),
+     ["put credentials in model.credentialsSecretRef"]),
+    ("lowercase-jurisdiction", _set("spec.residency.jurisdictions", ["eu"]),
+     ["spec.residency.jurisdictions[0]"]),
+    ("no-pools", _set("spec.pools", []), ["spec.pools"]),
+    ("unknown-field", _set("spec.engine.args.maxBatch", 3),
+     ['unknown field "spec.engine.args.maxBatch"']),
+    ("gpu-memory-on-neuron", _set("spec.pools.1.engine.args.gpuMemoryUtilization", 0.9),
+     ["gpuMemoryUtilization does not apply to neuron pools"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutation", "expected"), [(m, e) for _, m, e in REFUSED],
+                         ids=[case_id for case_id, _, _ in REFUSED])  # fmt: skip
+def test_api_server_refuses_invalid_factory(
+    operator_cluster: KubectlCluster, namespace: str, mutation: Mutation, expected: list[str]
+) -> None:
+    obj = factory()
+    mutation(obj)
+    done = operator_cluster.run("apply", "--server-side", "-n", namespace, "-f", "-",
+                                input=as_json(obj))  # fmt: skip
+    assert done.returncode != 0, "the API server accepted an invalid factory"
+    for text in expected:
+        assert text in done.stderr, done.stderr
+    assert operator_cluster.kubectl("get", "inferencefactories", "-n", namespace, "-o",
+                                    "name") == ""  # fmt: skip
+
+
+OPERATOR_ONLY = [
+    ("unknown-region", _set(f"{POOL0}.region", "mars-north-1"), "UnknownRegion", "h100-dub"),
+    ("outside-residency", _set(f"{POOL0}.region", "us-east-1"), "ResidencyViolation", "h100-dub"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutation", "reason", "pool"), [c[1:] for c in OPERATOR_ONLY],
+                         ids=[c[0] for c in OPERATOR_ONLY])  # fmt: skip
+def test_operator_reports_what_only_it_can_know(
+    operator_cluster: KubectlCluster, namespace: str, operator: RunningOperator,
+    mutation: Mutation, reason: str, pool: str,
+) -> None:  # fmt: skip
+    obj = factory()
+    obj["spec"]["pools"] = copy.deepcopy(obj["spec"]["pools"][:1])
+    mutation(obj)
+    operator_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=as_json(obj))
+    cond = wait_condition(operator_cluster, namespace, "llama", "Ready", "False", reason)
+    assert pool in cond["message"]
+    assert operator_cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name") == ""
+
+
+def test_pool_needing_more_accelerators_than_any_node_is_degraded(
+    operator_cluster: KubectlCluster, namespace: str, operator: RunningOperator
+) -> None:
+    obj = factory()
+    obj["spec"]["pools"] = [copy.deepcopy(obj["spec"]["pools"][0])]
+    # 16 GPUs per replica: no p5.48xlarge (8 x H100) can hold one.
+    obj["spec"]["pools"][0]["accelerator"]["count"] = 16
+    operator_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=as_json(obj))
+    cond = wait_condition(operator_cluster, namespace, "llama", "Degraded", "True",
+                          "InsufficientAccelerators")  # fmt: skip
+    assert "nvidia.com/gpu" in cond["message"] and "h100-dub" in cond["message"]

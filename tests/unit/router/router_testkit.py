@@ -1,0 +1,268 @@
+"""Test kit for the router: fake engines on 127.0.0.1, a router wired to them, wait_until.
+
+Every server here binds 127.0.0.1 on a free port and is stopped by its context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from factory_router.app.logs import AccessLog
+from factory_router.app.server import RouterServer, create_app
+from factory_router.app.state import RouterState
+from factory_router.policy.config import RouterConfig, Timeouts
+from factory_router.policy.fleet import Backend, Region, RttMatrix, build_fleet
+from factory_router.policy.policies import PolicyName
+from factory_router.policy.tenants import hash_key, parse_tenants
+
+KEYS = {"eu": "sk-eu-0001", "us": "sk-us-0001", "global": "sk-global-0001", "uk": "sk-uk-1"}
+ADMIN_KEY = "sk-admin-0001"
+TENANTS_DOC: dict[str, Any] = {
+    "admin_keys_sha256": [hash_key(ADMIN_KEY)],
+    "tenants": [
+        {"name": "eu-only", "jurisdictions": ["EU"], "api_keys_sha256": [hash_key(KEYS["eu"])]},
+        {"name": "us-only", "jurisdictions": ["US"], "api_keys_sha256": [hash_key(KEYS["us"])]},
+        {"name": "uk-only", "jurisdictions": ["UK"], "api_keys_sha256": [hash_key(KEYS["uk"])]},
+        {
+            "name": "global",
+            "jurisdictions": ["EU", "US", "UK"],
+            "api_keys_sha256": [hash_key(KEYS["global"])],
+        },
+    ],
+}
+REGIONS = [
+    Region("eu-west-1", "EU"),
+    Region("eu-central-1", "EU"),
+    Region("us-east-1", "US"),
+    Region("uk-south-1", "UK"),
+]
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
+) -> None:
+    """Poll `predicate` until true; fail after `timeout` seconds. The only way to wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+def auth(who: str) -> dict[str, str]:
+    key = ADMIN_KEY if who == "admin" else KEYS[who]
+    return {"authorization": f"Bearer {key}"}
+
+
+@dataclass
+class FakeEngine:
+    """A tiny OpenAI-compatible upstream that counts what it receives.
+
+    mode: ok | fail (503) | stall (no first byte, ever) | redirect (307 to `redirect_to`)
+          | stall_after_headers (200 + SSE headers, then nothing)
+          | slow_stream (chunks every `chunk_delay` s, forever until the client goes)
+    """
+
+    model: str = "m"
+    mode: str = "ok"
+    chunks: int = 5
+    chunk_delay: float = 0.0
+    redirect_to: str = ""
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    headers_seen: list[CIMultiDict[str]] = field(default_factory=list)
+    bodies_seen: list[dict[str, Any]] = field(default_factory=list)
+    active: int = 0
+    disconnected_at: float | None = None
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.counts[request.path] += 1
+        self.headers_seen.append(CIMultiDict(request.headers))
+        body = await request.read()
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {"_raw": True}
+        self.bodies_seen.append(doc)
+        if self.mode == "fail":
+            return web.json_response({"error": "engine down"}, status=503)
+        if self.mode == "redirect":
+            raise web.HTTPTemporaryRedirect(self.redirect_to + request.path)
+        if self.mode == "stall":
+            self.active += 1
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                self.active -= 1
+        if request.path == "/v1/embeddings":
+            return web.json_response(
+                {
+                    "object": "list",
+                    "model": self.model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                }
+            )
+        if self.mode == "stall_after_headers":
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            self.active += 1
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                self.active -= 1
+        if doc.get("stream") or self.mode == "slow_stream":
+            return await self._stream(request, request.path == "/v1/chat/completions")
+        return web.json_response(_completion(self.model, request.path))
+
+    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        self.active += 1
+        try:
+            i = 0
+            while self.mode == "slow_stream" or i < self.chunks:
+                await resp.write(
+                    b"data: " + json.dumps(_chunk(self.model, i, chat)).encode() + b"\n\n"
+                )
+                i += 1
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnected_at = time.monotonic()
+            raise
+        finally:
+            self.active -= 1
+        return resp
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _completion(model: str, path: str) -> dict[str, Any]:
+    if path == "/v1/completions":
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "text": "hello", "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello"},
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def _chunk(model: str, i: int, chat: bool) -> dict[str, Any]:
+    if chat:
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+        }
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "text": f"t{i} ", "finish_reason": None, "logprobs": None}],
+    }
+
+
+@asynccontextmanager
+async def engines(n: int, **kw: Any) -> AsyncIterator[list[FakeEngine]]:
+    started = [FakeEngine(**kw) for _ in range(n)]
+    try:
+        for e in started:
+            await e.start()
+        yield started
+    finally:
+        for e in started:
+            await e.stop()
+
+
+def backend(engine: FakeEngine, pool: str, region: str | None, model: str = "m") -> Backend:
+    return Backend(id=f"{pool}/{engine.url}", model=model, pool=pool, region=region, url=engine.url)
+
+
+@asynccontextmanager
+async def router(
+    backends: list[Backend],
+    *,
+    regions: list[Region] | None = None,
+    region: str = "eu-west-1",
+    policy: PolicyName = PolicyName.SCORE,
+    timeouts: Timeouts | None = None,
+    config: RouterConfig | None = None,
+    prometheus_url: str | None = None,
+    tenants_doc: dict[str, Any] | None = None,
+    access_log: AccessLog | None = None,
+    rtt: dict[str, dict[str, float]] | None = None,
+    **app_kw: Any,
+) -> AsyncIterator[RouterServer]:
+    cfg = config or RouterConfig(timeouts=timeouts or Timeouts(first_byte=5.0, grace_period=2.0))
+    state = RouterState.create(
+        region=region,
+        tenants=parse_tenants(tenants_doc or TENANTS_DOC),
+        fleet=build_fleet(
+            regions if regions is not None else REGIONS,
+            backends,
+            RttMatrix.from_nested(rtt or {"eu-west-1": {"us-east-1": 80}}),
+        ),
+        config=cfg,
+        policy=policy,
+        prometheus_url=prometheus_url,
+        access_log=access_log or AccessLog(io.BytesIO()),
+    )
+    async with RouterServer(create_app(state, **app_kw)) as server:
+        yield server

@@ -1,0 +1,194 @@
+"""The router in front of the engine simulator (`factory_sim`): the official `openai`
+client, residency from the engines' own request counters, disconnects seen by the engine.
+Skipped when the simulator is not importable."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from router_testkit import ADMIN_KEY, KEYS, router, wait_until
+
+from factory_router.app.server import RouterServer
+from factory_router.policy.fleet import Backend
+
+pytest.importorskip("factory_sim")
+from factory_sim.engine import EngineConfig
+from factory_sim.server import SimHost
+
+RTT = {"eu-west-1": 2.0, "eu-central-1": 25.0, "us-east-1": 80.0}
+TIME_SCALE = 0.05  # simulated durations x0.05: fast tests, same ordering
+
+
+@dataclass
+class SimFleet:
+    host: SimHost
+    router: RouterServer
+    handles: dict[str, Any]
+
+    async def requests(self, name: str) -> float:
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(self.handles[name].url + "/metrics")).text
+        return sum(
+            float(m.group(1))
+            for m in re.finditer(
+                r'^factory_sim_requests_total\{[^}]*path="/v1/[^"]*"[^}]*\} (\S+)', text, re.M
+            )
+        )
+
+    async def gauge(self, name: str, metric: str) -> float:
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(self.handles[name].url + "/metrics")).text
+        return sum(
+            float(m.group(1)) for m in re.finditer(rf"^{metric}\{{[^}}]*\}} (\S+)", text, re.M)
+        )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimFleet]:
+    regions = {"eu1": "eu-west-1", "eu2": "eu-central-1", "us": "us-east-1"}
+    async with SimHost() as host:
+        handles = {}
+        for name, region in regions.items():
+            handles[name] = await host.add(
+                EngineConfig(
+                    model_name="llama",
+                    profile="h100",
+                    region=region,
+                    rtt_ms=RTT,
+                    port=0,
+                    time_scale=TIME_SCALE,
+                    name=name,
+                )
+            )
+        backends = [
+            Backend(
+                id=name,
+                model="llama",
+                pool=f"llama-{name}",
+                region=regions[name],
+                url=h.url,
+                pod=name,
+            )
+            for name, h in handles.items()
+        ]
+        matrix = {
+            "eu-west-1": {"eu-central-1": 25, "us-east-1": 80},
+            "eu-central-1": {"us-east-1": 90},
+        }
+        async with router(backends, rtt=matrix) as r:
+            yield SimFleet(host, r, handles)
+
+
+async def test_openai_client_through_router_to_simulators(sim: SimFleet) -> None:
+    base = sim.router.url + "/v1"
+    async with openai.AsyncOpenAI(base_url=base, api_key=KEYS["eu"], max_retries=0) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+        )
+        assert raw.headers["x-factory-jurisdiction"] == "EU"
+        assert raw.parse().choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="llama",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=8,
+            stream=True,
+        )
+        deltas = [c async for c in stream]
+        assert len(deltas) >= 2
+        comp = await client.completions.create(model="llama", prompt="x", max_tokens=4)
+        assert comp.choices[0].text is not None
+        emb = await client.embeddings.create(model="llama", input="x")
+        assert emb.data[0].embedding
+
+    def sync_calls() -> int:
+        with openai.OpenAI(base_url=base, api_key=KEYS["eu"], max_retries=0) as client:
+            s = client.completions.create(model="llama", prompt="x", max_tokens=6, stream=True)
+            return len(list(s))
+
+    assert await asyncio.to_thread(sync_calls) >= 2
+    assert await sim.requests("us") == 0
+    assert await sim.requests("eu1") + await sim.requests("eu2") == 5
+
+
+async def test_residency_with_simulator_counters(sim: SimFleet) -> None:
+    async with httpx.AsyncClient(base_url=sim.router.url, timeout=10) as c:
+        body = {"model": "llama", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        ok = await c.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {KEYS['eu']}", "x-factory-residency": "EU,US"},
+        )
+        assert ok.status_code == 200 and ok.headers["x-factory-jurisdiction"] == "EU"
+        await sim.host.remove(sim.handles["eu1"])
+        await sim.host.remove(sim.handles["eu2"])
+        for _ in range(3):
+            down = await c.post(
+                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEYS['eu']}"}
+            )
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "no_compliant_backend"
+    assert await sim.requests("us") == 0
+
+
+async def test_nearest_region_is_chosen_and_explained(sim: SimFleet) -> None:
+    async with httpx.AsyncClient(base_url=sim.router.url) as c:
+        doc = (
+            await c.get(
+                "/admin/explain",
+                params={"tenant": "global", "model": "llama"},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            )
+        ).json()
+        order = [row["backend"] for row in doc["candidates"]]
+        assert order == ["eu1", "eu2", "us"]  # router in eu-west-1: 1 ms < 25 ms < 80 ms
+        resp = await c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "llama",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 2,
+            },
+            headers={
+                "authorization": f"Bearer {KEYS['global']}",
+                "x-factory-client-region": "us-east-1",
+            },
+        )
+        assert resp.headers["x-factory-region"] == "us-east-1"
+
+
+async def test_disconnect_closes_the_engines_request(sim: SimFleet) -> None:
+    body = {
+        "model": "llama",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with (
+        httpx.AsyncClient(base_url=sim.router.url) as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {KEYS['eu']}"},
+        ) as resp,
+    ):
+        events = 0
+        async for line in resp.aiter_lines():
+            events += line.startswith("data:")
+            if events == 3:
+                break
+        assert await sim.gauge("eu1", "vllm:num_requests_running") == 1
+
+    async def engine_idle() -> bool:
+        return await sim.gauge("eu1", "vllm:num_requests_running") == 0
+
+    await wait_until(engine_idle, timeout=1.0, what="engine aborted the request")
+    await wait_until(lambda: sim.router.state.inflight == 0, timeout=1.0)
