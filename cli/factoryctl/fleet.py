@@ -116,6 +116,7 @@ def all_components() -> list[Component]:
     from factoryctl.components.operator import OperatorComponent  # noqa: PLC0415
     from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
     from factoryctl.components.resources import CrdsComponent, SamplesComponent  # noqa: PLC0415
+    from factoryctl.components.router import RouterComponent  # noqa: PLC0415
     from factoryctl.components.toolchain import ToolchainComponent  # noqa: PLC0415
 
     return [
@@ -127,6 +128,7 @@ def all_components() -> list[Component]:
         OperatorComponent(),
         EnginesComponent(),
         PrometheusComponent(),
+        RouterComponent(),
     ]
 
 

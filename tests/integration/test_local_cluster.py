@@ -106,6 +106,7 @@ def _lands_on(
     resource: str,
     region: str,
     instance_type: str,
+    selector: dict[str, str],
 ) -> None:
     cluster.kubectl(
         "apply",
@@ -113,7 +114,9 @@ def _lands_on(
         namespace,
         "-f",
         "-",
-        input=_deployment(name, resource, {"topology.kubernetes.io/region": region}, tolerate=True),
+        input=_deployment(
+            name, resource, {"topology.kubernetes.io/region": region, **selector}, tolerate=True
+        ),
     )
     pods = wait_until(
         lambda: [p for p in _pods(cluster, namespace, name) if _ready(p)],
@@ -129,14 +132,29 @@ def _lands_on(
 def test_gpu_deployment_lands_on_a_gpu_node_of_its_region(
     cluster: KubectlCluster, namespace: str
 ) -> None:
-    _lands_on(cluster, namespace, "gpu", "nvidia.com/gpu", "eu-west-1", "p5.48xlarge")
+    # The resource alone does not pick H100 over L4: GPU feature discovery's product label does.
+    _lands_on(
+        cluster,
+        namespace,
+        "gpu",
+        "nvidia.com/gpu",
+        "eu-west-1",
+        "p5.48xlarge",
+        {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    )
 
 
 def test_neuron_deployment_lands_on_a_neuron_node_of_its_region(
     cluster: KubectlCluster, namespace: str
 ) -> None:
     _lands_on(
-        cluster, namespace, "neuron", "aws.amazon.com/neuron", "eu-central-1", "inf2.48xlarge"
+        cluster,
+        namespace,
+        "neuron",
+        "aws.amazon.com/neuron",
+        "eu-central-1",
+        "inf2.48xlarge",
+        {"node.kubernetes.io/instance-type": "inf2.48xlarge"},
     )
 
 

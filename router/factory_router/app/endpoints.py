@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factory_router.app.http import error_response, placement_headers, request_id
 from factory_router.app.state import STATE_KEY, RouterState
-from factory_router.policy.errors import BadRequest, Forbidden, RouterError
+from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError
 from factory_router.policy.policies import RouteRequest
 from factory_router.policy.route import plan
 from factory_router.policy.tenants import allowed_jurisdictions
@@ -135,3 +135,9 @@ async def explain(request: web.Request) -> web.Response:
         },
         headers=headers,
     )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """Unknown paths answer in OpenAI's error shape too (registered last: no cost on hits)."""
+    err = NotFound(f"Unknown path {request.method} {request.path}.")
+    return error_response(err, placement_headers(request_id(request), None, None, None))

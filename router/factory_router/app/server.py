@@ -47,6 +47,7 @@ def create_app(
     app.router.add_get("/readyz", endpoints.readyz)
     app.router.add_get("/metrics", endpoints.metrics)
     app.router.add_get("/admin/explain", endpoints.explain)
+    app.router.add_route("*", "/{tail:.*}", endpoints.not_found)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_tasks_ctx(tenants_file, backends_file, extra_tasks or []))
     return app

@@ -9,6 +9,7 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     ├── Unauthenticated              (401, code=invalid_api_key)
     ├── Forbidden                    (403, permission_error)
     │   └── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
+    ├── NotFound                     (404, code=not_found)           unknown path
     ├── ModelNotFound                (404, code=model_not_found)     nothing allowed serves it
     ├── NoCompliantBackend           (503, code=no_compliant_backend)
     ├── UpstreamFailed               (502, code=upstream_error)      every attempt failed
@@ -81,6 +82,12 @@ class Forbidden(RouterError):
 
 class ResidencyDenied(Forbidden):
     code = "residency_denied"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class ModelNotFound(RouterError):

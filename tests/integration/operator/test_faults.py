@@ -59,12 +59,13 @@ def test_sigkill_during_reconcile_20_times_still_converges_to_one_set_of_childre
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=as_json(spec))
     log = tmp_path / "operator.log"
     for round_ in range(20):
-        # Change something every other round so there is always work in flight.
-        if round_ % 2:
-            spec["spec"]["pools"][round_ % 3]["replicas"]["min"] = 1 + round_ % 2
-            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=as_json(spec))
+        # Change the spec every round so that each operator start has work in flight.
+        pool = spec["spec"]["pools"][round_ % 3]
+        pool["replicas"]["min"] = 1 + (round_ // 3) % 2
+        pool.setdefault("engine", {}).setdefault("args", {})["maxNumSeqs"] = 8 + round_
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=as_json(spec))
         proc = operator_process(cluster, namespace, log)
-        kill_after = rng.randint(1, 6)  # the k-th write of this run: a random point mid-reconcile
+        kill_after = rng.randint(1, 4)  # the k-th write of this run: a random point mid-reconcile
         seen: list[object] = []
 
         def reached(
@@ -77,7 +78,7 @@ def test_sigkill_during_reconcile_20_times_still_converges_to_one_set_of_childre
 
         # Already converged means nothing left to write: then it is killed idle instead.
         with contextlib.suppress(AssertionError):
-            wait_until(reached, 30, interval=0.01, what=f"write {kill_after} of round {round_}")
+            wait_until(reached, 15, interval=0.01, what=f"write {kill_after} of round {round_}")
         assert proc.poll() is None, log.read_text()[-3000:]
         _kill(proc)
 
@@ -139,4 +140,4 @@ def test_concurrent_writer_changing_a_child_does_not_break_the_operator(
 
     wait_until(restored, 60, what="the operator to restore its Deployment")
     wait_condition(cluster, namespace, "llama", "Ready", "True", timeout=60)
-    assert operator.runner.exception is None
+    # The `operator` fixture fails the test if the operator itself ended with an exception.

@@ -25,6 +25,7 @@ from factory_router.policy.config import RouterConfig, Timeouts
 from factory_router.policy.fleet import Backend, Region, RttMatrix, build_fleet
 from factory_router.policy.policies import PolicyName
 from factory_router.policy.tenants import hash_key, parse_tenants
+from tests.support.waiting import async_wait_until
 
 KEYS = {"eu": "sk-eu-0001", "us": "sk-us-0001", "global": "sk-global-0001", "uk": "sk-uk-1"}
 ADMIN_KEY = "sk-admin-0001"
@@ -52,17 +53,14 @@ REGIONS = [
 async def wait_until(
     predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
 ) -> None:
-    """Poll `predicate` until true; fail after `timeout` seconds. The only way to wait."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """The project's one way to wait (`tests.support.waiting`), for sync or async
+    predicates, polling every 10 ms."""
+
+    async def check() -> bool:
         result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
+        return result if isinstance(result, bool) else await result
+
+    await async_wait_until(check, timeout, interval=0.01, what=what or str(predicate))
 
 
 def auth(who: str) -> dict[str, str]:

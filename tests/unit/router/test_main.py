@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
-from router_testkit import TENANTS_DOC, auth, engines, wait_until
 
 from factory_router.main import Settings
 from factory_router.policy.policies import PolicyName
+from tests.unit.router.router_testkit import TENANTS_DOC, auth, engines, wait_until
 
 ROUTER_DIR = Path(__file__).resolve().parents[3] / "router"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from router_testkit import ADMIN_KEY, KEYS, TENANTS_DOC
 
 from factory_router.policy.errors import (
     InvalidResidency,
@@ -19,6 +18,7 @@ from factory_router.policy.tenants import (
     parse_residency,
     parse_tenants,
 )
+from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, TENANTS_DOC
 
 KNOWN = frozenset({"EU", "US", "UK", "IN"})
 EU = Tenant("eu", frozenset({"EU"}))

@@ -11,11 +11,19 @@ import time
 
 import httpx
 import pytest
-from router_testkit import KEYS, TENANTS_DOC, auth, backend, engines, router, wait_until
 
 from factory_router.app.logs import AccessLog
 from factory_router.policy.config import Limits, RouterConfig, Timeouts
 from factory_router.policy.tenants import hash_key
+from tests.unit.router.router_testkit import (
+    KEYS,
+    TENANTS_DOC,
+    auth,
+    backend,
+    engines,
+    router,
+    wait_until,
+)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "the secret prompt"}]}
 

@@ -6,7 +6,8 @@ import asyncio
 
 import httpx
 import openai
-from router_testkit import ADMIN_KEY, KEYS, auth, backend, engines, router
+
+from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, auth, backend, engines, router
 
 
 async def test_async_client_chat_completions_embeddings_models() -> None:
@@ -131,3 +132,9 @@ async def test_explain_is_admin_only_and_shows_every_candidate() -> None:
         }
         assert doc["outcome"] == "routable" and doc["allowed_jurisdictions"] == ["EU"]
         assert a.total == b.total == us.total == 0
+
+
+async def test_unknown_path_is_an_openai_shaped_404() -> None:
+    async with router([]) as r, httpx.AsyncClient(base_url=r.url) as c:
+        resp = await c.post("/v1/nope", json={})
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"

@@ -10,10 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
-from router_testkit import KEYS, REGIONS, FakeEngine, auth, backend, engines, router
 
 from factory_router.app.server import RouterServer
 from factory_router.policy.fleet import Region
+from tests.unit.router.router_testkit import (
+    KEYS,
+    REGIONS,
+    FakeEngine,
+    auth,
+    backend,
+    engines,
+    router,
+)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "personal data"}]}
 

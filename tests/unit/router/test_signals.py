@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 from aiohttp import web
-from router_testkit import ADMIN_KEY, auth, engines, router, wait_until
 
 from factory_router.policy.config import RouterConfig, ScoringConfig, Timeouts
 from factory_router.policy.fleet import Backend
 from factory_router.signals.load import LoadState
 from factory_router.signals.prometheus import QUERIES, snapshot_from_results
+from tests.unit.router.router_testkit import ADMIN_KEY, auth, engines, router, wait_until
 
 
 def vec(value: str, pod: str, pool: str = "eu-a", region: str = "eu-west-1") -> dict[str, Any]:

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from router_testkit import ADMIN_KEY, KEYS, router, wait_until
 
 from factory_router.app.server import RouterServer
 from factory_router.policy.fleet import Backend
+from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, router, wait_until
 
 pytest.importorskip("factory_sim")
 from factory_sim.engine import EngineConfig

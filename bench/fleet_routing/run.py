@@ -1,0 +1,308 @@
+"""Fleet-routing benchmark: round-robin, least-request and score on the local fleet's engines.
+
+    .venv/bin/python bench/fleet_routing/run.py            # own fleet home, about 6 minutes
+
+Brings up a local fleet in a fleet home of its own (`factoryctl dev up`), shapes it (one
+slow region), then for each policy starts one router per client region (eu-west-1,
+us-east-1, ap-south-1; `--policy`), runs the same scenario (`scenario.py`) against them,
+stops them, and finally writes `results/results.json` and `results/results.md`.
+
+Shaping: eu-west-1 is the slow region: its Llama pool (`llama-8b/h100-dub`) is cut to one
+replica with a batch of 2 sequences (`maxNumSeqs: 2`), as a region short of capacity
+would be; it is also the EU clients' own region, so a policy that only looks at distance
+keeps sending them there. GPU and Neuron pools of different capacity come with the sample
+factories: EU Llama on H100 (eu-west-1, eu-central-1) and on Inferentia2 (eu-central-1,
+batch 8), Qwen on H100 (us-east-1) and L4 (ap-south-1).
+
+Round trips come from the topology file (`deploy/local/topology.yaml`, cloudping.co
+medians): the simulated engines delay their first byte by the round trip from the
+router's region, and the routers score with the same matrix (`--rtt`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from scenario import PoolInfo, Scenario, Stream, run, summarise  # noqa: E402
+
+from factoryctl.components.router import ready, router_argv  # noqa: E402
+from factoryctl.fleet import FleetContext, wait_until  # noqa: E402
+from factoryctl.home import FleetHome, free_port  # noqa: E402
+from factoryctl.toolchain import find_tools  # noqa: E402
+from factoryctl.topology import load_topology  # noqa: E402
+
+POLICIES = ("round-robin", "least-request", "score")
+CLIENT_REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+LLAMA, QWEN = "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"
+SLOW_REGION = "eu-west-1"
+SLOW_POOL = ("inference", "llama-8b", "h100-dub")
+SLOW_MAX_NUM_SEQS = 2
+
+STREAMS = [
+    Stream("eu/eu-only/llama", "eu-only", "eu-west-1", LLAMA, rate=5.0, surge=3.0),
+    Stream("us/us-only/qwen", "us-only", "us-east-1", QWEN, rate=2.0),
+    Stream("us/global/qwen", "global", "us-east-1", QWEN, rate=1.5),
+    Stream("in/in-only/qwen", "in-only", "ap-south-1", QWEN, rate=1.5),
+    Stream("in/global/llama", "global", "ap-south-1", LLAMA, rate=1.0),
+    Stream("in/global/qwen", "global", "ap-south-1", QWEN, rate=1.0),
+]
+
+
+def factoryctl(home: Path, *args: str, timeout: float = 900) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "factoryctl.main", "dev", *args],
+        env={**os.environ, "FACTORY_HOME": str(home)},
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"factoryctl dev {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def kubectl() -> str:
+    tools = find_tools()
+    if tools is None:
+        raise SystemExit("the toolchain is missing: run factoryctl dev tools")
+    return str(tools.kubectl)
+
+
+def kubectl_json(env: dict[str, Any], *args: str) -> Any:
+    done = subprocess.run(
+        [kubectl(), f"--kubeconfig={env['kubeconfig']}", *args, "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def pools_of(env: dict[str, Any]) -> dict[str, PoolInfo]:
+    """Every pool's Service name, region, jurisdiction, accelerator and hourly price."""
+    regions = {
+        r["metadata"]["name"]: r["spec"] for r in kubectl_json(env, "get", "fleetregions")["items"]
+    }
+    pools: dict[str, PoolInfo] = {}
+    for factory in kubectl_json(env, "get", "inferencefactories", "-A")["items"]:
+        spec_pools = {p["name"]: p for p in factory["spec"]["pools"]}
+        for status in factory.get("status", {}).get("pools", []):
+            spec = spec_pools[status["name"]]
+            acc = spec["accelerator"]
+            region = regions[status["region"]]
+            price = float(region.get("pricing", {}).get(acc["type"], 0.0)) * int(
+                acc.get("count", 1)
+            )
+            name = f"{factory['metadata']['name']}-{status['name']}"
+            accelerator = f"{acc['type']} x{acc.get('count', 1)}"
+            replicas = int(status.get("readyReplicas") or 0)
+            pools[name] = PoolInfo(
+                name, status["region"], region["jurisdiction"], accelerator, replicas, price
+            )
+    return pools
+
+
+def shape_slow_region(env: dict[str, Any], ctx: FleetContext) -> None:
+    """One replica with a small batch in the slow region; wait until routers can see it."""
+    ns, name, pool = SLOW_POOL
+    factory = kubectl_json(env, "get", "inferencefactory", name, "-n", ns)
+    index = next(i for i, p in enumerate(factory["spec"]["pools"]) if p["name"] == pool)
+    patch = [
+        {"op": "replace", "path": f"/spec/pools/{index}/replicas", "value": {"min": 1, "max": 1}},
+        {"op": "add", "path": f"/spec/pools/{index}/engine",
+         "value": {"args": {"maxNumSeqs": SLOW_MAX_NUM_SEQS}}},
+    ]  # fmt: skip
+    subprocess.run(
+        [kubectl(), f"--kubeconfig={env['kubeconfig']}", "patch", "inferencefactory", name,
+         "-n", ns, "--type=json", "-p", json.dumps(patch)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+    from factoryctl.components.engines import control_url  # noqa: PLC0415
+
+    def settled() -> bool:
+        engines = httpx.get(f"{control_url(ctx, SLOW_REGION)}/engines", timeout=5).json()
+        llama = [e for e in engines["engines"] if LLAMA in e["model_name"]]
+        pods = kubectl_json(env, "get", "pods", "-n", ns, "-l",
+                            f"inference.factory.dev/pool={pool}")["items"]  # fmt: skip
+        return len(llama) == 1 and len(pods) == 1
+
+    wait_until(settled, 180, "the slow region's pool to settle at one replica", interval=1)
+
+
+class Routers:
+    """One router per client region, all with the same policy; stopped on exit."""
+
+    def __init__(self, ctx: FleetContext, policy: str, logs: Path) -> None:
+        self.ctx, self.policy, self.logs = ctx, policy, logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.urls: dict[str, str] = {}
+
+    def __enter__(self) -> Routers:
+        for region in CLIENT_REGIONS:
+            port = free_port()
+            argv = router_argv(self.ctx, region=region, port=port, policy=self.policy,
+                               extra=("--no-access-log",))  # fmt: skip
+            log = (self.logs / f"router-{self.policy}-{region}.log").open("ab")
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            self.procs.append(proc)
+            log.close()
+            self.urls[region] = f"http://127.0.0.1:{port}"
+        for url in self.urls.values():
+            wait_until(partial(ready, url), 90, f"router {url}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows = [
+        "| policy | requests | errors | p50 TTFT ms | p99 TTFT ms | SLO met | goodput rps "
+        "| residency violations | $/Mtok busy | $/Mtok provisioned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy, r in doc["policies"].items():
+        rows.append(
+            f"| {policy} | {r['requests']} | {r['errors']} | {r['p50_ttft_ms']} | "
+            f"{r['p99_ttft_ms']} | {r['slo_attainment']:.1%} | {r['goodput_rps']} | "
+            f"{r['residency_violations']} | {r['cost_per_mtok_busy_usd']} | "
+            f"{r['cost_per_mtok_provisioned_usd']} |"
+        )
+    streams = ["", "Per client stream (p50 / p99 TTFT ms; SLO met / requests; regions served):", "",
+               "| stream | " + " | ".join(doc["policies"]) + " |",
+               "|---|" + "---|" * len(doc["policies"])]  # fmt: skip
+    for stream in doc["scenario"]["streams"]:
+        cells = []
+        for r in doc["policies"].values():
+            s = r["streams"].get(stream["name"], {})
+            regions = ", ".join(f"{k} {v}" for k, v in sorted(s.get("regions", {}).items()))
+            cells.append(f"{s.get('p50_ttft_ms')} / {s.get('p99_ttft_ms')}; "
+                         f"{s.get('slo_met')}/{s.get('requests')}; {regions}")  # fmt: skip
+        streams.append(f"| {stream['name']} | " + " | ".join(cells) + " |")
+    cmp = doc["comparison"]
+    summary = [
+        "",
+        f"Score vs the better baseline ({cmp['better_baseline']}): p99 TTFT "
+        f"{cmp['p99_ttft_reduction']:+.1%} lower (aim: >= 30%), goodput "
+        f"{cmp['goodput_gain']:+.1%} higher (aim: >= 15%).",
+    ]
+    head = [
+        "# Fleet routing: round-robin vs least-request vs score",
+        "",
+        f"Run {doc['run']['started']} on {doc['run']['machine']}; "
+        f"{doc['scenario']['duration_s']:.0f} s measured per policy after "
+        f"{doc['scenario']['warmup_s']:.0f} s warm-up; TTFT SLO "
+        f"{doc['scenario']['slo_ms']:.0f} ms; {doc['scenario']['max_tokens']} output tokens per "
+        "request, streamed. Method and caveats: `README.md`.",
+        "",
+    ]
+    return "\n".join([*head, *rows, *streams, *summary, ""])
+
+
+def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    baselines = [p for p in results if p != "score"]
+    better = max(
+        baselines, key=lambda p: (results[p]["goodput_rps"], -(results[p]["p99_ttft_ms"] or 1e9))
+    )
+    base, score = results[better], results["score"]
+    return {
+        "better_baseline": better,
+        "p99_ttft_reduction": 1 - score["p99_ttft_ms"] / base["p99_ttft_ms"],
+        "goodput_gain": score["goodput_rps"] / base["goodput_rps"] - 1
+        if base["goodput_rps"]
+        else 0.0,
+        "violations_total": sum(r["residency_violations"] for r in results.values()),
+    }
+
+
+def write_results(out: Path, doc: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if "comparison" in doc:
+        (out / "results.md").write_text(markdown(doc))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    home = Path(args.home or tempfile.mkdtemp(prefix="fleet-routing-"))
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    print(f"fleet home {home}", file=sys.stderr)
+    factoryctl(home, "up")
+    env = json.loads(factoryctl(home, "env", "--json"))
+    ctx = FleetContext(FleetHome(home), load_topology(), lambda m: print(m, file=sys.stderr))
+    try:
+        shape_slow_region(env, ctx)
+        pools = pools_of(env)
+        keys = {name: t["api_key"] for name, t in env["tenants"].items()}
+        allowed = {name: set(t["jurisdictions"]) for name, t in env["tenants"].items()}
+        scenario = Scenario(STREAMS, duration_s=args.duration, warmup_s=args.warmup,
+                            max_tokens=args.max_tokens)  # fmt: skip
+        results: dict[str, dict[str, Any]] = {}
+        for policy in args.policies.split(","):
+            print(f"[{policy}] starting routers", file=sys.stderr)
+            with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
+                records, _ = await run(scenario, routers.urls, keys)
+            results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
+            r = results[policy]
+            print(f"[{policy}] p50 {r['p50_ttft_ms']} p99 {r['p99_ttft_ms']} ms, goodput "
+                  f"{r['goodput_rps']} rps, errors {r['errors']}, violations "
+                  f"{r['residency_violations']}", file=sys.stderr)  # fmt: skip
+        doc = {
+            "run": {"started": started, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                    "home": str(home)},
+            "scenario": {
+                "duration_s": args.duration, "warmup_s": args.warmup, "slo_ms": args.slo_ms,
+                "max_tokens": args.max_tokens, "surge_window": scenario.surge_window,
+                "slow_region": {"region": SLOW_REGION, "pool": "/".join(SLOW_POOL),
+                                "replicas": 1, "max_num_seqs": SLOW_MAX_NUM_SEQS},
+                "streams": [s.__dict__ for s in STREAMS],
+                "rtt_source": "deploy/local/topology.yaml (cloudping.co AWS medians)",
+            },
+            "pools": {n: p.__dict__ for n, p in pools.items()},
+            "policies": results,
+        }  # fmt: skip
+        if "score" in results and len(results) > 1:
+            doc["comparison"] = compare(results)
+        write_results(Path(args.out), doc)
+        print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
+    finally:
+        if not args.keep:
+            factoryctl(home, "down")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", help="fleet home (default: a new temporary one)")
+    parser.add_argument("--keep", action="store_true", help="leave the fleet up")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--duration", type=float, default=75.0, help="measured s per policy")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--slo-ms", type=float, default=300.0)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Component `router`: `factory-router` in front of the local fleet, with demo tenants.
+
+On first `up` the component creates demo tenants (random keys from `secrets`) and an
+admin key, and keeps them in the fleet home: the router's tenants file holds only their
+SHA-256 hashes (`<home>/router/tenants.yaml`); the plaintext keys live only in
+`state.json`, which is what `factoryctl dev env` prints. Later `up`s keep the same keys.
+
+The router discovers the sample factories through the fleet's API server (FleetRegions,
+InferenceFactory status, EndpointSlices, the pods' `inference.factory.dev/address`), reads
+load from the fleet's Prometheus, and takes the round trips of the topology file (`--rtt`),
+so its scores use the same matrix as the simulated engines' injected delay.
+`router_argv` is shared with benchmarks that run more routers (one per client region).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from factoryctl import procs
+from factoryctl.errors import ComponentError
+from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
+
+ROUTER_REGION = "eu-west-1"
+READY_TIMEOUT_S = 90.0  # covers the first list of four kinds on a busy 2-core machine
+# The local fleet scrapes every second (DESIGN.md section 5): the router reads a snapshot
+# every second too, and calls it stale after five missed ones.
+PROMETHEUS_INTERVAL_S = 1.0
+STALE_AFTER_S = 5.0
+
+# Demo tenants and the jurisdictions each may use.
+DEMO_TENANTS: dict[str, list[str]] = {
+    "eu-only": ["EU"],
+    "us-only": ["US"],
+    "in-only": ["IN"],
+    "global": ["EU", "US", "IN"],
+}
+
+
+def router_dir(ctx: FleetContext) -> Path:
+    return ctx.home.root / "router"
+
+
+def tenants_file(ctx: FleetContext) -> Path:
+    return router_dir(ctx) / "tenants.yaml"
+
+
+def rtt_file(ctx: FleetContext) -> Path:
+    return router_dir(ctx) / "rtt.yaml"
+
+
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def demo_credentials(ctx: FleetContext) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The admin key and the demo tenants, created once and then kept in the home state."""
+    env: dict[str, Any] = ctx.home.state().get("env", {})
+    admin = env.get("admin_key") or secrets.token_urlsafe(32)
+    known: dict[str, dict[str, Any]] = env.get("tenants") or {}
+    tenants = {
+        name: {
+            "api_key": (known.get(name) or {}).get("api_key") or secrets.token_urlsafe(32),
+            "jurisdictions": list(codes),
+        }
+        for name, codes in DEMO_TENANTS.items()
+    }
+    return str(admin), tenants
+
+
+def tenants_doc(admin_key: str, tenants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The router's tenants file: hashes only, never a plaintext key."""
+    return {
+        "admin_keys_sha256": [_sha256(admin_key)],
+        "tenants": [
+            {
+                "name": name,
+                "jurisdictions": t["jurisdictions"],
+                "api_keys_sha256": [_sha256(t["api_key"])],
+            }
+            for name, t in tenants.items()
+        ],
+    }
+
+
+def rtt_doc(ctx: FleetContext) -> dict[str, dict[str, float]]:
+    """The topology's round trips as `{region: {region: ms}}`, own region included."""
+    names = [r.name for r in ctx.topology.regions]
+    return {a: {b: ctx.topology.rtt_ms(a, b) for b in names} for a in names}
+
+
+def _write(path: Path, doc: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        tmp.replace(path)  # atomic: the router's reload never sees half a file
+
+
+def router_argv(
+    ctx: FleetContext, *, region: str, port: int, policy: str = "score", extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The command line of a router in this fleet (the files must have been written)."""
+    binary = shutil.which("factory-router", path=str(Path(sys.executable).parent))
+    if binary is None:
+        raise ComponentError("factory-router is not installed", hint="run ./scripts/bootstrap.sh")
+    argv = [
+        binary,
+        "--listen", f"127.0.0.1:{port}",
+        "--region", region,
+        "--tenants", str(tenants_file(ctx)),
+        "--kubeconfig", str(ctx.home.kubeconfig),
+        "--rtt", str(rtt_file(ctx)),
+        "--policy", policy,
+    ]  # fmt: skip
+    prometheus = ctx.home.state().get("env", {}).get("prometheus_url")
+    if prometheus:
+        argv += [
+            "--prometheus-url", str(prometheus),
+            "--prometheus-interval", str(PROMETHEUS_INTERVAL_S),
+            "--stale-after", str(STALE_AFTER_S),
+        ]  # fmt: skip
+    return [*argv, *extra]
+
+
+def ready(url: str) -> bool:
+    """True when the router's /readyz says it can route (backends discovered)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class RouterComponent:
+    """Runs one router (region eu-west-1) with Kubernetes discovery and demo tenants."""
+
+    name = "router"
+
+    def _url(self, ctx: FleetContext) -> str:
+        return f"http://127.0.0.1:{ctx.home.port('router')}"
+
+    def write_files(self, ctx: FleetContext) -> tuple[str, dict[str, dict[str, Any]]]:
+        admin, tenants = demo_credentials(ctx)
+        _write(tenants_file(ctx), tenants_doc(admin, tenants))
+        _write(rtt_file(ctx), rtt_doc(ctx))
+        return admin, tenants
+
+    def up(self, ctx: FleetContext) -> None:
+        from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
+
+        admin, tenants = self.write_files(ctx)
+        argv = router_argv(ctx, region=ROUTER_REGION, port=ctx.home.port("router"))
+        procs.start(ctx.home, self.name, argv)
+        url = self._url(ctx)
+        try:
+            wait_until(lambda: ready(url), READY_TIMEOUT_S, "the router's /readyz")
+        except ComponentError as exc:
+            exc.hint = f"see {ctx.home.logs_dir / 'router.log'}"
+            raise
+        state = ctx.home.state()
+        env = state.setdefault("env", {})
+        env.update({"router_url": url, "admin_key": admin, "tenants": tenants})
+        ctx.home.save_state(state)
+        PrometheusComponent().reload(ctx)  # scrape the router too
+
+    def down(self, ctx: FleetContext) -> None:
+        procs.stop(ctx.home, self.name)
+
+    def status(self, ctx: FleetContext) -> ComponentStatus:
+        if procs.running_pid(ctx.home, self.name) is None:
+            return ComponentStatus(self.name, "stopped", "not running")
+        if not ready(self._url(ctx)):
+            return ComponentStatus(self.name, "degraded", "/readyz not ready")
+        return ComponentStatus(self.name, "running", self._url(ctx))
