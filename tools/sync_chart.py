@@ -92,8 +92,12 @@ def _type(node: dict[str, Any]) -> str:
     return str(kind)
 
 
-def value_rows(schema: dict[str, Any], values: dict[str, Any], node: dict[str, Any] | None = None,
-               prefix: str = "") -> list[tuple[str, str, str, str]]:
+def value_rows(
+    schema: dict[str, Any],
+    values: dict[str, Any],
+    node: dict[str, Any] | None = None,
+    prefix: str = "",
+) -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) for every documented value, in values.yaml order."""
     node = node or schema
     props = node.get("properties", {})
@@ -104,13 +108,18 @@ def value_rows(schema: dict[str, Any], values: dict[str, Any], node: dict[str, A
         sub = _resolve(schema, props[key])
         path = f"{prefix}{key}"
         default = values.get(key)
-        if (sub.get("type") == "object" and sub.get("additionalProperties") is False
-                and sub.get("properties") and key != "affinity"):
+        if (
+            sub.get("type") == "object"
+            and sub.get("additionalProperties") is False
+            and sub.get("properties")
+            and key != "affinity"
+        ):
             rows.extend(value_rows(schema, default or {}, sub, f"{path}."))
         else:
             shown = json.dumps(default) if default is not None else "(unset)"
-            rows.append((path, _type(sub), f"`{shown}`",
-                         sub.get("description", "").replace("|", "\\|")))
+            rows.append(
+                (path, _type(sub), f"`{shown}`", sub.get("description", "").replace("|", "\\|"))
+            )
     return rows
 
 
@@ -138,8 +147,16 @@ def find_helm(explicit: str | None) -> Path | None:
 def gitops_render(helm: Path) -> dict[Path, str]:
     """The chart rendered for the GitOps base; helm reads the chart from disk, so this comes
     after the chart's own copies are current."""
-    cmd = [str(helm), "template", GITOPS_RELEASE, str(CHART), "--namespace", GITOPS_RELEASE,
-           "-f", str(GITOPS_BASE / "values.yaml")]
+    cmd = [
+        str(helm),
+        "template",
+        GITOPS_RELEASE,
+        str(CHART),
+        "--namespace",
+        GITOPS_RELEASE,
+        "-f",
+        str(GITOPS_BASE / "values.yaml"),
+    ]
     rendered = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     header = _header("charts/inference-factory with deploy/gitops/base/values.yaml")
     return {GITOPS_BASE / "inference-factory.yaml": header + rendered.stdout}
@@ -162,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     helm = find_helm(args.helm)
     if helm is None:
-        print("notice: pinned helm not built yet (factoryctl dev tools): "
-              "deploy/gitops/base/inference-factory.yaml not rendered", file=sys.stderr)
+        print(
+            "notice: pinned helm not built yet (factoryctl dev tools): "
+            "deploy/gitops/base/inference-factory.yaml not rendered",
+            file=sys.stderr,
+        )
     if args.check:
         outdated = stale(chart_copies())
         if not outdated and helm is not None:

@@ -86,7 +86,9 @@ def up(
     except FactoryctlError as exc:
         raise _fail(exc) from exc
     _progress(f"fleet up in {time.monotonic() - started:.1f}s (home: {ctx.home.root})")
-    _print_env(env_of(ctx), json_output=False)
+    values = env_of(ctx)
+    _print_env(values, json_output=False)
+    _print_examples(values)
 
 
 @dev.command()
@@ -106,7 +108,8 @@ def status(
 ) -> None:
     """Say what runs, component by component."""
     try:
-        statuses = fleet.status(_context(home, topology))
+        ctx = _context(home, topology)
+        statuses = fleet.status(ctx)
     except FactoryctlError as exc:
         raise _fail(exc) from exc
     if json_output:
@@ -114,6 +117,12 @@ def status(
         return
     for s in statuses:
         print(f"{s.name:<12} {s.state:<9} {s.detail}")
+    running = {s.name for s in statuses if s.state == "running"}
+    if {"cluster", "crds"} <= running:
+        from factoryctl import report  # noqa: PLC0415
+
+        print()
+        print(report.render(report.pool_rows(ctx), report.traffic_last_minute(ctx)))
 
 
 def env_of(ctx: fleet.FleetContext) -> dict[str, Any]:
@@ -130,15 +139,49 @@ def env_of(ctx: fleet.FleetContext) -> dict[str, Any]:
     }
 
 
+DEMO_TENANT = "eu-only"
+DEMO_MODEL = "llama-3.1-8b-instruct"
+
+
+def _shell_exports(values: dict[str, Any]) -> list[str]:
+    """`export` lines for KUBECONFIG and, once the router runs, the openai client's variables."""
+    lines = []
+    if values["kubeconfig"]:
+        lines.append(f"export KUBECONFIG={values['kubeconfig']}")
+    demo = (values.get("tenants") or {}).get(DEMO_TENANT)
+    if values.get("router_url") and demo:
+        # The openai clients read these two variables themselves.
+        lines.append(f"export OPENAI_BASE_URL={values['router_url']}/v1")
+        lines.append(f"export OPENAI_API_KEY={demo['api_key']}  # tenant {DEMO_TENANT}")
+    return lines
+
+
 def _print_env(values: dict[str, Any], json_output: bool) -> None:
     if json_output:
         print(json.dumps(values, indent=2))
         return
-    if values["kubeconfig"]:
-        print(f"export KUBECONFIG={values['kubeconfig']}")
+    for line in _shell_exports(values):
+        print(line)
     for key, value in values.items():
-        if key not in {"kubeconfig", "tenants", "home"} and value:
+        if key not in {"kubeconfig", "tenants", "home", "admin_key"} and value:
             print(f"# {key}: {value}")
+
+
+def _print_examples(values: dict[str, Any]) -> None:
+    if not values.get("router_url"):
+        return
+    body = json.dumps({"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Hello!"}]})
+    print(f"""
+# The router: {values["router_url"]} (demo tenant {DEMO_TENANT}, EU only; others: `dev env --json`)
+# Try it with curl:
+eval "$(.venv/bin/factoryctl dev env)"
+curl --fail -s "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \\
+  -H 'Content-Type: application/json' -d '{body}'
+# or with the openai client (it reads OPENAI_BASE_URL and OPENAI_API_KEY):
+.venv/bin/python -c 'from openai import OpenAI; print(OpenAI().chat.completions.create(
+  model="{DEMO_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}],
+  ).choices[0].message.content)'
+""")
 
 
 @dev.command()
@@ -152,6 +195,59 @@ def env(
         _print_env(env_of(_context(home, topology)), json_output)
     except FactoryctlError as exc:
         raise _fail(exc) from exc
+
+
+@dev.command()
+def load(
+    rate: Annotated[float, typer.Option(min=0.1, help="Requests per second (Poisson).")] = 5.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds to send for.")] = 30.0,
+    tenants: Annotated[str, typer.Option(help="Comma-separated demo tenants.")] = "global",
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models (default: all the tenant may use).")
+    ] = None,
+    shared_prefix: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of prompts with a common prefix.")
+    ] = 0.5,
+    stream: Annotated[bool, typer.Option(help="Stream the answers (SSE).")] = True,
+    seed: int = 0,
+    home: HomeOption = None,
+    topology: TopologyOption = DEFAULT_TOPOLOGY,
+) -> None:
+    """Send a workload through the router so you can watch the fleet under load."""
+    import asyncio  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from factoryctl.load import Workload, run  # noqa: PLC0415
+
+    values = env_of(_context(home, topology))
+    if not values.get("router_url"):
+        raise _fail(FactoryctlError("the router is not running", hint="factoryctl dev up"))
+    keys = {}
+    for name in tenants.split(","):
+        if name not in values["tenants"]:
+            raise _fail(
+                FactoryctlError(
+                    f"unknown tenant {name!r}", hint=f"known: {', '.join(values['tenants'])}"
+                )
+            )
+        keys[name] = values["tenants"][name]["api_key"]
+    allowed: dict[str, list[str]] = {}
+    for name, key in keys.items():
+        listed = httpx.get(
+            f"{values['router_url']}/v1/models",
+            timeout=10,
+            headers={"Authorization": f"Bearer {key}"},
+        ).json()["data"]
+        served = [m["id"] for m in listed]
+        allowed[name] = [m for m in (models.split(",") if models else served) if m in served]
+        if not allowed[name]:
+            raise _fail(FactoryctlError(f"tenant {name} may use none of those models"))
+    work = Workload(
+        values["router_url"], keys, allowed, rate, duration, shared_prefix, stream=stream, seed=seed
+    )
+    _progress(f"sending {rate}/s for {duration:.0f}s as {', '.join(keys)}")
+    print(asyncio.run(run(work)).summary())
 
 
 @dev.command("kill-sim")

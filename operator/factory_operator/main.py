@@ -26,11 +26,20 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with any `extra=` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
-                                 "logger": record.name, "message": record.getMessage()}
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         # Only plain values from `extra=`: kopf passes whole objects (its settings) there.
-        entry.update({k: v for k, v in record.__dict__.items()
-                      if k not in _STD and isinstance(v, str | int | float | bool)})
+        entry.update(
+            {
+                k: v
+                for k, v in record.__dict__.items()
+                if k not in _STD and isinstance(v, str | int | float | bool)
+            }
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -39,17 +48,29 @@ class JsonFormatter(logging.Formatter):
 def parse_args(argv: list[str] | None = None) -> OperatorSettings:
     """Flags -> settings (unset flags fall back to the environment, then the defaults)."""
     parser = argparse.ArgumentParser(prog="factory-operator", description=__doc__)
-    parser.add_argument("--namespace", "-n", action="append", dest="namespaces",
-                        help="namespace to watch (repeatable); default: all")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        help="namespace to watch (repeatable); default: all",
+    )
     parser.add_argument("--region", help="reconcile only this FleetRegion's pools")
     parser.add_argument("--annotation-prefix", help="prefix of annotations and labels")
     parser.add_argument("--finalizer", help="finalizer name")
     parser.add_argument("--api-timeout", type=float, dest="api_timeout_seconds")
     parser.add_argument("--api-connect-timeout", type=float, dest="api_connect_timeout_seconds")
-    parser.add_argument("--resync", type=float, dest="resync_seconds",
-                        help="re-evaluate every factory at least this often (seconds)")
-    parser.add_argument("--liveness", dest="liveness_endpoint",
-                        help="kopf liveness URL, e.g. http://0.0.0.0:8080/healthz; '' disables")
+    parser.add_argument(
+        "--resync",
+        type=float,
+        dest="resync_seconds",
+        help="re-evaluate every factory at least this often (seconds)",
+    )
+    parser.add_argument(
+        "--liveness",
+        dest="liveness_endpoint",
+        help="kopf liveness URL, e.g. http://0.0.0.0:8080/healthz; '' disables",
+    )
     parser.add_argument("--metrics-port", type=int, help="/metrics port; 0 disables")
     parser.add_argument("--metrics-address", help="/metrics listen address (default 0.0.0.0)")
     parser.add_argument("--log-format", choices=["json", "plain"])
@@ -73,12 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings)
     metrics = OperatorMetrics()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_address,
-                          registry=metrics.registry)
-    registry = build_registry(settings, lambda: Kube(load_api_client(), settings, metrics),
-                              metrics)
-    kopf.run(registry=registry, standalone=True, clusterwide=not settings.namespaces,
-             namespaces=settings.namespaces, liveness_endpoint=settings.liveness_endpoint)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
+        )
+    registry = build_registry(settings, lambda: Kube(load_api_client(), settings, metrics), metrics)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=settings.liveness_endpoint,
+    )
 
 
 if __name__ == "__main__":

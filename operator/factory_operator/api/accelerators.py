@@ -13,8 +13,20 @@ from typing import Final, Literal
 AcceleratorKind = Literal["nvidia", "neuron"]
 
 NVIDIA_TYPES: Final[tuple[str, ...]] = (
-    "B200", "GB200", "H200", "H100", "H20", "A100", "A10G", "A10", "L40S", "L40", "L4",
-    "T4", "V100", "RTX6000",
+    "B200",
+    "GB200",
+    "H200",
+    "H100",
+    "H20",
+    "A100",
+    "A10G",
+    "A10",
+    "L40S",
+    "L40",
+    "L4",
+    "T4",
+    "V100",
+    "RTX6000",
 )
 # Pattern rather than a closed list: a new Trainium generation passes the API server and
 # the operator then says whether it knows an image for it (NoDefaultImage otherwise).

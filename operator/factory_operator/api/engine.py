@@ -15,44 +15,74 @@ class EngineArgs(ApiModel):
     """vLLM engine arguments the operator understands (each maps to one `vllm serve` flag)."""
 
     max_model_len: int | None = Field(
-        default=None, description="--max-model-len: longest prompt+completion in tokens.",
-        ge=1, le=10_485_760)
+        default=None,
+        description="--max-model-len: longest prompt+completion in tokens.",
+        ge=1,
+        le=10_485_760,
+    )
     max_num_seqs: int | None = Field(
-        default=None, description="--max-num-seqs: sequences batched together.", ge=1, le=65_536)
+        default=None, description="--max-num-seqs: sequences batched together.", ge=1, le=65_536
+    )
     max_num_batched_tokens: int | None = Field(
-        default=None, description="--max-num-batched-tokens: tokens per scheduler step.",
-        ge=1, le=10_485_760)
+        default=None,
+        description="--max-num-batched-tokens: tokens per scheduler step.",
+        ge=1,
+        le=10_485_760,
+    )
     gpu_memory_utilization: float | None = Field(
-        default=None, description="--gpu-memory-utilization: fraction of accelerator memory "
-        "vLLM may use, in (0, 1]. NVIDIA only.", gt=0, le=1)
+        default=None,
+        description="--gpu-memory-utilization: fraction of accelerator memory "
+        "vLLM may use, in (0, 1]. NVIDIA only.",
+        gt=0,
+        le=1,
+    )
     enable_prefix_caching: bool | None = Field(
-        default=None, description="--enable-prefix-caching / --no-enable-prefix-caching. On "
-        "Neuron the operator also sets the block size prefix caching needs.")
+        default=None,
+        description="--enable-prefix-caching / --no-enable-prefix-caching. On "
+        "Neuron the operator also sets the block size prefix caching needs.",
+    )
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
-        default=None, description="--kv-cache-dtype.")
+        default=None, description="--kv-cache-dtype."
+    )
     quantization: str | None = Field(
-        default=None, description="--quantization method (awq, gptq, fp8, ...).",
-        max_length=64, pattern=r"^[a-z0-9_-]+$")
+        default=None,
+        description="--quantization method (awq, gptq, fp8, ...).",
+        max_length=64,
+        pattern=r"^[a-z0-9_-]+$",
+    )
     tensor_parallel_size: int | None = Field(
-        default=None, description="--tensor-parallel-size. Default: the accelerator count on "
+        default=None,
+        description="--tensor-parallel-size. Default: the accelerator count on "
         "NVIDIA (GPUs), count x NeuronCores per device on Neuron. If set it must match.",
-        ge=1, le=512)
+        ge=1,
+        le=512,
+    )
 
 
 class Speculative(ApiModel):
     """Speculative decoding, passed to vLLM as --speculative-config JSON."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-            cel("self.method in ['ngram', 'mtp'] || has(self.model)",
-                "speculative.model is required unless method is ngram or mtp", ".model"),
-        ))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "self.method in ['ngram', 'mtp'] || has(self.model)",
+                "speculative.model is required unless method is ngram or mtp",
+                ".model",
+            ),
+        )
+    )
 
-    method: Literal["ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "draft_model",
-                    "mtp"] = Field(description="Speculation method.")
-    model: str | None = Field(default=None, description="Draft/speculator model (HF repo id "
-                              "or path); not used by ngram and mtp.", max_length=MAX_STRING)
+    method: Literal[
+        "ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "draft_model", "mtp"
+    ] = Field(description="Speculation method.")
+    model: str | None = Field(
+        default=None,
+        description="Draft/speculator model (HF repo id or path); not used by ngram and mtp.",
+        max_length=MAX_STRING,
+    )
     num_speculative_tokens: int = Field(
-        description="Tokens proposed per step; must be > 0.", ge=1, le=64)
+        description="Tokens proposed per step; must be > 0.", ge=1, le=64
+    )
 
 
 class EnvVar(ApiModel):
@@ -66,26 +96,39 @@ class EngineSpec(ApiModel):
     """How the engine runs. In a pool, fields set here override spec.engine field by field
     (args key by key, env by name; image, speculative and extraArgs replace)."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-            cel("!has(self.extraArgs) || self.extraArgs.all(a, !a.startsWith('--port') && "
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.extraArgs) || self.extraArgs.all(a, !a.startsWith('--port') && "
                 "!a.startsWith('--host') && !a.startsWith('--model') && "
                 "!a.startsWith('--served-model-name'))",
                 "extraArgs must not set --port, --host, --model or --served-model-name: the "
-                "operator owns them", ".extraArgs"),
-            cel("!has(self.env) || self.env.all(e, !e.name.startsWith('HF_TOKEN') && "
+                "operator owns them",
+                ".extraArgs",
+            ),
+            cel(
+                "!has(self.env) || self.env.all(e, !e.name.startsWith('HF_TOKEN') && "
                 "!e.name.startsWith('AWS_SECRET'))",
-                "put credentials in model.credentialsSecretRef, not in plain env", ".env"),
-        ))
+                "put credentials in model.credentialsSecretRef, not in plain env",
+                ".env",
+            ),
+        )
+    )
 
     image: str | None = Field(
-        default=None, description="Container image. Default: vllm/vllm-openai for NVIDIA, the "
-        "AWS Neuron vLLM DLC for Neuron types the operator knows.", max_length=512)
+        default=None,
+        description="Container image. Default: vllm/vllm-openai for NVIDIA, the "
+        "AWS Neuron vLLM DLC for Neuron types the operator knows.",
+        max_length=512,
+    )
     args: EngineArgs | None = Field(default=None, description="vLLM engine arguments.")
     speculative: Speculative | None = Field(default=None, description="Speculative decoding.")
     extra_args: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
-        default=None, description="More `vllm serve` arguments, appended verbatim.",
-        max_length=64)
+        default=None, description="More `vllm serve` arguments, appended verbatim.", max_length=64
+    )
     env: list[EnvVar] | None = Field(
-        default=None, description="Extra environment variables (merged by name).",
+        default=None,
+        description="Extra environment variables (merged by name).",
         max_length=64,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )

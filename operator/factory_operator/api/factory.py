@@ -40,51 +40,86 @@ class SecretRef(ApiModel):
 class ModelSource(ApiModel):
     """The model to serve and where its weights come from."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-            cel("!self.uri.startsWith('s3://') || has(self.credentialsSecretRef)",
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!self.uri.startsWith('s3://') || has(self.credentialsSecretRef)",
                 "an s3:// model needs credentialsSecretRef (AWS_* keys for vLLM's streamer)",
-                ".credentialsSecretRef"),
-            cel("!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
+                ".credentialsSecretRef",
+            ),
+            cel(
+                "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
                 "a pvc:// model is mounted, it takes no credentialsSecretRef",
-                ".credentialsSecretRef"),
-        ))
+                ".credentialsSecretRef",
+            ),
+        )
+    )
 
-    name: str = Field(description="The OpenAI `model` name clients ask for (global across "
-                      "the fleet).", min_length=1, max_length=MAX_STRING,
-                      pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-    uri: str = Field(description="Weights: hf://org/name (Hugging Face repo), "
-                     "s3://bucket/path (streamed by vLLM's Run:ai loader), pvc://claim/path "
-                     "(mounted read-only).", max_length=MAX_URI, pattern=MODEL_URI)
-    revision: str | None = Field(default=None, description="Model revision (git ref for hf://).",
-                                 max_length=128, pattern=r"^[A-Za-z0-9._/-]+$")
+    name: str = Field(
+        description="The OpenAI `model` name clients ask for (global across the fleet).",
+        min_length=1,
+        max_length=MAX_STRING,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+    )
+    uri: str = Field(
+        description="Weights: hf://org/name (Hugging Face repo), "
+        "s3://bucket/path (streamed by vLLM's Run:ai loader), pvc://claim/path "
+        "(mounted read-only).",
+        max_length=MAX_URI,
+        pattern=MODEL_URI,
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Model revision (git ref for hf://).",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+    )
     credentials_secret_ref: SecretRef | None = Field(
-        default=None, description="Secret with HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID, "
-        "AWS_SECRET_ACCESS_KEY and optionally AWS_REGION/AWS_ENDPOINT_URL (s3://).")
+        default=None,
+        description="Secret with HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and optionally AWS_REGION/AWS_ENDPOINT_URL (s3://).",
+    )
 
 
 class Accelerator(ApiModel):
     """The accelerators each replica of a pool gets."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-            cel(f"self.kind != 'nvidia' || self.type in [{_NVIDIA_LIST}]",
-                f"an nvidia accelerator type must be one of {', '.join(NVIDIA_TYPES)}", ".type"),
-            cel(f"self.kind != 'neuron' || self.type.matches('{NEURON_TYPE_PATTERN}')",
-                "a neuron accelerator type must be inf2, trn1, trn1n, trn2, trn3...", ".type"),
-        ))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"self.kind != 'nvidia' || self.type in [{_NVIDIA_LIST}]",
+                f"an nvidia accelerator type must be one of {', '.join(NVIDIA_TYPES)}",
+                ".type",
+            ),
+            cel(
+                f"self.kind != 'neuron' || self.type.matches('{NEURON_TYPE_PATTERN}')",
+                "a neuron accelerator type must be inf2, trn1, trn1n, trn2, trn3...",
+                ".type",
+            ),
+        )
+    )
 
-    kind: AcceleratorKind = Field(description="nvidia (nvidia.com/gpu) or neuron "
-                                  "(aws.amazon.com/neuron).")
-    type: str = Field(description="Accelerator type: H100, L4, ... for nvidia; inf2, trn1, "
-                      "trn2 ... for neuron.", min_length=2, max_length=32)
-    count: int = Field(description="Accelerators per replica: GPUs, or Neuron devices.",
-                       ge=1, le=64)
+    kind: AcceleratorKind = Field(
+        description="nvidia (nvidia.com/gpu) or neuron (aws.amazon.com/neuron)."
+    )
+    type: str = Field(
+        description="Accelerator type: H100, L4, ... for nvidia; inf2, trn1, trn2 ... for neuron.",
+        min_length=2,
+        max_length=32,
+    )
+    count: int = Field(
+        description="Accelerators per replica: GPUs, or Neuron devices.", ge=1, le=64
+    )
 
 
 class Replicas(ApiModel):
     """Replica bounds. Until autoscaling exists a pool runs `min` replicas."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-        cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min")))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel("self.min <= self.max", "replicas.min must be <= replicas.max", ".min")
+        )
+    )
 
     min: int = Field(description="Replicas the pool runs (0 parks it).", ge=0, le=1000)
     max: int = Field(description="Ceiling for the future autoscaler.", ge=1, le=1000)
@@ -97,12 +132,17 @@ class Toleration(ApiModel):
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Operator.")
     value: str | None = Field(default=None, description="Taint value.", max_length=MAX_NAME)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect; empty matches all.")
+        default=None, description="Taint effect; empty matches all."
+    )
     toleration_seconds: int | None = Field(default=None, description="NoExecute grace.", ge=0)
 
 
-Quantity = Annotated[str, StringConstraints(
-    max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")]
+Quantity = Annotated[
+    str,
+    StringConstraints(
+        max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+    ),
+]
 _ACCEL_KEYS = "['nvidia.com/gpu', 'aws.amazon.com/neuron', 'aws.amazon.com/neuroncore']"
 
 
@@ -110,53 +150,84 @@ class PoolResources(ApiModel):
     """CPU/memory/ephemeral-storage for the engine container. Accelerators come from
     `accelerator` and may not be set here."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-        cel(f"(!has(self.requests) || !self.requests.exists(k, k in {_ACCEL_KEYS})) && "
-            f"(!has(self.limits) || !self.limits.exists(k, k in {_ACCEL_KEYS}))",
-            "accelerator resources come from pool.accelerator, not pool.resources")))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"(!has(self.requests) || !self.requests.exists(k, k in {_ACCEL_KEYS})) && "
+                f"(!has(self.limits) || !self.limits.exists(k, k in {_ACCEL_KEYS}))",
+                "accelerator resources come from pool.accelerator, not pool.resources",
+            )
+        )
+    )
 
     requests: dict[str, Quantity] | None = Field(
-        default=None, description="Requests.", json_schema_extra={"maxProperties": 8})
+        default=None, description="Requests.", json_schema_extra={"maxProperties": 8}
+    )
     limits: dict[str, Quantity] | None = Field(
-        default=None, description="Limits.", json_schema_extra={"maxProperties": 8})
+        default=None, description="Limits.", json_schema_extra={"maxProperties": 8}
+    )
 
 
 class Pool(ApiModel):
     """A set of identical replicas in one region on one accelerator type."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-        cel("!has(self.engine) || !has(self.engine.args) || "
-            "!has(self.engine.args.tensorParallelSize) || self.accelerator.kind != 'nvidia' || "
-            "self.engine.args.tensorParallelSize == self.accelerator.count",
-            "on nvidia, engine.args.tensorParallelSize must equal accelerator.count (GPUs)",
-            ".engine.args.tensorParallelSize"),
-        cel("!has(self.engine) || !has(self.engine.args) || "
-            "!has(self.engine.args.tensorParallelSize) || "
-            "!(self.accelerator.type in ['inf2', 'trn1', 'trn1n']) || "
-            "self.engine.args.tensorParallelSize == 2 * self.accelerator.count",
-            "on inf2/trn1, engine.args.tensorParallelSize must be 2 x accelerator.count "
-            "(NeuronCores)", ".engine.args.tensorParallelSize"),
-        cel("self.accelerator.kind != 'neuron' || !has(self.engine) || "
-            "!has(self.engine.args) || !has(self.engine.args.gpuMemoryUtilization)",
-            "gpuMemoryUtilization does not apply to neuron pools",
-            ".engine.args.gpuMemoryUtilization"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.engine) || !has(self.engine.args) || "
+                "!has(self.engine.args.tensorParallelSize) || self.accelerator.kind != 'nvidia' || "
+                "self.engine.args.tensorParallelSize == self.accelerator.count",
+                "on nvidia, engine.args.tensorParallelSize must equal accelerator.count (GPUs)",
+                ".engine.args.tensorParallelSize",
+            ),
+            cel(
+                "!has(self.engine) || !has(self.engine.args) || "
+                "!has(self.engine.args.tensorParallelSize) || "
+                "!(self.accelerator.type in ['inf2', 'trn1', 'trn1n']) || "
+                "self.engine.args.tensorParallelSize == 2 * self.accelerator.count",
+                "on inf2/trn1, engine.args.tensorParallelSize must be 2 x accelerator.count "
+                "(NeuronCores)",
+                ".engine.args.tensorParallelSize",
+            ),
+            cel(
+                "self.accelerator.kind != 'neuron' || !has(self.engine) || "
+                "!has(self.engine.args) || !has(self.engine.args.gpuMemoryUtilization)",
+                "gpuMemoryUtilization does not apply to neuron pools",
+                ".engine.args.gpuMemoryUtilization",
+            ),
+        )
+    )
 
-    name: str = Field(description="Pool name, a DNS-1035 label; <factory>-<pool> names its "
-                      "Deployment and Service.", min_length=1, max_length=MAX_NAME,
-                      pattern=DNS1035_LABEL)
-    region: str = Field(description="Name of the FleetRegion the pool runs in.",
-                        min_length=1, max_length=MAX_NAME, pattern=DNS1123_LABEL)
+    name: str = Field(
+        description="Pool name, a DNS-1035 label; <factory>-<pool> names its "
+        "Deployment and Service.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS1035_LABEL,
+    )
+    region: str = Field(
+        description="Name of the FleetRegion the pool runs in.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS1123_LABEL,
+    )
     accelerator: Accelerator = Field(description="Accelerators per replica.")
     replicas: Replicas = Field(description="Replica bounds.")
-    engine: EngineSpec | None = Field(default=None, description="Overrides of spec.engine for "
-                                      "this pool (a Neuron pool needs its own settings).")
+    engine: EngineSpec | None = Field(
+        default=None,
+        description="Overrides of spec.engine for "
+        "this pool (a Neuron pool needs its own settings).",
+    )
     node_selector: dict[str, LabelValue] | None = Field(
-        default=None, description="Extra node labels, added to the region's selector.",
-        json_schema_extra={"maxProperties": MAX_LABELS})
+        default=None,
+        description="Extra node labels, added to the region's selector.",
+        json_schema_extra={"maxProperties": MAX_LABELS},
+    )
     tolerations: list[Toleration] | None = Field(
-        default=None, description="Extra tolerations (the accelerator's is added).",
-        max_length=MAX_LABELS)
+        default=None,
+        description="Extra tolerations (the accelerator's is added).",
+        max_length=MAX_LABELS,
+    )
     resources: PoolResources | None = Field(default=None, description="CPU/memory resources.")
 
 
@@ -165,35 +236,52 @@ class Residency(ApiModel):
 
     jurisdictions: list[JurisdictionCode] = Field(
         description="Allowed jurisdiction codes (EU, US, ...). A pool whose region is in "
-        "another jurisdiction is never deployed.", min_length=1, max_length=16,
-        json_schema_extra={"x-kubernetes-list-type": "set"})
+        "another jurisdiction is never deployed.",
+        min_length=1,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
 
 class InferenceFactorySpec(ApiModel):
     """Desired state of a factory."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-        cel("!has(self.engine) || !has(self.engine.args) || "
-            "!has(self.engine.args.tensorParallelSize) || self.pools.all(p, "
-            "p.accelerator.kind != 'nvidia' || (has(p.engine) && has(p.engine.args) && "
-            "has(p.engine.args.tensorParallelSize)) || "
-            "p.accelerator.count == self.engine.args.tensorParallelSize)",
-            "spec.engine.args.tensorParallelSize must equal the GPU count of every nvidia pool "
-            "that does not set its own", ".engine.args.tensorParallelSize"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.engine) || !has(self.engine.args) || "
+                "!has(self.engine.args.tensorParallelSize) || self.pools.all(p, "
+                "p.accelerator.kind != 'nvidia' || (has(p.engine) && has(p.engine.args) && "
+                "has(p.engine.args.tensorParallelSize)) || "
+                "p.accelerator.count == self.engine.args.tensorParallelSize)",
+                "spec.engine.args.tensorParallelSize must equal the GPU count of every nvidia pool "
+                "that does not set its own",
+                ".engine.args.tensorParallelSize",
+            ),
+        )
+    )
 
     model: ModelSource = Field(description="The model served.")
     engine: EngineSpec | None = Field(default=None, description="Engine settings for all pools.")
     residency: Residency | None = Field(
-        default=None, description="Where traffic may be processed. Absent: no placement limit "
-        "from the factory itself (tenant policies still apply at routing).")
+        default=None,
+        description="Where traffic may be processed. Absent: no placement limit "
+        "from the factory itself (tenant policies still apply at routing).",
+    )
     pools: list[Pool] = Field(
-        description="Regional pools.", min_length=1, max_length=MAX_POOLS,
+        description="Regional pools.",
+        min_length=1,
+        max_length=MAX_POOLS,
         json_schema_extra={
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-            **cel_rules(cel("self.all(p, self.exists_one(q, q.name == p.name))",
-                            "pool names must be unique")),
-        })
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **cel_rules(
+                cel(
+                    "self.all(p, self.exists_one(q, q.name == p.name))", "pool names must be unique"
+                )
+            ),
+        },
+    )
 
 
 class PoolStatus(ApiModel):
@@ -201,47 +289,62 @@ class PoolStatus(ApiModel):
 
     name: str = Field(description="Pool name.", max_length=MAX_NAME)
     region: str = Field(description="FleetRegion.", max_length=MAX_NAME)
-    jurisdiction: str | None = Field(default=None, description="The region's jurisdiction "
-                                     "(absent when the region is unknown).", max_length=8)
+    jurisdiction: str | None = Field(
+        default=None,
+        description="The region's jurisdiction (absent when the region is unknown).",
+        max_length=8,
+    )
     state: Literal["Running", "Progressing", "Degraded", "Blocked", "ManagedElsewhere"] = Field(
         description="Running, Progressing, Degraded, Blocked (never deployed: residency, "
-        "unknown region, spec) or ManagedElsewhere (--region mode).")
-    reason: str | None = Field(default=None, description="CamelCase reason when not Running.",
-                               max_length=128)
+        "unknown region, spec) or ManagedElsewhere (--region mode)."
+    )
+    reason: str | None = Field(
+        default=None, description="CamelCase reason when not Running.", max_length=128
+    )
     desired_replicas: int = Field(description="Replicas the operator asks for.", ge=0)
     ready_replicas: int = Field(description="Ready pods of the current Deployment.", ge=0)
-    endpoint: str | None = Field(default=None, description="In-cluster URL of the pool's "
-                                 "Service.", max_length=MAX_URI)
-    revision: str | None = Field(default=None, description="Short hash of image, model uri "
-                                 "and revision, engine args; the pods' revision label.",
-                                 max_length=32)
+    endpoint: str | None = Field(
+        default=None, description="In-cluster URL of the pool's Service.", max_length=MAX_URI
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Short hash of image, model uri "
+        "and revision, engine args; the pods' revision label.",
+        max_length=32,
+    )
 
 
 class InferenceFactoryStatus(ApiModel):
     """Observed state of a factory."""
 
-    observed_generation: int | None = Field(default=None, description="Generation observed.",
-                                            ge=0)
+    observed_generation: int | None = Field(default=None, description="Generation observed.", ge=0)
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded.",
-        max_length=MAX_CONDITIONS, json_schema_extra={
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool state.",
-                                    max_length=MAX_POOLS)
-    ready_pools: int = Field(default=0, description="Pools with all desired replicas ready.",
-                             ge=0)
+        default_factory=list,
+        description="Ready, Progressing, Degraded.",
+        max_length=MAX_CONDITIONS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    pools: list[PoolStatus] = Field(
+        default_factory=list, description="Per-pool state.", max_length=MAX_POOLS
+    )
+    ready_pools: int = Field(default=0, description="Pools with all desired replicas ready.", ge=0)
     total_pools: int = Field(default=0, description="Pools in spec.", ge=0)
-    pools_ready: str = Field(default="0/0", description="readyPools/totalPools, for kubectl.",
-                             max_length=16)
-    jurisdictions: str = Field(default="", description="Jurisdictions where pools run, "
-                               "comma-separated, for kubectl.", max_length=MAX_STRING)
+    pools_ready: str = Field(
+        default="0/0", description="readyPools/totalPools, for kubectl.", max_length=16
+    )
+    jurisdictions: str = Field(
+        default="",
+        description="Jurisdictions where pools run, comma-separated, for kubectl.",
+        max_length=MAX_STRING,
+    )
 
 
 class InferenceFactory(ApiModel):
     """An InferenceFactory object as read from the API server."""
 
     api_version: Literal["inference.factory.dev/v1alpha1"] = Field(
-        default="inference.factory.dev/v1alpha1", description="API version.")
+        default="inference.factory.dev/v1alpha1", description="API version."
+    )
     kind: Literal["InferenceFactory"] = Field(default="InferenceFactory", description="Kind.")
     metadata: ObjectMeta = Field(description="Object metadata.")
     spec: InferenceFactorySpec = Field(description="Desired state.")

@@ -27,19 +27,28 @@ REGION_LABEL = "topology.kubernetes.io/region"
 class PrometheusRef(ApiModel):
     """Where the region's Prometheus answers PromQL (used by the router's load snapshot)."""
 
-    url: str = Field(description="Base URL of the Prometheus HTTP API.", max_length=MAX_URI,
-                     pattern=URL_PATTERN)
+    url: str = Field(
+        description="Base URL of the Prometheus HTTP API.", max_length=MAX_URI, pattern=URL_PATTERN
+    )
 
 
 class FleetRegionSpec(ApiModel):
     """Desired description of a region."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(
-            cel("!has(self.pricing) || self.pricing.all(t, self.pricing[t] >= 0.0)",
-                "pricing values must not be negative", ".pricing"),
-            cel("!has(self.power) || self.power.all(t, self.power[t] > 0)",
-                "power values must be positive watts", ".power"),
-        ))
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.pricing) || self.pricing.all(t, self.pricing[t] >= 0.0)",
+                "pricing values must not be negative",
+                ".pricing",
+            ),
+            cel(
+                "!has(self.power) || self.power.all(t, self.power[t] > 0)",
+                "power values must be positive watts",
+                ".power",
+            ),
+        )
+    )
 
     jurisdiction: str = Field(
         description="Legal zone whose rules apply to data processed here, as an upper-case "
@@ -81,11 +90,15 @@ class FleetRegionSpec(ApiModel):
 class AcceleratorCapacity(ApiModel):
     """Accelerators of one resource seen on the region's nodes."""
 
-    resource: str = Field(description="Extended resource name, e.g. nvidia.com/gpu.",
-                          max_length=MAX_NAME)
-    product: str | None = Field(default=None, description="Product label when known "
-                                "(nvidia.com/gpu.product or node.kubernetes.io/instance-type).",
-                                max_length=MAX_NAME)
+    resource: str = Field(
+        description="Extended resource name, e.g. nvidia.com/gpu.", max_length=MAX_NAME
+    )
+    product: str | None = Field(
+        default=None,
+        description="Product label when known "
+        "(nvidia.com/gpu.product or node.kubernetes.io/instance-type).",
+        max_length=MAX_NAME,
+    )
     nodes: int = Field(description="Ready, schedulable nodes offering this resource.", ge=0)
     allocatable: int = Field(description="Sum of allocatable units on those nodes.", ge=0)
     max_per_node: int = Field(description="Largest allocatable count on one node.", ge=0)
@@ -94,22 +107,23 @@ class AcceleratorCapacity(ApiModel):
 class FleetRegionStatus(ApiModel):
     """What the operator observed about the region."""
 
-    observed_generation: int | None = Field(default=None, description="Generation observed.",
-                                            ge=0)
+    observed_generation: int | None = Field(default=None, description="Generation observed.", ge=0)
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready: the region has ready nodes.",
+        default_factory=list,
+        description="Ready: the region has ready nodes.",
         max_length=MAX_CONDITIONS,
-        json_schema_extra={"x-kubernetes-list-type": "map",
-                           "x-kubernetes-list-map-keys": ["type"]},
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     nodes: int = Field(default=0, description="Nodes matching the region's selector.", ge=0)
     ready_nodes: int = Field(default=0, description="Of those, Ready and schedulable.", ge=0)
     accelerators: list[AcceleratorCapacity] = Field(
-        default_factory=list, description="Accelerator capacity by resource and product.",
+        default_factory=list,
+        description="Accelerator capacity by resource and product.",
         max_length=32,
     )
     accelerator_summary: str = Field(
-        default="", description="Short text for kubectl get, e.g. '16 nvidia.com/gpu'.",
+        default="",
+        description="Short text for kubectl get, e.g. '16 nvidia.com/gpu'.",
         max_length=MAX_URI,
     )
 
@@ -118,7 +132,8 @@ class FleetRegion(ApiModel):
     """A FleetRegion object as read from the API server."""
 
     api_version: Literal["inference.factory.dev/v1alpha1"] = Field(
-        default="inference.factory.dev/v1alpha1", description="API version.")
+        default="inference.factory.dev/v1alpha1", description="API version."
+    )
     kind: Literal["FleetRegion"] = Field(default="FleetRegion", description="Kind.")
     metadata: ObjectMeta = Field(description="Object metadata.")
     spec: FleetRegionSpec = Field(description="Desired state.")

@@ -4,5 +4,10 @@ from .index import FactoryIndex
 from .reconcile import reconcile_factory
 from .registry import build_registry, configure_kopf, refresh_region_status
 
-__all__ = ["FactoryIndex", "build_registry", "configure_kopf", "reconcile_factory",
-           "refresh_region_status"]
+__all__ = [
+    "FactoryIndex",
+    "build_registry",
+    "configure_kopf",
+    "reconcile_factory",
+    "refresh_region_status",
+]

@@ -47,8 +47,11 @@ class FactoryIndex:
 
     def regions_of_node(self, labels: Mapping[str, str]) -> set[str]:
         """Regions whose selector matches a node's labels."""
-        return {r for r, sel in self._region_selectors.items()
-                if all(labels.get(k) == v for k, v in sel.items())}
+        return {
+            r
+            for r, sel in self._region_selectors.items()
+            if all(labels.get(k) == v for k, v in sel.items())
+        }
 
     def wake(self, key: Key) -> None:
         """Ask a factory's daemon to re-evaluate now."""

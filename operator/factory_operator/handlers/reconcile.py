@@ -25,8 +25,7 @@ def utc_now() -> str:
 
 def parse_factory(body: Any) -> InferenceFactory:
     """A kopf body as the model; a body the model refuses can never work."""
-    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")
-           if k in body}
+    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
     try:
         return InferenceFactory.model_validate(raw)
     except ValueError as err:
@@ -39,15 +38,17 @@ def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Pl
     for cond in plan.status.conditions:
         for status in ("True", "False", "Unknown"):
             metrics.condition.labels(ns, name, cond.type, status, cond.reason).set(
-                1 if cond.status == status else 0)
+                1 if cond.status == status else 0
+            )
     for pool in plan.status.pools:
         labels = (ns, name, pool.name, pool.region, pool.jurisdiction or "")
         metrics.replicas.labels(*labels, "desired").set(pool.desired_replicas)
         metrics.replicas.labels(*labels, "ready").set(pool.ready_replicas)
 
 
-async def reconcile_factory(kube: Kube, body: Any, settings: OperatorSettings,
-                            metrics: OperatorMetrics) -> Plan:
+async def reconcile_factory(
+    kube: Kube, body: Any, settings: OperatorSettings, metrics: OperatorMetrics
+) -> Plan:
     """Bring one factory's children and status in line with its spec and the fleet.
 
     Raises kopf.PermanentError for a spec that can never work (after writing the status

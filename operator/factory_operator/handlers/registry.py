@@ -48,9 +48,11 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, op: OperatorSettings) -
     """Apply the operator's settings to kopf (storage names, timeouts, no chatter)."""
     kopf_settings.persistence.finalizer = op.finalizer
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=op.annotation_prefix)
+        prefix=op.annotation_prefix
+    )
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=op.annotation_prefix, key="last-handled-configuration")
+        prefix=op.annotation_prefix, key="last-handled-configuration"
+    )
     kopf_settings.networking.request_timeout = op.api_timeout_seconds
     kopf_settings.networking.connect_timeout = op.api_connect_timeout_seconds
     kopf_settings.watching.server_timeout = 300
@@ -60,8 +62,9 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, op: OperatorSettings) -
     kopf_settings.posting.enabled = False
 
 
-def build_registry(settings: OperatorSettings, kube_factory: Callable[[], Kube],
-                   metrics: OperatorMetrics) -> kopf.OperatorRegistry:
+def build_registry(
+    settings: OperatorSettings, kube_factory: Callable[[], Kube], metrics: OperatorMetrics
+) -> kopf.OperatorRegistry:
     """A kopf registry with all of the operator's handlers bound to these settings."""
     registry = kopf.OperatorRegistry()
     index = FactoryIndex()
@@ -92,14 +95,15 @@ def build_registry(settings: OperatorSettings, kube_factory: Callable[[], Kube],
     @kopf.on.create(GROUP, VERSION, FACTORIES, id="factory-create", registry=registry)
     @kopf.on.update(GROUP, VERSION, FACTORIES, id="factory-update", registry=registry)
     @kopf.on.resume(GROUP, VERSION, FACTORIES, id="factory-resume", registry=registry)
-    async def factory_changed(body: kopf.Body, name: str, namespace: str | None,
-                              **_: Any) -> None:
+    async def factory_changed(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
         await reconcile(body, (namespace or "", name))
 
-    @kopf.daemon(GROUP, VERSION, FACTORIES, id="factory-resync", registry=registry,
-                 cancellation_timeout=5.0)
-    async def factory_resync(body: kopf.Body, name: str, namespace: str | None,
-                             stopped: kopf.DaemonStopped, **_: Any) -> None:
+    @kopf.daemon(
+        GROUP, VERSION, FACTORIES, id="factory-resync", registry=registry, cancellation_timeout=5.0
+    )
+    async def factory_resync(
+        body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
+    ) -> None:
         key = (namespace or "", name)
         entry = index.entry(key)
         try:
@@ -117,14 +121,17 @@ def build_registry(settings: OperatorSettings, kube_factory: Callable[[], Kube],
             index.forget(key)
 
     @kopf.on.event(GROUP, VERSION, REGIONS, id="region-changed", registry=registry)
-    async def region_changed(body: kopf.Body, name: str, type: str | None,
-                             **_: Any) -> None:
+    async def region_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             index.set_region_selector(name, None)
         else:
             region = FleetRegion.model_validate(
-                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")
-                 if k in body})
+                {
+                    k: body[k]
+                    for k in ("apiVersion", "kind", "metadata", "spec", "status")
+                    if k in body
+                }
+            )
             index.set_region_selector(name, region.spec.selector(name))
             try:
                 await refresh_region_status(kube(), region)
@@ -132,16 +139,17 @@ def build_registry(settings: OperatorSettings, kube_factory: Callable[[], Kube],
                 log.warning("region status: %s", err, extra={"region": name})
         index.wake_regions({name})
 
-    @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry,
-                   when=_has_accelerators)
+    @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry, when=_has_accelerators)
     async def node_changed(body: kopf.Body, **_: Any) -> None:
         index.wake_regions(index.regions_of_node(body.get("metadata", {}).get("labels") or {}))
 
-    @kopf.on.event("apps", "v1", "deployments", id="child-changed", registry=registry,
-                   labels=MANAGED_BY)
+    @kopf.on.event(
+        "apps", "v1", "deployments", id="child-changed", registry=registry, labels=MANAGED_BY
+    )
     async def child_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(
-            f"{settings.annotation_prefix}/factory")
+            f"{settings.annotation_prefix}/factory"
+        )
         if owner and namespace:
             index.wake((namespace, owner))
 
@@ -154,5 +162,6 @@ async def refresh_region_status(kube: Kube, region: FleetRegion) -> None:
     status = plan_region_status(region, nodes, utc_now())
     current = region.status.to_wire() if region.status else None
     if status.to_wire() != current:
-        await kube.patch_status(f"{GROUP}/{VERSION}", "FleetRegion", region.name, None,
-                                status.to_wire())
+        await kube.patch_status(
+            f"{GROUP}/{VERSION}", "FleetRegion", region.name, None, status.to_wire()
+        )

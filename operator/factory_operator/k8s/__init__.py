@@ -5,5 +5,13 @@ from .client import FIELD_MANAGER, Kube, load_api_client
 from .metrics import OperatorMetrics
 from .observe import World, node_info, observe
 
-__all__ = ["FIELD_MANAGER", "Kube", "OperatorMetrics", "World", "execute", "load_api_client",
-           "node_info", "observe"]
+__all__ = [
+    "FIELD_MANAGER",
+    "Kube",
+    "OperatorMetrics",
+    "World",
+    "execute",
+    "load_api_client",
+    "node_info",
+    "observe",
+]

@@ -49,8 +49,9 @@ def load_api_client() -> Any:
 class Kube:
     """Async facade over the dynamic client (each call runs in a worker thread)."""
 
-    def __init__(self, api_client: Any, settings: OperatorSettings,
-                 metrics: OperatorMetrics) -> None:
+    def __init__(
+        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics
+    ) -> None:
         self.dynamic: Any = _k8s.dynamic.DynamicClient(api_client)
         self._resources_lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
@@ -79,7 +80,8 @@ class Kube:
         with self._resources_lock:
             if key not in self._resources:
                 self._resources[key] = self.dynamic.resources.get(
-                    api_version=api_version, kind=kind)
+                    api_version=api_version, kind=kind
+                )
             return self._resources[key]
 
     async def has_kind(self, api_version: str, kind: str) -> bool:
@@ -99,6 +101,7 @@ class Kube:
             except ResourceNotFoundError:
                 return False
             return True
+
         self.metrics.api_reads.labels(kind="Discovery").inc()
         found = await self._call(probe)
         if found:
@@ -107,29 +110,47 @@ class Kube:
             self._missing[key] = time.monotonic()
         return found
 
-    async def list(self, api_version: str, kind: str, namespace: str | None = None,
-                   label_selector: str | None = None,
-                   field_selector: str | None = None) -> list[Obj]:
+    async def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[Obj]:
         """Items of a kind as plain dicts."""
+
         def run() -> list[Obj]:
             res = self._resource(api_version, kind)
-            out = self.dynamic.get(res, namespace=namespace, label_selector=label_selector,
-                                   field_selector=field_selector,
-                                   _request_timeout=self.timeout)
+            out = self.dynamic.get(
+                res,
+                namespace=namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                _request_timeout=self.timeout,
+            )
             return [item.to_dict() for item in out.items]
+
         self.metrics.api_reads.labels(kind=kind).inc()
         return await self._call(run)
 
-    async def get(self, api_version: str, kind: str, name: str,
-                  namespace: str | None = None) -> Obj | None:
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> Obj | None:
         """One object, or None when it does not exist."""
+
         def run() -> Obj | None:
             try:
-                obj = self.dynamic.get(self._resource(api_version, kind), name=name,
-                                       namespace=namespace, _request_timeout=self.timeout)
+                obj = self.dynamic.get(
+                    self._resource(api_version, kind),
+                    name=name,
+                    namespace=namespace,
+                    _request_timeout=self.timeout,
+                )
             except NotFoundError:
                 return None
             return dict(obj.to_dict())
+
         self.metrics.api_reads.labels(kind=kind).inc()
         return await self._call(run)
 
@@ -137,43 +158,68 @@ class Kube:
         """Server-side apply under the operator's field manager; force takes back our fields
         from a concurrent writer instead of failing on the conflict."""
         meta = manifest["metadata"]
+
         def run() -> None:
             self.dynamic.server_side_apply(
-                self._resource(manifest["apiVersion"], manifest["kind"]), body=manifest,
-                name=meta["name"], namespace=meta.get("namespace"),
-                field_manager=FIELD_MANAGER, force_conflicts=True,
-                _request_timeout=self.timeout)
+                self._resource(manifest["apiVersion"], manifest["kind"]),
+                body=manifest,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+                _request_timeout=self.timeout,
+            )
+
         self.metrics.api_writes.labels(verb="apply", kind=manifest["kind"]).inc()
         await self._call(run)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         """Delete (foreground-free, background propagation); absent is fine."""
+
         def run() -> None:
             try:
-                self.dynamic.delete(self._resource(api_version, kind), name=name,
-                                    namespace=namespace, body={"propagationPolicy": "Background"},
-                                    _request_timeout=self.timeout)
+                self.dynamic.delete(
+                    self._resource(api_version, kind),
+                    name=name,
+                    namespace=namespace,
+                    body={"propagationPolicy": "Background"},
+                    _request_timeout=self.timeout,
+                )
             except NotFoundError:
                 return
+
         self.metrics.api_writes.labels(verb="delete", kind=kind).inc()
         await self._call(run)
 
-    async def patch_status(self, api_version: str, kind: str, name: str,
-                           namespace: str | None, status: Obj) -> None:
+    async def patch_status(
+        self, api_version: str, kind: str, name: str, namespace: str | None, status: Obj
+    ) -> None:
         """Merge-patch the status subresource (lists such as conditions are replaced whole)."""
+
         def run() -> None:
             res = self._resource(api_version, kind)
-            self.dynamic.patch(res.subresources["status"], body={"status": status}, name=name,
-                               namespace=namespace, content_type="application/merge-patch+json",
-                               _request_timeout=self.timeout)
+            self.dynamic.patch(
+                res.subresources["status"],
+                body={"status": status},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+                _request_timeout=self.timeout,
+            )
+
         self.metrics.api_writes.labels(verb="patch-status", kind=kind).inc()
         await self._call(run)
 
     async def create_event(self, event: Obj) -> None:
         """Record a core/v1 Event."""
+
         def run() -> None:
-            self.dynamic.create(self._resource("v1", "Event"), body=event,
-                                namespace=event["metadata"]["namespace"],
-                                _request_timeout=self.timeout)
+            self.dynamic.create(
+                self._resource("v1", "Event"),
+                body=event,
+                namespace=event["metadata"]["namespace"],
+                _request_timeout=self.timeout,
+            )
+
         self.metrics.api_writes.labels(verb="create", kind="Event").inc()
         await self._call(run)

@@ -17,8 +17,9 @@ Obj = dict[str, Any]
 
 def manifest_hash(manifest: Obj) -> str:
     """Stable hash of a desired manifest (without its own hash annotation)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True,
-                                     separators=(",", ":")).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:16]
 
 
 def with_hash(manifest: Obj, key: str) -> Obj:
@@ -29,15 +30,47 @@ def with_hash(manifest: Obj, key: str) -> Obj:
     return {**manifest, "metadata": meta}
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
 def contains(live: Any, wanted: Any) -> bool:
     """Whether ``live`` holds every field of ``wanted`` (server defaults may add more)."""
     if isinstance(wanted, dict):
-        return isinstance(live, dict) and all(k in live and contains(live[k], v)
-                                              for k, v in wanted.items())
+        # The API server drops empty lists and maps: a missing key holds an empty wanted value.
+        return isinstance(live, dict) and all(
+            contains(live[k], v) if k in live else _empty(v) for k, v in wanted.items()
+        )
     if isinstance(wanted, list):
-        return (isinstance(live, list) and len(live) == len(wanted)
-                and all(contains(a, b) for a, b in zip(live, wanted, strict=True)))
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(contains(a, b) for a, b in zip(live, wanted, strict=True))
+        )
     return bool(live == wanted or str(live) == str(wanted))
+
+
+def first_drift(live: Any, wanted: Any, path: str = "") -> str | None:
+    """The path of the first wanted field that ``live`` does not hold (for logs), or None."""
+    if isinstance(wanted, dict):
+        if not isinstance(live, dict):
+            return path or "."
+        for k, v in wanted.items():
+            if k not in live:
+                if _empty(v):
+                    continue
+                return f"{path}.{k}"
+            if (found := first_drift(live[k], v, f"{path}.{k}")) is not None:
+                return found
+        return None
+    if isinstance(wanted, list):
+        if not isinstance(live, list) or len(live) != len(wanted):
+            return path
+        for i, (a, b) in enumerate(zip(live, wanted, strict=True)):
+            if (found := first_drift(a, b, f"{path}[{i}]")) is not None:
+                return found
+        return None
+    return None if contains(live, wanted) else path
 
 
 def needs_apply(desired: Obj, live: Obj | None, key: str) -> bool:
@@ -48,5 +81,7 @@ def needs_apply(desired: Obj, live: Obj | None, key: str) -> bool:
     current = (live.get("metadata", {}).get("annotations") or {}).get(key)
     if current != annotated["metadata"]["annotations"][key]:
         return True
-    return not contains({k: live.get(k) for k in ("metadata", "spec")},
-                        {k: desired[k] for k in ("metadata", "spec") if k in desired})
+    return not contains(
+        {k: live.get(k) for k in ("metadata", "spec")},
+        {k: desired[k] for k in ("metadata", "spec") if k in desired},
+    )

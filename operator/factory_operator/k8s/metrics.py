@@ -15,23 +15,45 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.api_writes = Counter("factory_operator_api_writes", "Write requests sent to the "
-                                  "API server.", ["verb", "kind"], registry=self.registry)
-        self.api_reads = Counter("factory_operator_api_reads", "Read requests sent to the API "
-                                 "server.", ["kind"], registry=self.registry)
-        self.reconciles = Counter("factory_operator_reconciles", "Reconciles by outcome.",
-                                  ["outcome"], registry=self.registry)
-        self.reconcile_seconds = Histogram("factory_operator_reconcile_seconds",
-                                           "Reconcile duration.", registry=self.registry)
-        self.condition = Gauge("factory_operator_factory_condition", "1 when the factory's "
-                               "condition has this status.",
-                               ["namespace", "factory", "type", "status", "reason"],
-                               registry=self.registry)
-        self.replicas = Gauge("factory_operator_pool_replicas", "Desired and ready replicas.",
-                              ["namespace", "factory", "pool", "region", "jurisdiction", "kind"],
-                              registry=self.registry)
+        self.api_writes = Counter(
+            "factory_operator_api_writes",
+            "Write requests sent to the API server.",
+            ["verb", "kind"],
+            registry=self.registry,
+        )
+        self.api_reads = Counter(
+            "factory_operator_api_reads",
+            "Read requests sent to the API server.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.reconciles = Counter(
+            "factory_operator_reconciles",
+            "Reconciles by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "factory_operator_reconcile_seconds", "Reconcile duration.", registry=self.registry
+        )
+        self.condition = Gauge(
+            "factory_operator_factory_condition",
+            "1 when the factory's condition has this status.",
+            ["namespace", "factory", "type", "status", "reason"],
+            registry=self.registry,
+        )
+        self.replicas = Gauge(
+            "factory_operator_pool_replicas",
+            "Desired and ready replicas.",
+            ["namespace", "factory", "pool", "region", "jurisdiction", "kind"],
+            registry=self.registry,
+        )
 
     def writes_total(self) -> float:
         """Sum of all write requests so far (for tests and benchmarks)."""
-        return sum(s.value for m in self.api_writes.collect() for s in m.samples
-                   if s.name.endswith("_total"))
+        return sum(
+            s.value
+            for m in self.api_writes.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )

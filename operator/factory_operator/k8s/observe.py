@@ -48,49 +48,75 @@ def node_info(obj: Obj) -> NodeInfo:
     """A Node reduced to labels, accelerator allocatable and readiness."""
     status = obj.get("status") or {}
     allocatable = status.get("allocatable") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
-    return NodeInfo(name=obj["metadata"]["name"], labels=_labels(obj),
-                    allocatable={r: _int(allocatable[r]) for r in RESOURCE_BY_KIND.values()
-                                 if r in allocatable},
-                    ready=ready, schedulable=not (obj.get("spec") or {}).get("unschedulable"))
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return NodeInfo(
+        name=obj["metadata"]["name"],
+        labels=_labels(obj),
+        allocatable={
+            r: _int(allocatable[r]) for r in RESOURCE_BY_KIND.values() if r in allocatable
+        },
+        ready=ready,
+        schedulable=not (obj.get("spec") or {}).get("unschedulable"),
+    )
 
 
 def _deployment_info(obj: Obj, pool_key: str, revision_key: str) -> DeploymentInfo:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    failure = next((c.get("message") or c.get("reason") for c in status.get("conditions") or []
-                    if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+    failure = next(
+        (
+            c.get("message") or c.get("reason")
+            for c in status.get("conditions") or []
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+        ),
+        None,
+    )
     return DeploymentInfo(
-        name=obj["metadata"]["name"], pool=_labels(obj).get(pool_key, ""),
+        name=obj["metadata"]["name"],
+        pool=_labels(obj).get(pool_key, ""),
         spec_replicas=int(spec.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),
         generation=int(obj["metadata"].get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),
-        revision=template_labels.get(revision_key), replica_failure=failure)
+        revision=template_labels.get(revision_key),
+        replica_failure=failure,
+    )
 
 
 def _pod_problems(pods: list[Obj], rsets: list[Obj], pool_key: str) -> list[PodProblem]:
     problems = []
     for pod in pods:
         for cond in (pod.get("status") or {}).get("conditions") or []:
-            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
-                    and cond.get("reason") == "Unschedulable"):
-                problems.append(PodProblem(_labels(pod).get(pool_key, ""), "Unschedulable",
-                                           cond.get("message") or ""))
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                problems.append(
+                    PodProblem(
+                        _labels(pod).get(pool_key, ""), "Unschedulable", cond.get("message") or ""
+                    )
+                )
     for rs in rsets:
         if not int((rs.get("spec") or {}).get("replicas") or 0):
             continue  # old ReplicaSets scaled to zero keep stale failure conditions
         for cond in (rs.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-                problems.append(PodProblem(_labels(rs).get(pool_key, ""), "FailedCreate",
-                                           cond.get("message") or ""))
+                problems.append(
+                    PodProblem(
+                        _labels(rs).get(pool_key, ""), "FailedCreate", cond.get("message") or ""
+                    )
+                )
     return problems
 
 
-async def observe(kube: Kube, factory: InferenceFactory, settings: OperatorSettings,
-                  now: str) -> World:
+async def observe(
+    kube: Kube, factory: InferenceFactory, settings: OperatorSettings, now: str
+) -> World:
     """Everything ``plan_factory`` needs about the cluster, read fresh."""
     prefix = settings.annotation_prefix
     pool_key, revision_key = f"{prefix}/pool", f"{prefix}/revision"
@@ -100,7 +126,8 @@ async def observe(kube: Kube, factory: InferenceFactory, settings: OperatorSetti
     regions = {}
     for obj in await kube.list(*REGION_KIND):
         region = FleetRegion.model_validate(
-            {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj})
+            {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj}
+        )
         regions[region.name] = region
     nodes = [node_info(n) for n in await kube.list("v1", "Node")]
     has_podmonitor = await kube.has_kind(*PODMONITOR)
@@ -117,10 +144,16 @@ async def observe(kube: Kube, factory: InferenceFactory, settings: OperatorSetti
             if kind == "Deployment":
                 info = _deployment_info(obj, pool_key, revision_key)
                 deployments[info.pool] = info
-    pods = await kube.list("v1", "Pod", namespace, label_selector=selector,
-                           field_selector="status.phase=Pending")
+    pods = await kube.list(
+        "v1", "Pod", namespace, label_selector=selector, field_selector="status.phase=Pending"
+    )
     rsets = await kube.list("apps/v1", "ReplicaSet", namespace, label_selector=selector)
-    observed = Observed(now=now, nodes=nodes, deployments=deployments,
-                        problems=_pod_problems(pods, rsets, pool_key), children=children,
-                        podmonitor_crd=has_podmonitor)
+    observed = Observed(
+        now=now,
+        nodes=nodes,
+        deployments=deployments,
+        problems=_pod_problems(pods, rsets, pool_key),
+        children=children,
+        podmonitor_crd=has_podmonitor,
+    )
     return World(regions=regions, observed=observed, live=live)

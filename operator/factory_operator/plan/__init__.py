@@ -5,5 +5,15 @@ from .planner import Plan, PlannedEvent, plan_factory
 from .region import plan_region_status
 from .settings import OperatorSettings
 
-__all__ = ["ChildRef", "DeploymentInfo", "NodeInfo", "Observed", "OperatorSettings", "Plan",
-           "PlannedEvent", "PodProblem", "plan_factory", "plan_region_status"]
+__all__ = [
+    "ChildRef",
+    "DeploymentInfo",
+    "NodeInfo",
+    "Observed",
+    "OperatorSettings",
+    "Plan",
+    "PlannedEvent",
+    "PodProblem",
+    "plan_factory",
+    "plan_region_status",
+]

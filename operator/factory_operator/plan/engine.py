@@ -72,8 +72,9 @@ def merge_engine(base: EngineSpec | None, override: EngineSpec | None) -> Engine
     )
 
 
-def resolve_profile(pool: Pool, engine: EngineSpec,
-                    settings: OperatorSettings) -> EngineProfile | None:
+def resolve_profile(
+    pool: Pool, engine: EngineSpec, settings: OperatorSettings
+) -> EngineProfile | None:
     """The image and its conventions, or None when no image is known (NoDefaultImage)."""
     acc = pool.accelerator
     if acc.kind == "nvidia":
@@ -96,15 +97,19 @@ def tensor_parallel_size(pool: Pool, engine: EngineSpec) -> int:
         expected = cores * acc.count if cores else None
     if expected is None:
         if wanted is None:
-            raise SpecError(f"pool {pool.name}: set engine.args.tensorParallelSize, the "
-                            f"operator does not know the NeuronCores of {acc.type}",
-                            field="engine.args.tensorParallelSize")
+            raise SpecError(
+                f"pool {pool.name}: set engine.args.tensorParallelSize, the "
+                f"operator does not know the NeuronCores of {acc.type}",
+                field="engine.args.tensorParallelSize",
+            )
         return wanted
     if wanted is not None and wanted != expected:
         unit = "GPUs" if acc.kind == "nvidia" else "NeuronCores"
-        raise SpecError(f"pool {pool.name}: tensorParallelSize {wanted} does not match the "
-                        f"{expected} {unit} of {acc.count} x {acc.type}",
-                        field="engine.args.tensorParallelSize")
+        raise SpecError(
+            f"pool {pool.name}: tensorParallelSize {wanted} does not match the "
+            f"{expected} {unit} of {acc.count} x {acc.type}",
+            field="engine.args.tensorParallelSize",
+        )
     return expected
 
 
@@ -122,21 +127,34 @@ def model_argument(uri: str) -> str:
 def _neuron_config(args: EngineArgs | None) -> dict[str, Any]:
     if args is None or not args.enable_prefix_caching:
         return {}
-    config: dict[str, Any] = {"is_prefix_caching": True, "is_block_kv_layout": True,
-                              "pa_block_size": NEURON_PREFIX_BLOCK}
+    config: dict[str, Any] = {
+        "is_prefix_caching": True,
+        "is_block_kv_layout": True,
+        "pa_block_size": NEURON_PREFIX_BLOCK,
+    }
     if args.max_model_len and args.max_num_seqs:
         blocks = math.ceil(args.max_model_len / NEURON_PREFIX_BLOCK) * args.max_num_seqs
         config["pa_num_blocks"] = blocks
     return config
 
 
-def vllm_args(factory: InferenceFactory, pool: Pool, engine: EngineSpec,
-              profile: EngineProfile, tp: int) -> list[str]:
+def vllm_args(
+    factory: InferenceFactory, pool: Pool, engine: EngineSpec, profile: EngineProfile, tp: int
+) -> list[str]:
     """The argument list of vLLM's OpenAI server for this pool."""
     model = factory.spec.model
-    out = ["--model", model_argument(model.uri), "--served-model-name", model.name,
-           "--host", "0.0.0.0", "--port", str(profile.port),
-           "--tensor-parallel-size", str(tp)]
+    out = [
+        "--model",
+        model_argument(model.uri),
+        "--served-model-name",
+        model.name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(profile.port),
+        "--tensor-parallel-size",
+        str(tp),
+    ]
     if model.revision and model.uri.startswith("hf://"):
         out += ["--revision", model.revision]
     if model.uri.startswith("s3://"):
@@ -144,16 +162,21 @@ def vllm_args(factory: InferenceFactory, pool: Pool, engine: EngineSpec,
     args = engine.args
     if args is not None:
         flags: list[tuple[str, object | None]] = [
-            ("--max-model-len", args.max_model_len), ("--max-num-seqs", args.max_num_seqs),
+            ("--max-model-len", args.max_model_len),
+            ("--max-num-seqs", args.max_num_seqs),
             ("--max-num-batched-tokens", args.max_num_batched_tokens),
-            ("--kv-cache-dtype", args.kv_cache_dtype), ("--quantization", args.quantization)]
+            ("--kv-cache-dtype", args.kv_cache_dtype),
+            ("--quantization", args.quantization),
+        ]
         if profile.neuron is None:
             flags.append(("--gpu-memory-utilization", args.gpu_memory_utilization))
-        out += [item for flag, value in flags if value is not None
-                for item in (flag, str(value))]
+        out += [item for flag, value in flags if value is not None for item in (flag, str(value))]
         if args.enable_prefix_caching is not None:
-            out.append("--enable-prefix-caching" if args.enable_prefix_caching
-                       else "--no-enable-prefix-caching")
+            out.append(
+                "--enable-prefix-caching"
+                if args.enable_prefix_caching
+                else "--no-enable-prefix-caching"
+            )
     if profile.neuron is not None:
         out += _neuron_args(args, profile.neuron)
     if engine.speculative is not None:
@@ -175,14 +198,20 @@ def _neuron_args(args: EngineArgs | None, generation: NeuronGeneration) -> list[
         out += ["--num-gpu-blocks-override", str(args.max_num_seqs)]
     if config:
         key = "override_neuron_config" if generation == "nxdi" else "neuron_config"
-        out += ["--additional-config",
-                json.dumps({key: config}, sort_keys=True, separators=(",", ":"))]
+        out += [
+            "--additional-config",
+            json.dumps({key: config}, sort_keys=True, separators=(",", ":")),
+        ]
     return out
 
 
-def revision_hash(image: str, uri: str, revision: str | None, args: list[str],
-                  env: dict[str, str]) -> str:
+def revision_hash(
+    image: str, uri: str, revision: str | None, args: list[str], env: dict[str, str]
+) -> str:
     """Short, stable hash of what a pool runs (the pods' revision label)."""
-    payload = json.dumps({"image": image, "uri": uri, "revision": revision, "args": args,
-                          "env": env}, sort_keys=True, separators=(",", ":"))
+    payload = json.dumps(
+        {"image": image, "uri": uri, "revision": revision, "args": args, "env": env},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

@@ -64,11 +64,21 @@ class _Outcome:
     children: list[Manifest] = field(default_factory=list)
 
 
-def _blocked(pool: Pool, jurisdiction: str | None, reason: str, message: str,
-             ready: int) -> _Outcome:
-    return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
-                               state="Blocked", reason=reason, desired_replicas=0,
-                               ready_replicas=ready), message)
+def _blocked(
+    pool: Pool, jurisdiction: str | None, reason: str, message: str, ready: int
+) -> _Outcome:
+    return _Outcome(
+        PoolStatus(
+            name=pool.name,
+            region=pool.region,
+            jurisdiction=jurisdiction,
+            state="Blocked",
+            reason=reason,
+            desired_replicas=0,
+            ready_replicas=ready,
+        ),
+        message,
+    )
 
 
 def _capacity_gap(pool: Pool, selector: dict[str, str], observed: Observed) -> str | None:
@@ -83,35 +93,64 @@ def _capacity_gap(pool: Pool, selector: dict[str, str], observed: Observed) -> s
                default=0)  # fmt: skip
     if best >= pool.accelerator.count:
         return None
-    return (f"needs {pool.accelerator.count} {resource} ({pool.accelerator.type}) per replica; "
-            f"the largest matching node in region {pool.region} offers {best}")
+    return (
+        f"needs {pool.accelerator.count} {resource} ({pool.accelerator.type}) per replica; "
+        f"the largest matching node in region {pool.region} offers {best}"
+    )
 
 
-def _plan_pool(factory: InferenceFactory, pool: Pool, regions: Mapping[str, FleetRegion],
-               observed: Observed, settings: OperatorSettings) -> _Outcome:
+def _plan_pool(
+    factory: InferenceFactory,
+    pool: Pool,
+    regions: Mapping[str, FleetRegion],
+    observed: Observed,
+    settings: OperatorSettings,
+) -> _Outcome:
     running = observed.deployments.get(pool.name)
     ready = running.ready_replicas if running else 0
     region = regions.get(pool.region)
     if region is None:
-        return _blocked(pool, None, "UnknownRegion",
-                        f"FleetRegion {pool.region} does not exist; not deployed", ready)
+        return _blocked(
+            pool,
+            None,
+            "UnknownRegion",
+            f"FleetRegion {pool.region} does not exist; not deployed",
+            ready,
+        )
     jurisdiction = region.spec.jurisdiction
     allowed = factory.spec.residency.jurisdictions if factory.spec.residency else None
     if allowed is not None and jurisdiction not in allowed:
-        return _blocked(pool, jurisdiction, "ResidencyViolation",
-                        f"region {pool.region} is in {jurisdiction}, outside "
-                        f"spec.residency.jurisdictions {sorted(allowed)}; not deployed", ready)
+        return _blocked(
+            pool,
+            jurisdiction,
+            "ResidencyViolation",
+            f"region {pool.region} is in {jurisdiction}, outside "
+            f"spec.residency.jurisdictions {sorted(allowed)}; not deployed",
+            ready,
+        )
     if settings.region is not None and pool.region != settings.region:
-        return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
-                                   state="ManagedElsewhere", reason="ManagedElsewhere",
-                                   desired_replicas=pool.replicas.min, ready_replicas=0),
-                        f"reconciled by the operator of region {pool.region}")
+        return _Outcome(
+            PoolStatus(
+                name=pool.name,
+                region=pool.region,
+                jurisdiction=jurisdiction,
+                state="ManagedElsewhere",
+                reason="ManagedElsewhere",
+                desired_replicas=pool.replicas.min,
+                ready_replicas=0,
+            ),
+            f"reconciled by the operator of region {pool.region}",
+        )
     engine = merge_engine(factory.spec.engine, pool.engine)
     profile = resolve_profile(pool, engine, settings)
     if profile is None:
-        return _blocked(pool, jurisdiction, "NoDefaultImage",
-                        f"no known vLLM image for neuron type {pool.accelerator.type}: set "
-                        "engine.image", ready)
+        return _blocked(
+            pool,
+            jurisdiction,
+            "NoDefaultImage",
+            f"no known vLLM image for neuron type {pool.accelerator.type}: set engine.image",
+            ready,
+        )
     try:
         tp = tensor_parallel_size(pool, engine)
     except SpecError as err:
@@ -119,25 +158,45 @@ def _plan_pool(factory: InferenceFactory, pool: Pool, regions: Mapping[str, Flee
 
     args = vllm_args(factory, pool, engine, profile, tp)
     env = {e.name: e.value for e in (engine.env or [])}
-    revision = revision_hash(profile.image, factory.spec.model.uri, factory.spec.model.revision,
-                             args, env)
-    ctx = PoolContext(factory, pool, engine, profile, args, revision, jurisdiction,
-                      region.spec.selector(region.name), settings)
+    revision = revision_hash(
+        profile.image, factory.spec.model.uri, factory.spec.model.revision, args, env
+    )
+    ctx = PoolContext(
+        factory,
+        pool,
+        engine,
+        profile,
+        args,
+        revision,
+        jurisdiction,
+        region.spec.selector(region.name),
+        settings,
+    )
     children = [deployment(ctx), service(ctx), pod_disruption_budget(ctx)]
     if observed.podmonitor_crd:
         children.append(pod_monitor(ctx))
 
     desired = pool.replicas.min
-    current = (running is not None and running.revision == revision
-               and running.spec_replicas == desired
-               and running.observed_generation >= running.generation)
+    current = (
+        running is not None
+        and running.revision == revision
+        and running.spec_replicas == desired
+        and running.observed_generation >= running.generation
+    )
     problems = [p for p in observed.problems if p.pool == pool.name]
     rejected = [p for p in problems if p.reason == "FailedCreate"]
     if running is not None and running.replica_failure:
         rejected.append(PodProblem(pool.name, "FailedCreate", running.replica_failure))
-    unschedulable = [p for p in problems if p.reason == "Unschedulable"
-                     and ("Insufficient" in p.message or "nvidia.com/gpu" in p.message
-                          or "aws.amazon.com/neuron" in p.message)]
+    unschedulable = [
+        p
+        for p in problems
+        if p.reason == "Unschedulable"
+        and (
+            "Insufficient" in p.message
+            or "nvidia.com/gpu" in p.message
+            or "aws.amazon.com/neuron" in p.message
+        )
+    ]
     gap = _capacity_gap(pool, ctx.region_selector, observed) if desired else None
     reason: str | None = None
     message = ""
@@ -152,39 +211,74 @@ def _plan_pool(factory: InferenceFactory, pool: Pool, regions: Mapping[str, Flee
         state = "Running"
     else:
         state = "Progressing"
-    return _Outcome(PoolStatus(name=pool.name, region=pool.region, jurisdiction=jurisdiction,
-                               state=state, reason=reason, desired_replicas=desired,
-                               ready_replicas=ready if running and running.revision == revision
-                               else 0,
-                               endpoint=service_endpoint(ctx), revision=revision),
-                    message, children)
+    return _Outcome(
+        PoolStatus(
+            name=pool.name,
+            region=pool.region,
+            jurisdiction=jurisdiction,
+            state=state,
+            reason=reason,
+            desired_replicas=desired,
+            ready_replicas=ready if running and running.revision == revision else 0,
+            endpoint=service_endpoint(ctx),
+            revision=revision,
+        ),
+        message,
+        children,
+    )
 
 
-def plan_factory(factory: InferenceFactory, regions: Mapping[str, FleetRegion],
-                 observed: Observed, settings: OperatorSettings) -> Plan:
+def plan_factory(
+    factory: InferenceFactory,
+    regions: Mapping[str, FleetRegion],
+    observed: Observed,
+    settings: OperatorSettings,
+) -> Plan:
     """Desired children, deletions, status and events for one factory."""
-    outcomes = [_plan_pool(factory, pool, regions, observed, settings)
-                for pool in factory.spec.pools]
+    outcomes = [
+        _plan_pool(factory, pool, regions, observed, settings) for pool in factory.spec.pools
+    ]
     apply = [child for o in outcomes for child in o.children]
     wanted = {(c["kind"], c["metadata"]["name"]) for c in apply}
     delete = [c for c in observed.children if (c.kind, c.name) not in wanted]
     stopping = {c.pool for c in delete if c.kind == "Deployment"}
-    events = [PlannedEvent("Warning", "PoolStopped", f"pool {o.status.name} stopped: {o.message}")
-              for o in outcomes
-              if o.status.reason in STOP_REASONS and o.status.name in stopping]
+    events = [
+        PlannedEvent("Warning", "PoolStopped", f"pool {o.status.name} stopped: {o.message}")
+        for o in outcomes
+        if o.status.reason in STOP_REASONS and o.status.name in stopping
+    ]
 
     pools = [o.status for o in outcomes]
     previous = factory.status.conditions if factory.status else []
-    conditions = summarize(pools, {o.status.name: o.message for o in outcomes},
-                           generation=factory.metadata.generation, now=observed.now,
-                           previous=previous)
+    conditions = summarize(
+        pools,
+        {o.status.name: o.message for o in outcomes},
+        generation=factory.metadata.generation,
+        now=observed.now,
+        previous=previous,
+    )
     ready_pools = sum(1 for p in pools if p.state == "Running")
-    running_in = sorted({p.jurisdiction for p in pools
-                         if p.jurisdiction and p.state in {"Running", "Progressing", "Degraded"}})
+    running_in = sorted(
+        {
+            p.jurisdiction
+            for p in pools
+            if p.jurisdiction and p.state in {"Running", "Progressing", "Degraded"}
+        }
+    )
     status = InferenceFactoryStatus(
-        observed_generation=factory.metadata.generation, conditions=conditions, pools=pools,
-        ready_pools=ready_pools, total_pools=len(pools),
-        pools_ready=f"{ready_pools}/{len(pools)}", jurisdictions=",".join(running_in))
+        observed_generation=factory.metadata.generation,
+        conditions=conditions,
+        pools=pools,
+        ready_pools=ready_pools,
+        total_pools=len(pools),
+        pools_ready=f"{ready_pools}/{len(pools)}",
+        jurisdictions=",".join(running_in),
+    )
     invalid = [o.message for o in outcomes if o.status.reason == "InvalidSpec"]
-    return Plan(apply=apply, delete=delete, status=status, events=events,
-                permanent_error="; ".join(invalid) or None)
+    return Plan(
+        apply=apply,
+        delete=delete,
+        status=status,
+        events=events,
+        permanent_error="; ".join(invalid) or None,
+    )

@@ -17,51 +17,77 @@ DEFAULT_NVIDIA_IMAGE = "vllm/vllm-openai:v0.12.0"
 # (awsdocs-neuron "Install PyTorch via Deep Learning Container", v2.33.0).
 NEURON_CURRENT_IMAGE = (
     "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:"
-    "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04")
+    "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04"
+)
 # Older DLC (vLLM 0.16 + vllm-neuron 0.5 on NxD Inference): the newest line that still covers
 # Inf2 and Trn1 (awsdocs-neuron quickstart-deploy-dlc v2.31.1: "If you are using Trn1
 # instances, use the legacy vLLM 0.16 DLC instead"; vllm-neuron 0.5.0 README: Inf2, Trn1, Trn2).
 NEURON_LEGACY_IMAGE = (
     "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:"
-    "0.16.0-neuronx-py312-sdk2.31.1-ubuntu24.04")
+    "0.16.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
+)
 
 
 class OperatorSettings(BaseSettings):
     """Everything the operator can be told; each field is also a `factory-operator` flag."""
 
-    model_config = SettingsConfigDict(env_prefix="FACTORY_OPERATOR_", extra="forbid",
-                                      frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FACTORY_OPERATOR_", extra="forbid", frozen=True)
 
-    namespaces: list[str] = Field(default_factory=list,
-                                  description="Namespaces to watch; empty: all (cluster-wide).")
-    region: str | None = Field(default=None, description="Reconcile only this region's pools "
-                               "(one cluster per region); others are reported ManagedElsewhere.")
-    annotation_prefix: str = Field(default="inference.factory.dev",
-                                   description="Prefix of the operator's annotations and labels.")
-    finalizer: str = Field(default="inference.factory.dev/finalizer",
-                           description="Finalizer name kopf uses (only while daemons run).")
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty: all (cluster-wide)."
+    )
+    region: str | None = Field(
+        default=None,
+        description="Reconcile only this region's pools "
+        "(one cluster per region); others are reported ManagedElsewhere.",
+    )
+    annotation_prefix: str = Field(
+        default="inference.factory.dev",
+        description="Prefix of the operator's annotations and labels.",
+    )
+    finalizer: str = Field(
+        default="inference.factory.dev/finalizer",
+        description="Finalizer name kopf uses (only while daemons run).",
+    )
     api_timeout_seconds: float = Field(default=30.0, gt=0, description="Per-request timeout.")
     api_connect_timeout_seconds: float = Field(default=5.0, gt=0, description="Connect timeout.")
-    resync_seconds: float = Field(default=60.0, gt=0, description="Re-evaluate every factory "
-                                  "at least this often (the timer).")
-    liveness_endpoint: str | None = Field(default="http://0.0.0.0:8080/healthz",
-                                          description="kopf liveness probe URL; none to disable.")
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="Re-evaluate every factory at least this often (the timer)."
+    )
+    liveness_endpoint: str | None = Field(
+        default="http://0.0.0.0:8080/healthz",
+        description="kopf liveness probe URL; none to disable.",
+    )
     metrics_address: str = Field(default="0.0.0.0", description="/metrics listen address.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="/metrics port; 0: off.")
     log_format: str = Field(default="json", pattern="^(json|plain)$", description="Log format.")
     nvidia_image: str = Field(default=DEFAULT_NVIDIA_IMAGE, description="Default NVIDIA image.")
     neuron_images: dict[str, str] = Field(
-        default_factory=lambda: {"trn2": NEURON_CURRENT_IMAGE, "trn3": NEURON_CURRENT_IMAGE,
-                                 "inf2": NEURON_LEGACY_IMAGE, "trn1": NEURON_LEGACY_IMAGE,
-                                 "trn1n": NEURON_LEGACY_IMAGE},
-        description="Default image per Neuron type; a type missing here needs engine.image.")
-    termination_grace_seconds: int = Field(default=180, ge=1, description="Pod grace period: "
-                                           "long enough for in-flight streams to finish.")
-    prestop_sleep_seconds: int = Field(default=20, ge=0, description="preStop delay so "
-                                       "endpoints drop the pod before vLLM stops accepting.")
-    nvidia_startup_seconds: int = Field(default=1800, ge=60, description="Startup ceiling "
-                                        "(download + load + CUDA graphs).")
+        default_factory=lambda: {
+            "trn2": NEURON_CURRENT_IMAGE,
+            "trn3": NEURON_CURRENT_IMAGE,
+            "inf2": NEURON_LEGACY_IMAGE,
+            "trn1": NEURON_LEGACY_IMAGE,
+            "trn1n": NEURON_LEGACY_IMAGE,
+        },
+        description="Default image per Neuron type; a type missing here needs engine.image.",
+    )
+    termination_grace_seconds: int = Field(
+        default=180,
+        ge=1,
+        description="Pod grace period: long enough for in-flight streams to finish.",
+    )
+    prestop_sleep_seconds: int = Field(
+        default=20,
+        ge=0,
+        description="preStop delay so endpoints drop the pod before vLLM stops accepting.",
+    )
+    nvidia_startup_seconds: int = Field(
+        default=1800, ge=60, description="Startup ceiling (download + load + CUDA graphs)."
+    )
     neuron_startup_seconds: int = Field(
-        default=3600, ge=60,
-        description="Startup ceiling (download + Neuron compile, ~15 min for 8B, + load).")
+        default=3600,
+        ge=60,
+        description="Startup ceiling (download + Neuron compile, ~15 min for 8B, + load).",
+    )
     shm_size: str = Field(default="8Gi", description="Memory-backed /dev/shm size.")

@@ -53,31 +53,44 @@ def label_key(settings: OperatorSettings, key: str) -> str:
 
 def selector_labels(ctx: PoolContext) -> dict[str, str]:
     """Immutable selector: factory + pool (never the revision)."""
-    return {label_key(ctx.settings, "factory"): ctx.factory.metadata.name,
-            label_key(ctx.settings, "pool"): ctx.pool.name}
+    return {
+        label_key(ctx.settings, "factory"): ctx.factory.metadata.name,
+        label_key(ctx.settings, "pool"): ctx.pool.name,
+    }
 
 
 def pool_labels(ctx: PoolContext) -> dict[str, str]:
     """All labels of a pool's children and pods."""
-    return {"app.kubernetes.io/managed-by": MANAGED_BY,
-            "app.kubernetes.io/name": "vllm",
-            "app.kubernetes.io/instance": ctx.name,
-            **selector_labels(ctx),
-            label_key(ctx.settings, "region"): ctx.pool.region,
-            label_key(ctx.settings, "jurisdiction"): ctx.jurisdiction,
-            label_key(ctx.settings, "revision"): ctx.revision}
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": "vllm",
+        "app.kubernetes.io/instance": ctx.name,
+        **selector_labels(ctx),
+        label_key(ctx.settings, "region"): ctx.pool.region,
+        label_key(ctx.settings, "jurisdiction"): ctx.jurisdiction,
+        label_key(ctx.settings, "revision"): ctx.revision,
+    }
 
 
 def owner_reference(factory: InferenceFactory) -> dict[str, Any]:
     """Controller owner reference to the factory."""
-    return {"apiVersion": factory.api_version, "kind": factory.kind,
-            "name": factory.metadata.name, "uid": factory.metadata.uid or "",
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": factory.api_version,
+        "kind": factory.kind,
+        "name": factory.metadata.name,
+        "uid": factory.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _metadata(ctx: PoolContext) -> dict[str, Any]:
-    return {"name": ctx.name, "namespace": ctx.namespace, "labels": pool_labels(ctx),
-            "ownerReferences": [owner_reference(ctx.factory)]}
+    return {
+        "name": ctx.name,
+        "namespace": ctx.namespace,
+        "labels": pool_labels(ctx),
+        "ownerReferences": [owner_reference(ctx.factory)],
+    }
 
 
 def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -87,15 +100,23 @@ def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     env_from: list[dict[str, Any]] = []
     secret = model.credentials_secret_ref
     if secret is not None and model.uri.startswith("hf://"):
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": secret.name, "key": "HF_TOKEN"}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "HF_TOKEN"}},
+            }
+        )
     elif secret is not None and model.uri.startswith("s3://"):
         # The Run:ai streamer reads the standard AWS_* variables (docs.vllm.ai "Run:ai Model
         # Streamer"); the Secret carries them under those names.
         env_from.append({"secretRef": {"name": secret.name}})
     if ctx.profile.neuron == "nxdi":
-        env.append({"name": "NEURON_COMPILED_ARTIFACTS",
-                    "value": f"{NEURON_CACHE}/compiled/{ctx.revision}"})
+        env.append(
+            {
+                "name": "NEURON_COMPILED_ARTIFACTS",
+                "value": f"{NEURON_CACHE}/compiled/{ctx.revision}",
+            }
+        )
         env.append({"name": "NEURON_COMPILE_CACHE_URL", "value": f"{NEURON_CACHE}/neuronx-cc"})
     elif ctx.profile.neuron == "plugin":
         env.append({"name": "VLLM_CACHE_ROOT", "value": f"{NEURON_CACHE}/vllm"})
@@ -112,13 +133,16 @@ def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": "cache", "emptyDir": {}},
     ]
     shm = "/dev/shm"  # noqa: S108 (a mount point, not a temp file)
-    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": shm},
-                                    {"name": "cache", "mountPath": "/root/.cache"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": shm},
+        {"name": "cache", "mountPath": "/root/.cache"},
+    ]
     uri = ctx.factory.spec.model.uri
     if uri.startswith("pvc://"):
         claim = uri.removeprefix("pvc://").split("/", 1)[0]
-        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
-                                                                   "readOnly": True}})
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
     if ctx.profile.neuron is not None:
         volumes.append({"name": "neuron-cache", "emptyDir": {}})
@@ -128,16 +152,31 @@ def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 def _probes(ctx: PoolContext) -> dict[str, Any]:
     get = {"path": ctx.profile.health_path, "port": "http"}
-    ceiling = (ctx.settings.neuron_startup_seconds if ctx.profile.neuron
-               else ctx.settings.nvidia_startup_seconds)
+    ceiling = (
+        ctx.settings.neuron_startup_seconds
+        if ctx.profile.neuron
+        else ctx.settings.nvidia_startup_seconds
+    )
     return {
         # Model download + load (+ Neuron compilation) happen before /health answers.
-        "startupProbe": {"httpGet": get, "periodSeconds": 10, "timeoutSeconds": 5,
-                         "failureThreshold": max(1, ceiling // 10)},
-        "readinessProbe": {"httpGet": get, "periodSeconds": 5, "timeoutSeconds": 3,
-                           "failureThreshold": 3},
-        "livenessProbe": {"httpGet": get, "periodSeconds": 15, "timeoutSeconds": 5,
-                          "failureThreshold": 4},
+        "startupProbe": {
+            "httpGet": get,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": max(1, ceiling // 10),
+        },
+        "readinessProbe": {
+            "httpGet": get,
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": get,
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
     }
 
 
@@ -177,22 +216,28 @@ def deployment(ctx: PoolContext) -> Manifest:
         "lifecycle": {"preStop": {"sleep": {"seconds": ctx.settings.prestop_sleep_seconds}}},
         # The vLLM and Neuron DLC images run as root, so runAsNonRoot cannot be set; the rest
         # of the restricted profile applies. The root filesystem stays writable (caches).
-        "securityContext": {"allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     if env_from:
         container["envFrom"] = env_from
     node_selector = {**ctx.region_selector, **(ctx.pool.node_selector or {})}
     labels = pool_labels(ctx)
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(ctx),
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(ctx),
         "spec": {
             "replicas": ctx.pool.replicas.min,
             "selector": {"matchLabels": selector_labels(ctx)},
             # Accelerators are scarce: replace pods one at a time without a surge pod.
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+            },
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -219,34 +264,57 @@ def _type_affinity(ctx: PoolContext) -> dict[str, object]:
         return {}
     key, values = required
     term = {"matchExpressions": [{"key": key, "operator": "In", "values": list(values)}]}
-    return {"affinity": {"nodeAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}
+    return {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+            }
+        }
+    }
 
 
 def service(ctx: PoolContext) -> Manifest:
     """ClusterIP Service on 8000 for every pool, whatever port the engine uses."""
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(ctx),
-            "spec": {"type": "ClusterIP", "selector": selector_labels(ctx),
-                     "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
-                                "protocol": "TCP"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ctx),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(ctx),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
 
 
 def pod_disruption_budget(ctx: PoolContext) -> Manifest:
     """At most one pod of the pool evicted at a time (drains, upgrades)."""
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(ctx),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ctx)}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(ctx),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ctx)}},
+    }
 
 
 def pod_monitor(ctx: PoolContext) -> Manifest:
     """Prometheus Operator PodMonitor with the project's label set."""
     source = "__meta_kubernetes_pod_label_"
-    relabel = [{"sourceLabels": [source + _meta(label_key(ctx.settings, k))], "targetLabel": k}
-               for k in ("factory", "pool", "region", "jurisdiction")]
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-            "metadata": _metadata(ctx),
-            "spec": {"selector": {"matchLabels": selector_labels(ctx)},
-                     "podMetricsEndpoints": [{"port": "http", "path": "/metrics",
-                                              "relabelings": relabel}]}}
+    relabel = [
+        {"sourceLabels": [source + _meta(label_key(ctx.settings, k))], "targetLabel": k}
+        for k in ("factory", "pool", "region", "jurisdiction")
+    ]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": _metadata(ctx),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(ctx)},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "relabelings": relabel}],
+        },
+    }
 
 
 def _meta(label: str) -> str:

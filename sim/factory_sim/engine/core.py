@@ -79,7 +79,7 @@ class SimEngine:
         """Queue a completion; read ``seq.events`` until an event has a finish_reason."""
         number = next(self._ids)
         seed = request.seed if request.seed is not None else f"{self.config.seed}:{number}"
-        rng = random.Random(seed)  # noqa: S311 (simulation, not crypto)
+        rng = random.Random(seed)
         seq = Sequence(
             request_id=f"req-{number}",
             request=request,

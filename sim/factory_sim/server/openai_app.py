@@ -281,7 +281,7 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
 
 def _embedding(text: str, dim: int) -> list[float]:
     """A unit vector that depends only on the text (same text, same vector)."""
-    rng = random.Random(hashlib.sha256(text.encode()).digest())  # noqa: S311 (not crypto)
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
     raw = [rng.gauss(0.0, 1.0) for _ in range(dim)]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]

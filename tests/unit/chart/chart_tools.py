@@ -34,11 +34,25 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
-def helm_template(*args: str, release: str = "fleet", namespace: str = "inference-factory",
-                  base: tuple[str, ...] = BASE_SET) -> list[Obj]:
+def helm_template(
+    *args: str,
+    release: str = "fleet",
+    namespace: str = "inference-factory",
+    base: tuple[str, ...] = BASE_SET,
+) -> list[Obj]:
     """`helm template` of the chart, parsed into objects (fails the test on an error)."""
-    done = run([str(toolchain().helm), "template", release, str(CHART), "--namespace", namespace,
-                *base, *args])
+    done = run(
+        [
+            str(toolchain().helm),
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            *base,
+            *args,
+        ]
+    )
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 

@@ -14,8 +14,9 @@ from tests.unit.chart.chart_tools import MONITORING
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing (Debian package prometheus)"
-    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=300,
-                          check=False, cwd=MONITORING)
+    return subprocess.run(
+        [promtool, *args], capture_output=True, text=True, timeout=300, check=False, cwd=MONITORING
+    )
 
 
 def test_promtool_check_rules() -> None:

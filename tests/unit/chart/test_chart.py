@@ -27,13 +27,31 @@ MONITORING_API = ("--api-versions", "monitoring.coreos.com/v1")
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # Volume types the `restricted` Pod Security level allows (kubernetes.io/docs, Pod Security
 # Standards, "Volume Types").
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                      "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
-@pytest.mark.parametrize("extra", [(), ("--set", "operator.watchNamespaces={inference}",
-                                         "--set", "monitoring.enginePodMonitor.enabled=true")],
-                         ids=["defaults", "namespaced"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        (
+            "--set",
+            "operator.watchNamespaces={inference}",
+            "--set",
+            "monitoring.enginePodMonitor.enabled=true",
+        ),
+    ],
+    ids=["defaults", "namespaced"],
+)
 def test_lint_strict(extra: tuple[str, ...]) -> None:
     done = run([str(toolchain().helm), "lint", "--strict", str(CHART), *extra])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -43,9 +61,16 @@ def test_lint_strict(extra: tuple[str, ...]) -> None:
 def test_default_render_kinds() -> None:
     kinds = sorted(o["kind"] for o in helm_template())
     assert kinds == sorted(
-        ["CustomResourceDefinition"] * 2 + ["ServiceAccount"] * 2 + ["ClusterRole"] * 3
-        + ["ClusterRoleBinding"] * 3 + ["Deployment"] * 2 + ["Service"] * 2
-        + ["PodDisruptionBudget"] * 2 + ["NetworkPolicy"] * 3 + ["ConfigMap"] * 3)
+        ["CustomResourceDefinition"] * 2
+        + ["ServiceAccount"] * 2
+        + ["ClusterRole"] * 3
+        + ["ClusterRoleBinding"] * 3
+        + ["Deployment"] * 2
+        + ["Service"] * 2
+        + ["PodDisruptionBudget"] * 2
+        + ["NetworkPolicy"] * 3
+        + ["ConfigMap"] * 3
+    )
 
 
 def test_prometheus_operator_resources_only_with_its_api() -> None:
@@ -55,8 +80,13 @@ def test_prometheus_operator_resources_only_with_its_api() -> None:
     assert len(of_kind(objs, "PrometheusRule")) == 1
     # The engine PodMonitor is opt-in: the operator makes one per pool.
     assert not of_kind(objs, "PodMonitor")
-    off = helm_template(*MONITORING_API, "--set", "monitoring.serviceMonitors.enabled=false",
-                        "--set", "monitoring.prometheusRule.enabled=false")
+    off = helm_template(
+        *MONITORING_API,
+        "--set",
+        "monitoring.serviceMonitors.enabled=false",
+        "--set",
+        "monitoring.prometheusRule.enabled=false",
+    )
     assert not PROMETHEUS_KINDS & {o["kind"] for o in off}
 
 
@@ -69,14 +99,17 @@ def test_prometheus_rule_carries_every_alert() -> None:
 def test_engine_podmonitor_gives_the_fleet_label_set() -> None:
     objs = helm_template(*MONITORING_API, "--set", "monitoring.enginePodMonitor.enabled=true")
     monitor = of_kind(objs, "PodMonitor")[0]["spec"]
-    assert monitor["selector"] == {"matchLabels": {"app.kubernetes.io/managed-by":
-                                                   "inference-factory"}}
+    assert monitor["selector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "inference-factory"}
+    }
     endpoint = monitor["podMetricsEndpoints"][0]
     assert endpoint["port"] == "http"
     relabel = endpoint["relabelings"]
     targets = {r["targetLabel"]: r["sourceLabels"] for r in relabel if "targetLabel" in r}
-    assert targets == {k: [f"__meta_kubernetes_pod_label_inference_factory_dev_{k}"]
-                       for k in ("factory", "pool", "region", "jurisdiction")}
+    assert targets == {
+        k: [f"__meta_kubernetes_pod_label_inference_factory_dev_{k}"]
+        for k in ("factory", "pool", "region", "jurisdiction")
+    }
     # namespace and pod come from the Prometheus Operator; its other target labels go.
     assert {"action": "labeldrop", "regex": "container|endpoint"} in relabel
 
@@ -86,15 +119,18 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar() -> None:
     assert len(maps) == 3
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-        (name, text), = cm["data"].items()
+        ((name, text),) = cm["data"].items()
         assert json.loads(text) == json.loads(
-            (ROOT / "deploy" / "monitoring" / "dashboards" / name).read_text())
+            (ROOT / "deploy" / "monitoring" / "dashboards" / name).read_text()
+        )
 
 
 def test_crds_are_kept_on_uninstall_and_optional() -> None:
     crds = of_kind(helm_template(), "CustomResourceDefinition")
     assert {c["metadata"]["name"] for c in crds} == {
-        "fleetregions.inference.factory.dev", "inferencefactories.inference.factory.dev"}
+        "fleetregions.inference.factory.dev",
+        "inferencefactories.inference.factory.dev",
+    }
     for crd in crds:
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not of_kind(helm_template("--set", "crds.install=false"), "CustomResourceDefinition")
@@ -104,21 +140,33 @@ def test_components_can_be_turned_off() -> None:
     only_router = helm_template("--set", "operator.enabled=false")
     names = [d["metadata"]["name"] for d in of_kind(only_router, "Deployment")]
     assert names == ["fleet-inference-factory-router"]
-    assert all("operator" not in o["metadata"]["name"] for o in only_router
-               if o["kind"] != "CustomResourceDefinition")
+    assert all(
+        "operator" not in o["metadata"]["name"]
+        for o in only_router
+        if o["kind"] != "CustomResourceDefinition"
+    )
     only_operator = helm_template("--set", "router.enabled=false", base=())
     names = [d["metadata"]["name"] for d in of_kind(only_operator, "Deployment")]
     assert names == ["fleet-inference-factory-operator"]
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--set", "operator.regoin=eu-west-1"), "regoin"),
-    (("--set", "router.tenants.existingSecrett=x"), "existingSecrett"),
-    (("--set", "router.replicas=two"), "replicas"),
-    (("--set-json", 'operator.watchNamespaces="inference"'), "watchNamespaces"),
-    (("--set", "router.policy=fastest"), "policy"),
-], ids=["misspelled-key", "misspelled-nested-key", "wrong-type-int", "wrong-type-list",
-        "not-in-enum"])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--set", "operator.regoin=eu-west-1"), "regoin"),
+        (("--set", "router.tenants.existingSecrett=x"), "existingSecrett"),
+        (("--set", "router.replicas=two"), "replicas"),
+        (("--set-json", 'operator.watchNamespaces="inference"'), "watchNamespaces"),
+        (("--set", "router.policy=fastest"), "policy"),
+    ],
+    ids=[
+        "misspelled-key",
+        "misspelled-nested-key",
+        "wrong-type-int",
+        "wrong-type-list",
+        "not-in-enum",
+    ],
+)
 def test_values_schema_refuses(args: tuple[str, ...], expected: str) -> None:
     err = helm_template_error("--set", "router.region=eu-west-1", *args)
     assert "values don't meet the specifications of the schema" in err
@@ -127,7 +175,7 @@ def test_values_schema_refuses(args: tuple[str, ...], expected: str) -> None:
 
 def test_values_schema_refuses_a_values_file(tmp_path: Any) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("router:\n  region: eu-west-1\n  replicas: \"2\"\noperatr:\n  enabled: true\n")
+    bad.write_text('router:\n  region: eu-west-1\n  replicas: "2"\noperatr:\n  enabled: true\n')
     err = helm_template_error("-f", str(bad))
     assert "operatr" in err
     assert "replicas" in err
@@ -148,8 +196,9 @@ def test_router_pdb_must_allow_an_eviction() -> None:
 
 
 def test_router_mounts_the_tenants_secret_without_subpath() -> None:
-    objs = helm_template("--set", "router.tenants.existingSecret=acme",
-                         "--set", "router.tenants.key=policy.yaml")
+    objs = helm_template(
+        "--set", "router.tenants.existingSecret=acme", "--set", "router.tenants.key=policy.yaml"
+    )
     pod = by_name(objs, "Deployment", "router")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "tenants")
     assert volume["secret"]["secretName"] == "acme"
@@ -161,12 +210,19 @@ def test_router_mounts_the_tenants_secret_without_subpath() -> None:
 
 
 def _rules(objs: list[Obj]) -> list[tuple[str, dict[str, Any]]]:
-    return [(o["metadata"]["name"], rule) for o in objs if o["kind"] in ("ClusterRole", "Role")
-            for rule in o.get("rules") or []]
+    return [
+        (o["metadata"]["name"], rule)
+        for o in objs
+        if o["kind"] in ("ClusterRole", "Role")
+        for rule in o.get("rules") or []
+    ]
 
 
-@pytest.mark.parametrize("extra", [(), ("--set", "operator.watchNamespaces={inference,batch}")],
-                         ids=["clusterwide", "namespaced"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--set", "operator.watchNamespaces={inference,batch}")],
+    ids=["clusterwide", "namespaced"],
+)
 def test_rbac_has_no_wildcard_and_no_versioned_group(extra: tuple[str, ...]) -> None:
     rules = _rules(helm_template(*extra))
     assert rules
@@ -181,8 +237,12 @@ def test_rbac_has_no_wildcard_and_no_versioned_group(extra: tuple[str, ...]) -> 
 def test_router_rbac_is_read_only() -> None:
     objs = helm_template()
     role = by_name(objs, "ClusterRole", "router")
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"]
-               for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
     assert granted == {
         ("inference.factory.dev", "fleetregions"): {"list", "watch"},
         ("inference.factory.dev", "inferencefactories"): {"list", "watch"},
@@ -252,7 +312,9 @@ def _check_restricted(pod: Obj, where: str) -> None:
         assert caps.get("drop") == ["ALL"], name
         assert set(caps.get("add") or []) <= {"NET_BIND_SERVICE"}, name
         assert sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") in (
-            "RuntimeDefault", "Localhost"), name
+            "RuntimeDefault",
+            "Localhost",
+        ), name
         assert not any(p.get("hostPort") for p in container.get("ports") or []), name
         resources = container.get("resources") or {}
         assert {"cpu", "memory"} <= set(resources.get("requests") or {}), name
@@ -283,15 +345,22 @@ def test_network_policies() -> None:
     router = policies["fleet-inference-factory-router"]
     ports = {p["port"] for rule in router["egress"] for p in rule.get("ports", [])}
     assert {53, 443, 6443, 9090, 8000, 8080} <= ports
-    engines = next(r for r in router["egress"]
-                   if r["to"][0].get("podSelector", {}).get("matchLabels") ==
-                   {"app.kubernetes.io/managed-by": "inference-factory"})
+    engines = next(
+        r
+        for r in router["egress"]
+        if r["to"][0].get("podSelector", {}).get("matchLabels")
+        == {"app.kubernetes.io/managed-by": "inference-factory"}
+    )
     assert {p["port"] for p in engines["ports"]} == {8000, 8080}
     operator = policies["fleet-inference-factory-operator"]
     assert {p["port"] for rule in operator["egress"] for p in rule["ports"]} == {53, 443, 6443}
     assert [p["port"] for p in operator["ingress"][0]["ports"]] == [9090]
-    tight = helm_template("--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
-                          "--set", "networkPolicy.routerIngress.cidrs={10.20.0.0/16}")
+    tight = helm_template(
+        "--set",
+        "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "--set",
+        "networkPolicy.routerIngress.cidrs={10.20.0.0/16}",
+    )
     specs = [p["spec"] for p in of_kind(tight, "NetworkPolicy")]
     assert "0.0.0.0/0" not in json.dumps(specs)
     assert not of_kind(helm_template("--set", "networkPolicy.enabled=false"), "NetworkPolicy")

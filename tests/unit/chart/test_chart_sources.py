@@ -50,8 +50,11 @@ def _objects(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]
 
 def test_schema_is_closed_at_every_level() -> None:
     objects = _objects(SCHEMA, "")
-    objects += [(f"definitions.{k}", v) for k, v in SCHEMA["definitions"].items()
-                if v.get("type") == "object"]
+    objects += [
+        (f"definitions.{k}", v)
+        for k, v in SCHEMA["definitions"].items()
+        if v.get("type") == "object"
+    ]
     assert len(objects) > 30
     for path, node in objects:
         closed = node.get("additionalProperties")
@@ -91,21 +94,26 @@ def _dashboard_exprs() -> list[tuple[str, str]]:
 
 def _alert_exprs() -> list[tuple[str, str]]:
     doc = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
-    return [(rule.get("alert") or rule["record"], rule["expr"])
-            for group in doc["groups"] for rule in group["rules"]]
+    return [
+        (rule.get("alert") or rule["record"], rule["expr"])
+        for group in doc["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def _exported() -> set[str]:
     names = {spec.name for spec in VLLM_METRICS}
-    for registry in (OperatorMetrics().registry,
-                     RouterMetrics(lambda: 0.0, lambda: 0.0).registry):
+    for registry in (OperatorMetrics().registry, RouterMetrics(lambda: 0.0, lambda: 0.0).registry):
         for family in registry.collect():
             names |= {sample.name for sample in family.samples} | {family.name}
     # histogram series that appear once something was observed
     names |= {f"{n}_{s}" for n in list(names) for s in ("bucket", "count", "sum", "total")}
-    recorded = {rule["record"] for group in yaml.safe_load(
-        (MONITORING / "alerts.yaml").read_text())["groups"] for rule in group["rules"]
-        if "record" in rule}
+    recorded = {
+        rule["record"]
+        for group in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
     return names | recorded
 
 
@@ -116,26 +124,49 @@ METRIC = re.compile(r"\b((?:vllm:|factory_operator_|factory_router_|factory:)[a-
 def test_queries_use_exported_metric_names(source: str) -> None:
     exprs = _dashboard_exprs() if source == "dashboards" else _alert_exprs()
     exported = _exported()
-    unknown = {(where, m) for where, expr in exprs for m in METRIC.findall(expr)
-               if m not in exported}
+    unknown = {
+        (where, m) for where, expr in exprs for m in METRIC.findall(expr) if m not in exported
+    }
     assert not unknown
 
 
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing (Debian package prometheus)"
-    rules = [{"record": f"dashboard:check:{i}", "expr": expr}
-             for i, (_, expr) in enumerate(_dashboard_exprs())]
+    rules = [
+        {"record": f"dashboard:check:{i}", "expr": expr}
+        for i, (_, expr) in enumerate(_dashboard_exprs())
+    ]
     path = tmp_path / "dashboards.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dashboards_use_the_fleet_label_set() -> None:
-    allowed = {"namespace", "factory", "pool", "region", "jurisdiction", "pod", "model_name",
-               "engine", "le", "reason", "status", "kind", "type", "outcome", "verb"}
+    allowed = {
+        "namespace",
+        "factory",
+        "pool",
+        "region",
+        "jurisdiction",
+        "pod",
+        "model_name",
+        "engine",
+        "le",
+        "reason",
+        "status",
+        "kind",
+        "type",
+        "outcome",
+        "verb",
+    }
     for where, expr in _dashboard_exprs():
         for group in re.findall(r"by \(([^)]*)\)", expr):
             labels = {label.strip() for label in group.split(",")}

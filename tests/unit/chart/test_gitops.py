@@ -40,8 +40,11 @@ def test_overlays_render_with_their_region() -> None:
         assert _env(objs, "operator")["FACTORY_OPERATOR_REGION"] == region
         assert _env(objs, "router")["FACTORY_ROUTER_REGION"] == region
         assert "replaced-by-overlay" not in yaml.safe_dump_all(objs)
-        mine = sorted((o["kind"], o["metadata"]["name"]) for o in objs
-                      if o["kind"] in ("FleetRegion", "InferenceFactory"))
+        mine = sorted(
+            (o["kind"], o["metadata"]["name"])
+            for o in objs
+            if o["kind"] in ("FleetRegion", "InferenceFactory")
+        )
         assert len(mine) >= 6
         factories = factories or mine
         assert mine == factories, "every region applies the same factories"
