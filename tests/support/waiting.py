@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -27,14 +28,24 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], Awaitable[T]], timeout: float, interval: float = 0.1, what: str = ""
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "",
 ) -> T:
-    """`wait_until` for coroutines."""
+    """`wait_until` inside an event loop; the predicate may be a plain or an async function."""
+
+    async def value() -> T:
+        result = predicate()
+        if inspect.isawaitable(result):
+            return cast(T, await result)
+        return cast(T, result)
+
     deadline = time.monotonic() + timeout
-    last = await predicate()
+    last = await value()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last!r}")
         await asyncio.sleep(interval)
-        last = await predicate()
+        last = await value()
     return last

@@ -81,7 +81,14 @@ def pool(
 def gpu_node(
     name: str, region_name: str, resource: str = "nvidia.com/gpu", count: int = 8
 ) -> NodeInfo:
-    return NodeInfo(name, {"topology.kubernetes.io/region": region_name}, {resource: count})
+    """An H100 node (p5.48xlarge), or an inf2.48xlarge when the resource is Neuron's."""
+    hardware = (
+        {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        if resource == "nvidia.com/gpu"
+        else {"node.kubernetes.io/instance-type": "inf2.48xlarge"}
+    )
+    labels = {"topology.kubernetes.io/region": region_name, **hardware}
+    return NodeInfo(name, labels, {resource: count})
 
 
 NODES = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from factory_sim.server import EngineConfig, EngineHandle, SimHost
+from tests.support.waiting import async_wait_until
 
 # Tests shrink time so a "second" of simulated H100 work takes a fraction of that.
 FAST = 0.2
@@ -20,17 +19,8 @@ FAST = 0.2
 async def wait_until(
     predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.01
 ) -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+    """The shared `async_wait_until`, with the short interval these in-process tests use."""
+    await async_wait_until(predicate, timeout, interval=interval)
 
 
 @pytest.fixture
