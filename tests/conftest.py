@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,15 @@ import pytest
 
 from tests.support.cluster import KubectlCluster, LocalCluster, existing_cluster, kind_cluster
 from tests.support.waiting import wait_until
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (CI's timeout, `kill`) becomes an interrupt, so session fixtures still tear
+    # down: no control plane is left running behind a stopped test run.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

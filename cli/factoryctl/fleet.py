@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+import httpx
+
+from factoryctl import procs
 from factoryctl.errors import ComponentError
 from factoryctl.home import FleetHome
 from factoryctl.toolchain import Toolchain, ensure_tools, find_tools
@@ -106,6 +109,30 @@ def wait_until(
         if time.monotonic() > deadline:
             raise ComponentError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 within two seconds (health and readiness probes)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def record_env(ctx: FleetContext, **values: object) -> None:
+    """Keep endpoints in the home state, where `factoryctl dev env` finds them."""
+    state = ctx.home.state()
+    state.setdefault("env", {}).update(values)
+    ctx.home.save_state(state)
+
+
+def process_status(ctx: FleetContext, name: str, healthy: bool, detail: str) -> ComponentStatus:
+    """The status of a component that is one process with a health endpoint."""
+    if procs.running_pid(ctx.home, name) is None:
+        return ComponentStatus(name, "stopped", "not running")
+    if not healthy:
+        return ComponentStatus(name, "degraded", f"not healthy: {detail}")
+    return ComponentStatus(name, "running", detail)
 
 
 def all_components() -> list[Component]:

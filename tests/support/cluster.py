@@ -114,3 +114,29 @@ def kind_cluster(request: object) -> KubectlCluster:
     cluster = KubectlCluster(kind.name, Path(kind.kubeconfig_path), str(kind.kubectl_path))
     cluster.stop = kind.delete  # type: ignore[method-assign]
     return cluster
+
+
+def install_fleet_api(cluster: KubectlCluster) -> None:
+    """Apply the CRDs and the example FleetRegions (without their remote endpoints and
+    Prometheus, which the local fleet does not have)."""
+    import json  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    crds = ("fleetregions.inference.factory.dev", "inferencefactories.inference.factory.dev")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    *(f"crd/{crd}" for crd in crds))  # fmt: skip
+    examples = (REPO / "deploy" / "examples" / "fleetregions.yaml").read_text()
+    regions = [d for d in yaml.safe_load_all(examples) if d]
+    for region in regions:
+        region["spec"].pop("endpoint", None)
+        region["spec"].pop("prometheus", None)
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": regions}),
+    )

@@ -16,7 +16,7 @@ import httpx
 
 from factoryctl import procs
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, State, wait_until
+from factoryctl.fleet import ComponentStatus, FleetContext, State, http_ok, wait_until
 
 AGENT = "engines-agent"
 
@@ -30,10 +30,7 @@ def control_url(ctx: FleetContext, region: str) -> str:
 
 
 def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return http_ok(f"{url}/healthz")
 
 
 class EnginesComponent:

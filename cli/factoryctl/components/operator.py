@@ -6,11 +6,16 @@ import shutil
 import sys
 from pathlib import Path
 
-import httpx
-
 from factoryctl import procs
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
+from factoryctl.fleet import (
+    ComponentStatus,
+    FleetContext,
+    http_ok,
+    process_status,
+    record_env,
+    wait_until,
+)
 
 
 class OperatorComponent:
@@ -22,10 +27,7 @@ class OperatorComponent:
         return f"http://127.0.0.1:{ctx.home.port('operator-liveness')}/healthz"
 
     def _healthy(self, ctx: FleetContext) -> bool:
-        try:
-            return httpx.get(self._health_url(ctx), timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(self._health_url(ctx))
 
     def up(self, ctx: FleetContext) -> None:
         binary = shutil.which("factory-operator", path=str(Path(sys.executable).parent))
@@ -41,16 +43,10 @@ class OperatorComponent:
             env={"KUBECONFIG": str(ctx.home.kubeconfig)},
         )  # fmt: skip
         wait_until(lambda: self._healthy(ctx), 60, "the operator's liveness endpoint")
-        state = ctx.home.state()
-        state.setdefault("env", {})["operator_metrics"] = f"127.0.0.1:{metrics_port}"
-        ctx.home.save_state(state)
+        record_env(ctx, operator_metrics=f"127.0.0.1:{metrics_port}")
 
     def down(self, ctx: FleetContext) -> None:
         procs.stop(ctx.home, self.name)
 
     def status(self, ctx: FleetContext) -> ComponentStatus:
-        if procs.running_pid(ctx.home, self.name) is None:
-            return ComponentStatus(self.name, "stopped", "not running")
-        if not self._healthy(ctx):
-            return ComponentStatus(self.name, "degraded", "liveness endpoint not answering")
-        return ComponentStatus(self.name, "running", self._health_url(ctx))
+        return process_status(ctx, self.name, self._healthy(ctx), self._health_url(ctx))

@@ -20,9 +20,20 @@ import yaml
 
 from factoryctl import procs
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
+from factoryctl.fleet import (
+    ComponentStatus,
+    FleetContext,
+    http_ok,
+    process_status,
+    record_env,
+    wait_until,
+)
+from factoryctl.topology import REPO_ROOT
 
 SCRAPE_INTERVAL = "1s"
+
+
+RULES_FILE = REPO_ROOT / "deploy" / "monitoring" / "alerts.yaml"
 
 
 def targets_file(ctx: FleetContext) -> Path:
@@ -47,6 +58,8 @@ def prometheus_config(ctx: FleetContext) -> dict[str, Any]:
             "scrape_timeout": SCRAPE_INTERVAL,
             "evaluation_interval": SCRAPE_INTERVAL,
         },
+        # The project's own alert and recording rules, so the local fleet shows real alerts.
+        "rule_files": [str(RULES_FILE)],
         "scrape_configs": [
             {
                 "job_name": "vllm",
@@ -66,10 +79,7 @@ class PrometheusComponent:
         return f"http://127.0.0.1:{ctx.home.port('prometheus')}"
 
     def _ready(self, ctx: FleetContext) -> bool:
-        try:
-            return httpx.get(f"{self._url(ctx)}/-/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self._url(ctx)}/-/ready")
 
     def write_config(self, ctx: FleetContext) -> bool:
         """Write the configuration; True when it changed."""
@@ -116,16 +126,10 @@ class PrometheusComponent:
                 ],
             )
             wait_until(lambda: self._ready(ctx), 60, "Prometheus to be ready")
-        state = ctx.home.state()
-        state.setdefault("env", {})["prometheus_url"] = self._url(ctx)
-        ctx.home.save_state(state)
+        record_env(ctx, prometheus_url=self._url(ctx))
 
     def down(self, ctx: FleetContext) -> None:
         procs.stop(ctx.home, self.name)
 
     def status(self, ctx: FleetContext) -> ComponentStatus:
-        if procs.running_pid(ctx.home, self.name) is None:
-            return ComponentStatus(self.name, "stopped", "not running")
-        if not self._ready(ctx):
-            return ComponentStatus(self.name, "degraded", "not ready")
-        return ComponentStatus(self.name, "running", self._url(ctx))
+        return process_status(ctx, self.name, self._ready(ctx), self._url(ctx))

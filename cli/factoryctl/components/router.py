@@ -21,12 +21,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from factoryctl import procs
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
+from factoryctl.fleet import (
+    ComponentStatus,
+    FleetContext,
+    http_ok,
+    process_status,
+    record_env,
+    wait_until,
+)
 
 ROUTER_REGION = "eu-west-1"
 READY_TIMEOUT_S = 90.0  # covers the first list of four kinds on a busy 2-core machine
@@ -134,10 +140,7 @@ def router_argv(
 
 def ready(url: str) -> bool:
     """True when the router's /readyz says it can route (backends discovered)."""
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return http_ok(f"{url}/readyz")
 
 
 class RouterComponent:
@@ -166,18 +169,11 @@ class RouterComponent:
         except ComponentError as exc:
             exc.hint = f"see {ctx.home.logs_dir / 'router.log'}"
             raise
-        state = ctx.home.state()
-        env = state.setdefault("env", {})
-        env.update({"router_url": url, "admin_key": admin, "tenants": tenants})
-        ctx.home.save_state(state)
+        record_env(ctx, router_url=url, admin_key=admin, tenants=tenants)
         PrometheusComponent().reload(ctx)  # scrape the router too
 
     def down(self, ctx: FleetContext) -> None:
         procs.stop(ctx.home, self.name)
 
     def status(self, ctx: FleetContext) -> ComponentStatus:
-        if procs.running_pid(ctx.home, self.name) is None:
-            return ComponentStatus(self.name, "stopped", "not running")
-        if not ready(self._url(ctx)):
-            return ComponentStatus(self.name, "degraded", "/readyz not ready")
-        return ComponentStatus(self.name, "running", self._url(ctx))
+        return process_status(ctx, self.name, ready(self._url(ctx)), self._url(ctx))

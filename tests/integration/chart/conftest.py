@@ -8,23 +8,19 @@ through the chart itself (adopting them), see test_lifecycle.py.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import yaml
 
 from factoryctl.toolchain import find_tools
 from tests.integration.chart.helm import (
-    CRDS,
-    ROOT,
     Helm,
     create_tenants_secret,
     restrict,
 )
-from tests.support.cluster import KubectlCluster
+from tests.support.cluster import KubectlCluster, install_fleet_api
 
 
 @pytest.fixture(scope="session")
@@ -39,21 +35,7 @@ def helm(cluster: KubectlCluster, tmp_path_factory: pytest.TempPathFactory) -> H
 def fleet_api(cluster: KubectlCluster) -> KubectlCluster:
     """The cluster with the CRDs and the example FleetRegions (without their remote
     endpoints and Prometheus, which the local fleet does not have)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    *(f"crd/{crd}" for crd in CRDS))  # fmt: skip
-    regions = [d for d in yaml.safe_load_all(
-        (ROOT / "deploy" / "examples" / "fleetregions.yaml").read_text()) if d]  # fmt: skip
-    for region in regions:
-        region["spec"].pop("endpoint", None)
-        region["spec"].pop("prometheus", None)
-    cluster.kubectl(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": regions}),
-    )
+    install_fleet_api(cluster)
     return cluster
 
 

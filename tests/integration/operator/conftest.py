@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kopf.testing import KopfRunner
 
 from factory_operator.handlers import build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client
 from factory_operator.plan import OperatorSettings
-from tests.support.cluster import KubectlCluster
+from tests.support.cluster import KubectlCluster, install_fleet_api
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,22 +30,7 @@ REPO = Path(__file__).resolve().parents[3]
 def operator_cluster(cluster: KubectlCluster) -> KubectlCluster:
     """The cluster with the CRDs and the local topology's FleetRegions installed."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig_path)
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/fleetregions.inference.factory.dev",
-                    "crd/inferencefactories.inference.factory.dev")  # fmt: skip
-    regions = [d for d in yaml.safe_load_all((REPO / "deploy/examples/fleetregions.yaml")
-                                             .read_text()) if d]  # fmt: skip
-    for region in regions:
-        region["spec"].pop("endpoint", None)
-        region["spec"].pop("prometheus", None)
-    cluster.kubectl(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": regions}),
-    )
+    install_fleet_api(cluster)
     return cluster
 
 

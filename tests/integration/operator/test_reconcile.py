@@ -107,3 +107,11 @@ def test_roll_scale_remove_pool_and_delete(
     wait_until(lambda: not _deployments(cluster, namespace), 60, what="no Deployment left")
     wait_until(lambda: get(cluster, "service", "llama-h100-dub", namespace) is None, 60,
                what="no Service left")  # fmt: skip
+
+
+def test_kubectl_explain_shows_the_field_documentation(operator_cluster: KubectlCluster) -> None:
+    explained = operator_cluster.kubectl("explain", "inferencefactory.spec.pools")
+    assert "accelerator" in explained and "replicas" in explained
+    assert "<empty>" not in explained.split("FIELDS:")[0]
+    fields = operator_cluster.kubectl("explain", "inferencefactory.spec.pools.accelerator")
+    assert "nvidia" in fields and "neuron" in fields

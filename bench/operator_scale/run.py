@@ -1,0 +1,264 @@
+"""Operator at scale: 100 InferenceFactories x 3 pools on the local control plane.
+
+Measured, in one run and on one cluster:
+- **operator**: apply 100 factories (3 pools, 1 H100 replica each) with `factory-operator`
+  running; time until every factory is Ready=True; the operator's write requests during
+  convergence and during an idle minute (from the API server's audit log, by user agent, and
+  from the operator's own counter); its peak RSS (VmHWM).
+- **baseline**: the same 300 Deployments applied directly with `kubectl apply`, no operator:
+  the time the control plane itself needs to make them Available. The ratio of the two is the
+  operator's cost; absolute times depend on the machine.
+
+Run: `.venv/bin/python bench/operator_scale/run.py [--factories 100] [--idle 60]`.
+Writes `results/results.json` and `results/results.md` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REGIONS = ("eu-west-1", "eu-central-1", "us-east-1")
+
+
+def factory(index: int, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "inference.factory.dev/v1alpha1", "kind": "InferenceFactory",
+        "metadata": {"name": f"model-{index:03d}", "namespace": namespace},
+        "spec": {
+            "model": {"name": f"model-{index:03d}", "uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+            "engine": {"args": {"maxModelLen": 8192, "maxNumSeqs": 64}},
+            "pools": [
+                {"name": f"p{r}", "region": region,
+                 "accelerator": {"kind": "nvidia", "type": "H100", "count": 1},
+                 "replicas": {"min": 1, "max": 2}}
+                for r, region in enumerate(REGIONS)
+            ],
+        },
+    }  # fmt: skip
+
+
+class Bench:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "FACTORY_HOME": str(home)}
+        sys.path.insert(0, str(ROOT / "cli"))
+        from factoryctl.home import FleetHome  # noqa: PLC0415
+        from factoryctl.toolchain import find_tools  # noqa: PLC0415
+
+        tools = find_tools()
+        if tools is None:
+            raise SystemExit("run `factoryctl dev tools` first")
+        self.kubectl_bin = str(tools.kubectl)
+        self.kubeconfig = FleetHome(home).kubeconfig
+        self.audit = self.kubeconfig.parent / "logs" / "audit.log"
+
+    def factoryctl(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "factoryctl.main", "dev", *args], env=self.env,
+                       check=True, timeout=900)  # fmt: skip
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        return subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args], input=input_text,
+            capture_output=True, text=True, check=True, timeout=300,
+        ).stdout  # fmt: skip
+
+    def apply(self, items: list[dict[str, Any]]) -> None:
+        self.kubectl("apply", "--server-side", "-f", "-",
+                     input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+    def audit_lines(self) -> int:
+        return sum(1 for _ in self.audit.open()) if self.audit.exists() else 0
+
+    def operator_writes(self, since_line: int) -> int:
+        count = 0
+        with self.audit.open() as log:
+            for number, line in enumerate(log):
+                if number < since_line:
+                    continue
+                agent = json.loads(line).get("userAgent", "")
+                count += agent.startswith(("factory-operator", "kopf"))
+        return count
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> float:
+        started = time.monotonic()
+        while not predicate():
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"timed out waiting for {what}")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+
+def _ready_factories(bench: Bench, namespace: str) -> int:
+    items = json.loads(bench.kubectl("get", "inferencefactories", "-n", namespace, "-o",
+                                     "json"))["items"]  # fmt: skip
+    return sum(
+        any(c["type"] == "Ready" and c["status"] == "True"
+            for c in (i.get("status") or {}).get("conditions", []))
+        for i in items
+    )  # fmt: skip
+
+
+def _available_deployments(bench: Bench, namespace: str) -> int:
+    items = json.loads(bench.kubectl("get", "deployments", "-n", namespace, "-o", "json"))["items"]
+    return sum((i.get("status") or {}).get("availableReplicas", 0) >= 1 for i in items)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(url, timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))  # fmt: skip
+
+
+def run_baseline(bench: Bench, factories: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same Deployments, applied directly: what the control plane alone needs."""
+    sys.path.insert(0, str(ROOT / "operator"))
+    from factory_operator.api import FleetRegion, InferenceFactory  # noqa: PLC0415
+    from factory_operator.plan import OperatorSettings, plan_factory  # noqa: PLC0415
+    from factory_operator.plan.observed import Observed  # noqa: PLC0415
+
+    regions = {
+        r: FleetRegion.model_validate({"metadata": {"name": r},
+                                       "spec": {"jurisdiction": "US" if r == "us-east-1" else "EU"}})
+        for r in REGIONS
+    }  # fmt: skip
+    deployments = []
+    for raw in factories:
+        raw = {**raw, "metadata": {**raw["metadata"], "namespace": "baseline", "uid": "u"}}
+        plan = plan_factory(InferenceFactory.model_validate(raw), regions,
+                            Observed(now="2026-01-01T00:00:00Z"), OperatorSettings())  # fmt: skip
+        for manifest in plan.apply:
+            if manifest["kind"] == "Deployment":
+                manifest["metadata"].pop("ownerReferences", None)
+                deployments.append(manifest)
+    bench.kubectl("create", "namespace", "baseline")
+    started = time.monotonic()
+    bench.apply(deployments)
+    bench.wait(lambda: _available_deployments(bench, "baseline") == len(deployments), 900,
+               "baseline Deployments")  # fmt: skip
+    return {"deployments": len(deployments),
+            "seconds_to_available": round(time.monotonic() - started, 2)}  # fmt: skip
+
+
+def run_operator(bench: Bench, factories: list[dict[str, Any]], idle: float) -> dict[str, Any]:
+    bench.kubectl("create", "namespace", "bench")
+    metrics_port = 19000 + os.getpid() % 1000
+    log = (bench.home / "operator.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "factory-operator"), "--namespace", "bench",
+         "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
+         "--liveness", "", "--log-format", "json"],
+        env={**bench.env, "KUBECONFIG": str(bench.kubeconfig)}, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        bench.wait(lambda: _up(url), 60, "the operator's metrics")
+        mark = bench.audit_lines()
+        started = time.monotonic()
+        bench.apply(factories)
+        bench.wait(lambda: _ready_factories(bench, "bench") == len(factories), 1800,
+                   "every factory Ready")  # fmt: skip
+        converge_seconds = time.monotonic() - started
+        writes_converge = bench.operator_writes(mark)
+        own_converge = _metric(url, "factory_operator_api_writes_total")
+        mark = bench.audit_lines()
+        own_before_idle = own_converge
+        time.sleep(idle)  # the idle window itself is what is measured
+        writes_idle = bench.operator_writes(mark)
+        own_idle = _metric(url, "factory_operator_api_writes_total") - own_before_idle
+        return {
+            "factories": len(factories), "pools": 3 * len(factories),
+            "seconds_to_all_ready": round(converge_seconds, 2),
+            "writes_during_convergence_audit": writes_converge,
+            "writes_during_convergence_own_counter": own_converge,
+            "idle_seconds": idle, "writes_while_idle_audit": writes_idle,
+            "writes_while_idle_own_counter": own_idle,
+            "peak_rss_mib": round(_peak_rss_mib(proc.pid), 1),
+        }  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--factories", type=int, default=100)
+    parser.add_argument("--idle", type=float, default=60.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.factoryctl("up", "--only", "toolchain,cluster,nodes,crds",
+                         "--topology", str(HERE / "topology.yaml"))  # fmt: skip
+        try:
+            bench.apply([{"apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
+                          "metadata": {"name": r},
+                          "spec": {"jurisdiction": "US" if r == "us-east-1" else "EU"}}
+                         for r in REGIONS])  # fmt: skip
+            factories = [factory(i, "bench") for i in range(args.factories)]
+            operator = run_operator(bench, factories, args.idle)
+            baseline = run_baseline(bench, factories)
+        finally:
+            bench.factoryctl("down")
+    ratio = operator["seconds_to_all_ready"] / max(baseline["seconds_to_available"], 0.01)
+    result = {"operator": operator, "baseline_kubectl_apply": baseline,
+              "ratio_operator_to_baseline": round(ratio, 2)}  # fmt: skip
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(render(result))
+    print(render(result))
+
+
+def render(result: dict[str, Any]) -> str:
+    op, base = result["operator"], result["baseline_kubectl_apply"]
+    return "\n".join([
+        "# Operator at scale", "",
+        f"{op['factories']} InferenceFactories x 3 pools, 1 H100 replica each, on the local "
+        "control plane (kwok nodes), one run.", "",
+        "| measure | value |", "|---|---|",
+        f"| operator: time until every factory Ready | {op['seconds_to_all_ready']} s |",
+        f"| baseline: same {base['deployments']} Deployments by kubectl, time until Available "
+        f"| {base['seconds_to_available']} s |",
+        f"| ratio operator / baseline | {result['ratio_operator_to_baseline']} |",
+        f"| operator writes during convergence (audit log) | {op['writes_during_convergence_audit']} |",
+        f"| operator writes during convergence (own counter) | "
+        f"{op['writes_during_convergence_own_counter']:.0f} |",
+        f"| operator writes during {op['idle_seconds']:.0f} s idle (audit log) | "
+        f"{op['writes_while_idle_audit']} |",
+        f"| operator writes during idle (own counter) | {op['writes_while_idle_own_counter']:.0f} |",
+        f"| operator peak RSS | {op['peak_rss_mib']} MiB |", "",
+        "The audit log counts every write the API server received from the operator's client "
+        "and from kopf (finalizers, annotations); the operator's own counter counts only its "
+        "client's writes.", "",
+    ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
