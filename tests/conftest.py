@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import KubectlCluster, LocalCluster, existing_cluster, kind_cluster
+from tests.support.cluster import (
+    KubectlCluster,
+    LocalCluster,
+    existing_cluster,
+    kind_cluster,
+    session_home,
+)
 from tests.support.waiting import wait_until
 
 
@@ -34,13 +40,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
 ) -> Iterator[KubectlCluster]:
     """One cluster for the whole session."""
     backend = request.config.getoption("--cluster-backend")
     made: KubectlCluster
     if backend == "local":
-        made = LocalCluster(Path(tmp_path_factory.mktemp("fleet-home")))
+        made = LocalCluster(session_home("cluster"))
     elif backend == "kind":
         made = kind_cluster(request)
     else:
@@ -49,6 +55,8 @@ def cluster(
         yield made
     finally:
         made.stop()
+        if isinstance(made, LocalCluster):
+            shutil.rmtree(made.home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -76,8 +75,13 @@ class Bench:
         ).stdout  # fmt: skip
 
     def apply(self, items: list[dict[str, Any]]) -> None:
-        self.kubectl("apply", "--server-side", "-f", "-",
-                     input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
 
     def audit_lines(self) -> int:
         return sum(1 for _ in self.audit.open()) if self.audit.exists() else 0
@@ -129,6 +133,10 @@ def _metric(url: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))  # fmt: skip
 
 
+def _jurisdiction(region: str) -> str:
+    return "US" if region == "us-east-1" else "EU"
+
+
 def run_baseline(bench: Bench, factories: list[dict[str, Any]]) -> dict[str, Any]:
     """The same Deployments, applied directly: what the control plane alone needs."""
     sys.path.insert(0, str(ROOT / "operator"))
@@ -138,12 +146,13 @@ def run_baseline(bench: Bench, factories: list[dict[str, Any]]) -> dict[str, Any
 
     regions = {
         r: FleetRegion.model_validate({"metadata": {"name": r},
-                                       "spec": {"jurisdiction": "US" if r == "us-east-1" else "EU"}})
+                                       "spec": {"jurisdiction": _jurisdiction(r)}})
         for r in REGIONS
     }  # fmt: skip
     deployments = []
-    for raw in factories:
-        raw = {**raw, "metadata": {**raw["metadata"], "namespace": "baseline", "uid": "u"}}
+    for original in factories:
+        meta = {**original["metadata"], "namespace": "baseline", "uid": "u"}
+        raw = {**original, "metadata": meta}
         plan = plan_factory(InferenceFactory.model_validate(raw), regions,
                             Observed(now="2026-01-01T00:00:00Z"), OperatorSettings())  # fmt: skip
         for manifest in plan.apply:
@@ -219,7 +228,7 @@ def main() -> None:
         try:
             bench.apply([{"apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
                           "metadata": {"name": r},
-                          "spec": {"jurisdiction": "US" if r == "us-east-1" else "EU"}}
+                          "spec": {"jurisdiction": _jurisdiction(r)}}
                          for r in REGIONS])  # fmt: skip
             factories = [factory(i, "bench") for i in range(args.factories)]
             operator = run_operator(bench, factories, args.idle)
@@ -247,12 +256,14 @@ def render(result: dict[str, Any]) -> str:
         f"| baseline: same {base['deployments']} Deployments by kubectl, time until Available "
         f"| {base['seconds_to_available']} s |",
         f"| ratio operator / baseline | {result['ratio_operator_to_baseline']} |",
-        f"| operator writes during convergence (audit log) | {op['writes_during_convergence_audit']} |",
+        "| operator writes during convergence (audit log) | "
+        f"{op['writes_during_convergence_audit']} |",
         f"| operator writes during convergence (own counter) | "
         f"{op['writes_during_convergence_own_counter']:.0f} |",
         f"| operator writes during {op['idle_seconds']:.0f} s idle (audit log) | "
         f"{op['writes_while_idle_audit']} |",
-        f"| operator writes during idle (own counter) | {op['writes_while_idle_own_counter']:.0f} |",
+        "| operator writes during idle (own counter) | "
+        f"{op['writes_while_idle_own_counter']:.0f} |",
         f"| operator peak RSS | {op['peak_rss_mib']} MiB |", "",
         "The audit log counts every write the API server received from the operator's client "
         "and from kopf (finalizers, annotations); the operator's own counter counts only its "

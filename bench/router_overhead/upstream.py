@@ -39,9 +39,20 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return web.Response(body=REPLY, content_type="application/json")
 
 
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+
 def serve(port: int) -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    # Peers (vllm-router) poll a worker's health and may list its models before routing.
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import KubectlCluster
+from tests.support.cluster import KubectlCluster, session_home
 
 
 @dataclass
@@ -35,8 +36,8 @@ class Fleet:
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    home = tmp_path_factory.mktemp("e2e-fleet")
+def fleet() -> Iterator[Fleet]:
+    home = session_home("e2e-fleet")
     env = {**os.environ, "FACTORY_HOME": str(home)}
     factoryctl = [sys.executable, "-m", "factoryctl.main", "dev"]
     up = subprocess.run([*factoryctl, "up"], env=env, capture_output=True, text=True,
@@ -54,3 +55,4 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield Fleet(home, values, cluster)
     finally:
         subprocess.run([*factoryctl, "down"], env=env, timeout=300, check=False)
+        shutil.rmtree(home, ignore_errors=True)

@@ -12,9 +12,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def session_home(name: str) -> Path:
+    """A fleet home for this session, outside pytest's own temporary folders: pytest prunes
+    those of older sessions when a new one starts, which would pull the kubeconfig from under
+    a cluster that is still running. Removed when its fleet is torn down."""
+    return Path(tempfile.mkdtemp(prefix=f"factory-test-{name}-"))
 
 
 def _factoryctl() -> list[str]:

@@ -51,10 +51,16 @@ async def execute(
         live = world.live.get((manifest["kind"], manifest["metadata"]["name"]))
         if needs_apply(manifest, live, key):
             if live is not None:
-                drift = first_drift({k: live.get(k) for k in ("metadata", "spec")},
-                                    {k: manifest[k] for k in ("metadata", "spec") if k in manifest})
-                log.info("re-applying %s %s: %s", manifest["kind"], manifest["metadata"]["name"],
-                         f"drift at {drift}" if drift else "intent changed")
+                drift = first_drift(
+                    {k: live.get(k) for k in ("metadata", "spec")},
+                    {k: manifest[k] for k in ("metadata", "spec") if k in manifest},
+                )
+                log.info(
+                    "re-applying %s %s: %s",
+                    manifest["kind"],
+                    manifest["metadata"]["name"],
+                    f"drift at {drift}" if drift else "intent changed",
+                )
             await kube.apply(with_hash(manifest, key))
             writes += 1
     namespace = factory.metadata.namespace or "default"

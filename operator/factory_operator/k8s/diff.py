@@ -31,7 +31,7 @@ def with_hash(manifest: Obj, key: str) -> Obj:
 
 
 def _empty(value: Any) -> bool:
-    return value is None or value == [] or value == {}
+    return value is None or value in ([], {})
 
 
 def contains(live: Any, wanted: Any) -> bool:

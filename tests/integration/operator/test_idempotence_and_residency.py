@@ -12,6 +12,7 @@ from factory_operator.handlers import build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client
 from tests.integration.operator.conftest import (
     RunningOperator,
+    collect_runner_garbage,
     condition,
     get,
     operator_settings,
@@ -52,12 +53,14 @@ def test_converged_operator_writes_nothing_over_50_ticks_and_a_restart(
         writes, ticks = metrics.writes_total(), _reconciles(metrics)
         wait_until(lambda: _reconciles(metrics) >= ticks + 50, 60, what="50 timer ticks")
         assert metrics.writes_total() == writes, _writes_by_kind(metrics)
+    collect_runner_garbage()
     assert runner.exception is None
 
     restarted, metrics2 = _run_operator(namespace, resync=0.1)
     with restarted:
         wait_until(lambda: _reconciles(metrics2) >= 5, 60, what="the restarted operator's ticks")
         assert metrics2.writes_total() == 0
+    collect_runner_garbage()
     assert restarted.exception is None
     # The API server's own record: no write by the operator (its client or kopf) at all.
     assert operator_writes(audit.read(), namespace) == []
