@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -101,9 +102,32 @@ def test_threshold_stripping() -> None:
 EXPRESSIONS = rule_expressions() + dashboard_expressions()
 
 
+TOO_BIG = {
+    "apiVersion": "inference.factory.dev/v1alpha1", "kind": "InferenceFactory",
+    "metadata": {"name": "too-big", "namespace": "monitoring-check"},
+    "spec": {
+        "model": {"name": "too-big", "uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+        "pools": [{"name": "h100", "region": "us-east-1",
+                   "accelerator": {"kind": "nvidia", "type": "H100", "count": 16},
+                   "replicas": {"min": 1, "max": 1}}],
+    },
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def loaded_prometheus(fleet: Fleet) -> PrometheusConnect:
-    """Prometheus after a short mixed workload through the router, with some denials."""
+def loaded_prometheus(fleet: Fleet) -> Iterator[PrometheusConnect]:
+    """Prometheus after a short mixed workload through the router, with some residency
+    denials and one factory that cannot be placed (so the not-ready and lack-of-accelerators
+    expressions have something to show)."""
+    fleet.cluster.kubectl("create", "namespace", "monitoring-check")
+    fleet.cluster.kubectl("apply", "-f", "-", input=json.dumps(TOO_BIG))
+    try:
+        yield _load(fleet)
+    finally:
+        fleet.cluster.kubectl("delete", "namespace", "monitoring-check", "--wait=false")
+
+
+def _load(fleet: Fleet) -> PrometheusConnect:
     env = fleet.env
     tenants = {name: t["api_key"] for name, t in env["tenants"].items()}
     models = {"eu-only": ["llama-3.1-8b-instruct"], "us-only": ["qwen2.5-7b-instruct"],

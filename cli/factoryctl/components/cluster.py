@@ -35,7 +35,14 @@ class ClusterComponent:
     name = "cluster"
 
     def _env(self, ctx: FleetContext) -> dict[str, str]:
-        return {**os.environ, "KWOK_WORKDIR": str(ctx.home.kwok_workdir)}
+        # kwokctl also writes (and on delete, removes) a context in the kubeconfig that
+        # $KUBECONFIG names, or ~/.kube/config: give it a file of this home's own, so a fleet
+        # never edits the user's kubeconfig or another fleet's.
+        return {
+            **os.environ,
+            "KWOK_WORKDIR": str(ctx.home.kwok_workdir),
+            "KUBECONFIG": str(ctx.home.kwok_workdir / "kwokctl-contexts.yaml"),
+        }
 
     def _kwokctl(self, ctx: FleetContext, *args: str, timeout: float = 300) -> str:
         cmd = [str(ctx.tools.kwokctl), *args, "--name", ctx.home.cluster_name]

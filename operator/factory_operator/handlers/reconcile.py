@@ -36,10 +36,7 @@ def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Pl
     """Condition and replica gauges for one factory."""
     ns, name = factory.metadata.namespace or "", factory.metadata.name
     for cond in plan.status.conditions:
-        for status in ("True", "False", "Unknown"):
-            metrics.condition.labels(ns, name, cond.type, status, cond.reason).set(
-                1 if cond.status == status else 0
-            )
+        metrics.set_condition(ns, name, cond.type, cond.status, cond.reason)
     for pool in plan.status.pools:
         labels = (ns, name, pool.name, pool.region, pool.jurisdiction or "")
         metrics.replicas.labels(*labels, "desired").set(pool.desired_replicas)

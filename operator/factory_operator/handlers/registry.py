@@ -119,6 +119,7 @@ def build_registry(
                     log.warning("resync: %s", err, extra={"factory": name})
         finally:
             index.forget(key)
+            metrics.forget_factory(*key)
 
     @kopf.on.event(GROUP, VERSION, REGIONS, id="region-changed", registry=registry)
     async def region_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:

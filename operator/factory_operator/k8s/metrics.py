@@ -49,6 +49,33 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+        # The reason last exported per (namespace, factory, condition type): a condition has
+        # one reason at a time, so the series of the previous reason is removed, not left at
+        # its last value (which would keep alerts firing after recovery).
+        self._reasons: dict[tuple[str, str, str], str] = {}
+
+    def set_condition(
+        self, namespace: str, factory: str, kind: str, status: str, reason: str
+    ) -> None:
+        """Export one condition: 1 on its status, 0 on the others, under its reason only."""
+        key = (namespace, factory, kind)
+        previous = self._reasons.get(key)
+        if previous is not None and previous != reason:
+            for value in ("True", "False", "Unknown"):
+                self.condition.remove(namespace, factory, kind, value, previous)
+        self._reasons[key] = reason
+        for value in ("True", "False", "Unknown"):
+            self.condition.labels(namespace, factory, kind, value, reason).set(
+                1 if value == status else 0
+            )
+
+    def forget_factory(self, namespace: str, factory: str) -> None:
+        """Remove a deleted factory's condition series."""
+        for key in [k for k in self._reasons if k[:2] == (namespace, factory)]:
+            reason = self._reasons.pop(key)
+            for value in ("True", "False", "Unknown"):
+                self.condition.remove(namespace, factory, key[2], value, reason)
+
     def writes_total(self) -> float:
         """Sum of all write requests so far (for tests and benchmarks)."""
         return sum(
