@@ -4,11 +4,14 @@ kwok pods run no containers, so this agent stands in for the kubelet and the vLL
 for every Ready pod the operator created (`app.kubernetes.io/managed-by=inference-factory`),
 it starts a simulated engine in its region's `factory-sim` process, with the profile of the
 node's accelerator and the pod's own engine arguments, and annotates the pod with
-`inference.factory.dev/address: 127.0.0.1:<port>`. A deleted or unready pod's engine stops.
+`inference.factory.dev/address: 127.0.0.1:<port>`.
 
 The loop is level-based: every second it lists pods and engines and converges the two, so a
-restarted agent adopts what runs. A region whose `factory-sim` process is down is left down
-(fault tests kill them on purpose); `factoryctl dev up` starts it again.
+restarted agent adopts what runs. An engine whose pod is deleted or unready is drained: it
+stops once its running and waiting requests are done (or after `DRAIN_SECONDS`), as vLLM
+finishes in-flight streams within the pod's termination grace period. A region whose
+`factory-sim` process is down is left down (fault tests kill them on purpose);
+`factoryctl dev up` starts it again.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from factoryctl.topology import Topology
 
@@ -30,6 +35,10 @@ log = logging.getLogger("factoryctl.engines")
 MANAGED = "app.kubernetes.io/managed-by=inference-factory"
 ADDRESS_ANNOTATION = "inference.factory.dev/address"
 TIMEOUT = httpx.Timeout(5.0)
+# How long an engine whose pod is gone may finish its requests: the operator's default
+# termination grace period for engine pods is longer; this keeps the local fleet brisk.
+DRAIN_SECONDS = 30.0
+DRAIN_SETTLE_SECONDS = 3.0
 
 
 def profile_for(node_labels: dict[str, str]) -> str | None:
@@ -142,6 +151,7 @@ class EnginesAgent:
         self.targets_file = targets_file
         self.http = httpx.Client(timeout=TIMEOUT)
         self.stopped = threading.Event()
+        self.draining: dict[str, float] = {}  # engine id -> when its drain began
 
     def _engines(self) -> dict[str, _Engine]:
         engines: dict[str, _Engine] = {}
@@ -180,10 +190,37 @@ class EnginesAgent:
                     continue
             self._annotate(pod, f"127.0.0.1:{engine.port}")
             targets.append(scrape_target(pod, engine.port))
+        for engine_id in wanted:
+            self.draining.pop(engine_id, None)
         for engine_id, engine in engines.items():
             if engine_id not in wanted:
-                self._stop(engine)
+                self._drain(engine)
         self._write_targets(targets)
+
+    def _drain(self, engine: _Engine) -> None:
+        """Stop an engine whose pod is gone once its requests are done, as vLLM does within
+        the pod's termination grace period, or at the deadline."""
+        now = time.monotonic()
+        started = self.draining.setdefault(engine.id, now)
+        # Idle only counts once the router has had time to see the pod go (as a preStop
+        # sleep gives Service endpoints time to drop a pod before vLLM gets SIGTERM).
+        settled = now - started >= DRAIN_SETTLE_SECONDS
+        if (settled and self._idle(engine)) or now - started > DRAIN_SECONDS:
+            self.draining.pop(engine.id, None)
+            self._stop(engine)
+
+    def _idle(self, engine: _Engine) -> bool:
+        try:
+            text = self.http.get(f"http://127.0.0.1:{engine.port}/metrics").text
+        except httpx.HTTPError:
+            return True
+        busy = sum(
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name in {"vllm:num_requests_running", "vllm:num_requests_waiting"}
+            for sample in family.samples
+        )
+        return busy == 0
 
     def _write_targets(self, targets: list[dict[str, Any]]) -> None:
         text = json.dumps(sorted(targets, key=lambda t: t["targets"][0]), indent=1)

@@ -8,7 +8,9 @@ fail over from; after it, the caller relays the rest chunk by chunk.
     AttemptFailed(kind=...)   kind is one of:
       connect      could not connect / connection reset before the first byte
       timeout      no first byte within Timeouts.first_byte (a stalled engine)
-      status       5xx or 429 from the engine (retryable)
+      status       5xx, 429 or 404 from the engine (retryable; a 404 means the address no
+                   longer holds an engine of this model: a stale endpoint whose address
+                   now belongs to another pod)
       redirect     3xx from the engine: never followed (it could point anywhere)
       protocol     anything else that broke before the first byte
 
@@ -28,7 +30,7 @@ import aiohttp
 from factory_router.policy.config import Limits, Timeouts
 from factory_router.policy.fleet import Backend
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({404, 429, 500, 502, 503, 504})
 
 
 class AttemptFailed(Exception):

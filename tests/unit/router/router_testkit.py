@@ -105,6 +105,10 @@ class FakeEngine:
         self.bodies_seen.append(doc)
         if self.mode == "fail":
             return web.json_response({"error": "engine down"}, status=503)
+        if self.mode == "other_model":
+            # What a stale endpoint gives: its address now holds another model's engine.
+            return web.json_response({"error": {"message": "The model does not exist."}},
+                                     status=404)  # fmt: skip
         if self.mode == "redirect":
             raise web.HTTPTemporaryRedirect(self.redirect_to + request.path)
         if self.mode == "stall":

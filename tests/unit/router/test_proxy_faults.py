@@ -139,6 +139,19 @@ async def test_failover_ejection_and_metrics() -> None:
         )
 
 
+async def test_a_stale_endpoint_answering_404_is_failed_over() -> None:
+    async with (
+        engines(2) as (stale, good),
+        router([backend(stale, "eu-a", "eu-west-1"), backend(good, "eu-b", "eu-central-1")]) as r,
+    ):
+        stale.mode = "other_model"
+        async with httpx.AsyncClient(base_url=r.url) as c:
+            for _ in range(4):
+                resp = await c.post("/v1/chat/completions", json=CHAT, headers=auth("eu"))
+                assert resp.status_code == 200 and resp.headers["x-factory-pool"] == "eu-b"
+        assert stale.total >= 1
+
+
 async def test_graceful_shutdown_lets_streams_finish() -> None:
     async with (
         engines(1, chunks=20, chunk_delay=0.02) as (eu,),
