@@ -23,7 +23,7 @@ import kopf
 from factory_operator.api import GROUP, VERSION, FleetRegion
 from factory_operator.api.accelerators import RESOURCE_BY_KIND
 from factory_operator.api.errors import TransientError
-from factory_operator.k8s import Kube, OperatorMetrics, node_info
+from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, node_info
 from factory_operator.plan import OperatorSettings, plan_region_status
 
 from .index import FactoryIndex, Key
@@ -42,6 +42,23 @@ def _pool_regions(spec: Any) -> frozenset[str]:
 def _has_accelerators(body: Any, **_: Any) -> bool:
     allocatable = (body.get("status") or {}).get("allocatable") or {}
     return any(r in allocatable for r in RESOURCE_BY_KIND.values())
+
+
+def connection_info() -> kopf.ConnectionInfo:
+    """kopf's connection, from the `kubernetes` client's configuration."""
+    cfg: Any = load_api_client().configuration
+    scheme, _, token = (cfg.api_key.get("authorization") or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
@@ -82,11 +99,11 @@ def build_registry(
         async with entry.lock:
             await reconcile_factory(kube(), body, settings, metrics)
 
-    # A fresh registry has none of kopf's default login handlers: log in the way the
-    # `kubernetes` client does (in-cluster service account, else KUBECONFIG).
+    # A fresh registry has none of kopf's default login handlers: log in with the same
+    # credentials as the operator's own client (in-cluster service account, else $KUBECONFIG).
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info()
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -9,6 +9,7 @@ error tree (``api.errors``): 404 -> None/ignored where absence is fine, 409 -> C
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +37,15 @@ Obj = dict[str, Any]
 
 def load_api_client() -> Any:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    configuration = _k8s.client.Configuration()
     try:
-        _k8s.config.load_incluster_config()
+        _k8s.config.load_incluster_config(client_configuration=configuration)
     except _k8s.config.ConfigException:
-        _k8s.config.load_kube_config()
-    api_client = _k8s.client.ApiClient()
+        # $KUBECONFIG is read now: the client library reads it once, when first imported.
+        _k8s.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    api_client = _k8s.client.ApiClient(configuration)
     # A user agent of its own makes the operator's requests stand out in audit logs.
     api_client.user_agent = USER_AGENT
     return api_client
