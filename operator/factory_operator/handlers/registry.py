@@ -47,7 +47,12 @@ def _has_accelerators(body: Any, **_: Any) -> bool:
 def connection_info() -> kopf.ConnectionInfo:
     """kopf's connection, from the `kubernetes` client's configuration."""
     cfg: Any = load_api_client().configuration
-    scheme, _, token = (cfg.api_key.get("authorization") or "").partition(" ")
+    # The bearer token: key "BearerToken" since kubernetes 36, "authorization" before; the
+    # getter also runs the refresh hook (in-cluster tokens rotate).
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").partition(" ")
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
