@@ -17,6 +17,8 @@ from factoryctl.errors import ComponentError
 from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
 from factoryctl.toolchain import ETCD_VERSION, KUBERNETES_VERSION
 
+SERVICE_CIDR = "10.96.0.0/16"
+
 # Writes only, at Metadata level: enough to count who wrote what, cheap to keep.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -90,6 +92,14 @@ class ClusterComponent:
                 "kubeAuthorization": True,
                 "kubeAdmission": True,
             },
+            # kube-apiserver's default Service range is a /24 (254 Services): too small for a
+            # fleet of hundreds of pools, each with its Service.
+            "componentsPatches": [
+                {
+                    "name": "kube-apiserver",
+                    "extraArgs": [{"key": "service-cluster-ip-range", "value": SERVICE_CIDR}],
+                }
+            ],
         }
         path = cluster_dir / "kwokctl.yaml"
         path.write_text(yaml.safe_dump(config))
