@@ -102,7 +102,6 @@ class PrometheusComponent:
             raise ComponentError(
                 "prometheus is not installed", hint="run ./scripts/bootstrap.sh (apt-get)"
             )
-        changed = self.write_config(ctx)
         # Prometheus watches the targets folder only if it exists when the config loads.
         targets = targets_file(ctx)
         targets.parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +109,9 @@ class PrometheusComponent:
             targets.write_text("[]")
         root = ctx.home.root / "prometheus"
         if procs.running_pid(ctx.home, self.name) is not None and self._ready(ctx):
-            if changed:
-                httpx.post(f"{self._url(ctx)}/-/reload", timeout=10).raise_for_status()
+            self.reload(ctx)
         else:
+            self.write_config(ctx)
             procs.start(
                 ctx.home,
                 self.name,
