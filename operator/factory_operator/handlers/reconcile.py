@@ -11,7 +11,7 @@ import kopf
 
 from factory_operator.api import InferenceFactory
 from factory_operator.api.errors import SpecError, TransientError
-from factory_operator.k8s import Kube, OperatorMetrics, execute, observe
+from factory_operator.k8s import Kube, OperatorMetrics, execute, observe, read_factory
 from factory_operator.plan import OperatorSettings, Plan, plan_factory
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,14 @@ async def reconcile_factory(
     that says why) and kopf.TemporaryError for transient API failures.
     """
     started = time.monotonic()
+    meta = body["metadata"]
     try:
-        factory = parse_factory(body)
+        # Plan from the factory as stored now, not from kopf's body: the body can predate our
+        # own last status patch, and conditions planned from it would flap (read_factory).
+        live = await read_factory(kube, meta.get("namespace") or "default", meta["name"])
+        if live is None:
+            return Plan()  # deleted since kopf saw it
+        factory = parse_factory(live)
         if factory.metadata.deletion_timestamp:
             return Plan()  # garbage collection removes owned children
         world = await observe(kube, factory, settings, utc_now())

@@ -3,7 +3,7 @@
 from .apply import execute
 from .client import FIELD_MANAGER, Kube, load_api_client
 from .metrics import OperatorMetrics
-from .observe import World, node_info, observe
+from .observe import World, node_info, observe, read_factory
 
 __all__ = [
     "FIELD_MANAGER",
@@ -14,4 +14,5 @@ __all__ = [
     "load_api_client",
     "node_info",
     "observe",
+    "read_factory",
 ]

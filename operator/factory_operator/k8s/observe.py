@@ -1,5 +1,5 @@
-"""Observe one factory's world: FleetRegions, accelerator nodes, its children, its pods'
-scheduling problems and its ReplicaSets' creation failures. Reads only."""
+"""Observe one factory's world: the factory itself, FleetRegions, accelerator nodes, its
+children, its pods' scheduling problems and its ReplicaSets' creation failures. Reads only."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .client import Kube, Obj
 CHILD_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
 PODMONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
 REGION_KIND = ("inference.factory.dev/v1alpha1", "FleetRegion")
+FACTORY_KIND = ("inference.factory.dev/v1alpha1", "InferenceFactory")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,18 @@ def _pod_problems(pods: list[Obj], rsets: list[Obj], pool_key: str) -> list[PodP
                     )
                 )
     return problems
+
+
+async def read_factory(kube: Kube, namespace: str, name: str) -> Obj | None:
+    """The factory as the API server holds it now, or None once it is gone.
+
+    kopf hands every handler its last-seen body, which lags the operator's own status patches
+    while the object's event worker is busy (seconds with a hundred factories): conditions
+    planned from it moved lastTransitionTime and re-wrote converged statuses. A list by name,
+    not a get: the operator's role grants list, watch and patch on factories.
+    """
+    items = await kube.list(*FACTORY_KIND, namespace, field_selector=f"metadata.name={name}")
+    return items[0] if items else None
 
 
 async def observe(
