@@ -4,6 +4,10 @@
 applies one FleetRegion per region of the local topology (jurisdiction from the topology;
 pricing and power from `deploy/examples/fleetregions.yaml` where it names the same region)
 and the sample InferenceFactories of `deploy/examples/`, creating their namespaces.
+
+FleetRegions follow the topology on every `up`. A sample factory is created only when it is
+missing: once it exists it is the user's to change (`kubectl edit`, a bench's patch), and a
+later `up` keeps it as it is (`down` and `up` again restores the samples).
 """
 
 from __future__ import annotations
@@ -89,7 +93,17 @@ class SamplesComponent:
             manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
             kubectl.run("apply", "--server-side", "--field-manager=factoryctl", "-f", "-",
                         input_text=json.dumps(manifest))  # fmt: skip
-        items = [*fleet_regions(ctx), *factories]
+        listed = kubectl.run("get", "inferencefactories", "-A", "-o", "json").stdout
+        existing = {
+            (f["metadata"].get("namespace"), f["metadata"]["name"])
+            for f in json.loads(listed)["items"]
+        }
+        missing = [
+            f
+            for f in factories
+            if (f["metadata"].get("namespace", "default"), f["metadata"]["name"]) not in existing
+        ]
+        items = [*fleet_regions(ctx), *missing]
         kubectl.run(
             "apply",
             "--server-side",
@@ -98,8 +112,10 @@ class SamplesComponent:
             "-",
             input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
         )
-        ctx.progress(f"[samples] {len(items) - len(factories)} FleetRegions, "
-                     f"{len(factories)} InferenceFactories")  # fmt: skip
+        kept = len(factories) - len(missing)
+        ctx.progress(f"[samples] {len(items) - len(missing)} FleetRegions, "
+                     f"{len(missing)} InferenceFactories created"
+                     + (f", {kept} kept as they are" if kept else ""))  # fmt: skip
 
     def down(self, ctx: FleetContext) -> None:
         """Objects go with the cluster."""
