@@ -38,7 +38,7 @@ from factory_router.policy.policies import PolicyName
 from factory_router.policy.tenants import load_tenants_text
 
 log = logging.getLogger("factory_router.main")
-_T, _L, _S = Timeouts(), Limits(), ScoringConfig()
+_T, _L, _S, _R = Timeouts(), Limits(), ScoringConfig(), RouterConfig()
 
 
 class Settings(BaseSettings):
@@ -68,7 +68,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(_L.max_connections, gt=0)
     max_connections_per_host: int = Field(_L.max_connections_per_host, gt=0)
     max_attempts: int = Field(_L.max_attempts, ge=1, description="per request, first included")
-    prometheus_interval: float = Field(2.0, gt=0)
+    prometheus_interval: float = Field(_R.prometheus_interval, gt=0)
+    probe_interval: float = Field(
+        _R.probe_interval, ge=0, description="seconds between RTT probes of a region; 0: off"
+    )
     stale_after: float = Field(_S.snapshot_stale_seconds, gt=0)
     cost_weight_ms: float = Field(_S.cost_weight_ms, ge=0)
     log_level: str = "INFO"
@@ -112,6 +115,7 @@ class Settings(BaseSettings):
                 cost_weight_ms=self.cost_weight_ms, snapshot_stale_seconds=self.stale_after
             ),
             prometheus_interval=self.prometheus_interval,
+            probe_interval=self.probe_interval,
         )
 
 

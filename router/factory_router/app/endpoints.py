@@ -56,6 +56,7 @@ def load_status(state: RouterState) -> dict[str, Any]:
         "age_seconds": None if age is None else round(age, 3),
         "stale": not fresh,
         "last_error": state.prometheus_error,
+        "measured_rtt_ms": {r: round(ms, 3) for r, ms in state.load.rtt.regions().items()},
     }
 
 

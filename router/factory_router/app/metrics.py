@@ -76,6 +76,12 @@ class RouterMetrics:
             registry=r,
         )
         self.load_stale.set_function(load_stale)
+        self.probe_rtt = Gauge(
+            "factory_router_probe_rtt_seconds",
+            "Latest active RTT probe (GET /health) from this router, by backend region.",
+            ["region"],
+            registry=r,
+        )
         self.reload_errors = Counter(
             "factory_router_config_reload_errors",
             "Tenant or backend file reloads rejected (the previous one is kept).",

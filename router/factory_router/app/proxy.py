@@ -193,19 +193,29 @@ async def _forward(
         except BaseException:
             state.load.passive.finish(backend.id)
             raise
+        completed = False
         try:
             state.ejector.record_success(backend.id)
-            state.load.passive.observe_ttft(backend.id, opened.ttfb_s * 1000)
+            state.load.observe_first_byte(backend, opened.ttfb_s * 1000)
             state.metrics.ttfb.labels(backend.region or "none").observe(opened.ttfb_s)
             out.region = backend.region
             out.jurisdiction = state.fleet.jurisdiction_of(backend)
             out.pool = backend.pool
             out.backend = backend.id
             out.reason = route.reason if out.attempts == 1 else f"failover #{out.attempts - 1}"
-            return await _relay(state, request, opened, rid, out)
+            reply = await _relay(state, request, opened, rid, out)
+            completed = out.status < 500
+            return reply
         finally:
             opened.close()
             state.load.passive.finish(backend.id)
+            if completed:
+                state.load.observe_completion(
+                    backend,
+                    duration_ms=(time.perf_counter() - opened.sent_at) * 1000,
+                    ttfb_ms=opened.ttfb_s * 1000,
+                    streamed=opened.streamed,
+                )
     if last is not None and last.kind == "timeout":
         raise UpstreamTimeout(
             f"The model backend did not start answering within "

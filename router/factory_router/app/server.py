@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from factory_router.app import endpoints, proxy
+from factory_router.app.probes import run_probes
 from factory_router.app.reload import FileWatcher
 from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.discovery.static import load_fleet_file
@@ -75,6 +76,8 @@ def _tasks_ctx(
             tasks.append(asyncio.create_task(_fleet_watcher(state, backends_file).run(interval)))
         if state.prometheus_url:
             tasks.append(asyncio.create_task(_poller(state).run()))
+        if state.config.probe_interval > 0:
+            tasks.append(asyncio.create_task(run_probes(state)))
         tasks.extend(asyncio.create_task(make(state)) for make in extra)
         tasks.append(asyncio.create_task(_flush_access_log(state)))
         yield

@@ -65,7 +65,11 @@ class RouterState:
         access_log: AccessLog | None = None,
     ) -> RouterState:
         cfg = config or RouterConfig()
-        load = LoadState(cfg.scoring.snapshot_stale_seconds)
+        load = LoadState(
+            cfg.scoring.snapshot_stale_seconds,
+            router_region=region,
+            rtt_window_seconds=cfg.scoring.rtt_window_seconds,
+        )
 
         def age() -> float:
             a = load.age()

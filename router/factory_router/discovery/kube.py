@@ -7,7 +7,8 @@ Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3)
   `spec.endpoint` the region's entry point in one-cluster-per-region fleets,
   `spec.pricing` price per accelerator-hour by accelerator type (cost weight).
 - InferenceFactory: `spec.model.name` is the model; `status.pools[]` (name, region,
-  jurisdiction) are the pools really running; `spec.pools[].accelerator` gives the cost.
+  jurisdiction) are the pools really running; `spec.pools[].accelerator` gives the cost,
+  `engine.args.maxNumSeqs` (the pool's, else the factory's) the batch capacity.
 - EndpointSlices of Service `<factory>-<pool>` (label `kubernetes.io/service-name`):
   one backend per endpoint; `conditions.serving`/`terminating` are honoured (a terminating
   endpoint is used only when no ready one is left, so rollouts and scale-down drop nothing).
@@ -100,6 +101,17 @@ def _pool_cost(factory: Obj, pool_name: str, region: Obj | None) -> float:
     return 0.0
 
 
+def _max_num_seqs(factory: Obj, pool_name: str) -> int | None:
+    """The pool's `engine.args.maxNumSeqs`, else the factory's; None when neither sets it."""
+    for pool in _get(factory, "spec", "pools") or []:
+        if pool.get("name") == pool_name:
+            value = _get(pool, "engine", "args", "maxNumSeqs")
+            if value is None:
+                value = _get(factory, "spec", "engine", "args", "maxNumSeqs")
+            return value if isinstance(value, int) and value >= 1 else None
+    return None
+
+
 def fleet_from_objects(
     fleet_regions: list[Obj],
     factories: list[Obj],
@@ -134,6 +146,7 @@ def fleet_from_objects(
                 region = None  # disagreement: fail closed
             svc = f"{fname}-{pname}"
             cost = _pool_cost(factory, pname, region_objs.get(region))
+            capacity = _max_num_seqs(factory, pname)
             found = False
             for s in slices.get((ns, svc), []):
                 port = _port(s)
@@ -157,6 +170,7 @@ def fleet_from_objects(
                         namespace=ns,
                         pod=pod_name,
                         cost=cost,
+                        max_num_seqs=capacity,
                         serving=serving,
                         terminating=terminating,
                     )

@@ -13,6 +13,7 @@
         factory: llama              # optional
         pod: llama-eu-h100-0        # optional: matches Prometheus `pod` label
         cost: 1.0                   # optional: relative cost per token
+        max_num_seqs: 64            # optional: the engine's batch capacity (--max-num-seqs)
 
 A backend without a region, or with a region not listed (or listed without jurisdiction)
 is loaded, reported in the explain output, and never routed to (fail closed).
@@ -52,6 +53,7 @@ class _BackendDoc(BaseModel):
     namespace: str | None = None
     pod: str | None = None
     cost: float = 0.0
+    max_num_seqs: int | None = Field(None, ge=1)
     id: str | None = None
 
 
@@ -90,6 +92,7 @@ def fleet_from_doc(doc: Any) -> Fleet:
                 namespace=b.namespace,
                 pod=b.pod,
                 cost=b.cost,
+                max_num_seqs=b.max_num_seqs,
             )
         )
     return build_fleet(

@@ -20,6 +20,7 @@ class Timeouts:
     idle: float = 120.0  # between two body chunks once streaming
     grace_period: float = 30.0  # graceful shutdown: in-flight streams may finish
     prometheus_query: float = 2.0  # one PromQL query
+    probe: float = 2.0  # one RTT probe (GET /health)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ScoringConfig:
     default_rtt_ms: float = 150.0  # region pair absent from the RTT matrix
     same_region_rtt_ms: float = 1.0
     default_ttft_ms: float = 50.0  # no observed TTFT yet
+    default_hold_ms: float = 1000.0  # no observed slot-holding time yet (one request)
     per_outstanding_ms: float = 8.0  # each request running/queued slows the batch
     waiting_factor: float = 1.0  # each queued request costs about one TTFT more
     kv_knee: float = 0.8  # KV-cache usage above which preemption risk grows
@@ -68,6 +70,7 @@ class ScoringConfig:
     affinity_prefix_chars: int = 512  # prompt prefix hashed for affinity
     cost_weight_ms: float = 0.0  # ms per unit of relative cost (0 = ignore cost)
     snapshot_stale_seconds: float = 15.0  # older load data is ignored (passive only)
+    rtt_window_seconds: float = 30.0  # measured RTT: minimum over this window
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,4 @@ class RouterConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     prometheus_interval: float = 2.0  # seconds between load snapshots
     reload_interval: float = 1.0  # seconds between checks of tenants/backends files
+    probe_interval: float = 2.0  # seconds between RTT probes of each region (0 = none)

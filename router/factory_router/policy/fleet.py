@@ -34,6 +34,7 @@ class Backend:
     namespace: str | None = None
     pod: str | None = None  # matches the `pod` label of Prometheus series
     cost: float = 0.0  # relative cost per token (scaled by ScoringConfig.cost_weight_ms)
+    max_num_seqs: int | None = None  # batch capacity (vLLM --max-num-seqs), when known
     serving: bool = True  # EndpointSlice `serving`
     terminating: bool = False  # EndpointSlice `terminating`: only a last resort
 

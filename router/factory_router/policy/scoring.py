@@ -1,12 +1,26 @@
 """Predicted time to first token (TTFT) of a backend, split into explainable parts.
 
-    predicted = rtt(client region -> backend region)
+    predicted = rtt(client region -> backend region)   measured by this router (probes and
+                                              first bytes) when the client is in its own
+                                              region, else the configured matrix
               + ttft                          engine-side TTFT: Prometheus p50, else observed
                                               by the router minus RTT, else a default
-              + outstanding * per_outstanding each running/queued request slows the batch
-              + waiting * waiting_factor * ttft  queued requests wait for a slot
+              + queue                         see below
               + kv_penalty                    KV-cache above the knee: preemption risk
     score     = predicted - affinity_bonus + cost_weight * cost
+
+    queue, batch capacity known  = min(outstanding, capacity) * per_outstanding
+                                 + slot_wait
+           slot_wait             = (max(0, outstanding + 1 - capacity) + busy ** capacity)
+                                   * hold / capacity
+           (requests beyond the batch wait for a slot; slots free at capacity / hold,
+            hold = how long a request keeps its slot, observed by the router;
+            busy ** capacity, busy = min(outstanding, capacity) / capacity, is the chance
+            that the free slots are taken first by requests this router cannot see: other
+            routers, the snapshot's lag. It matters for small batches: one of two slots
+            busy costs a quarter of a slot wait, 32 of 64 nothing)
+    queue, capacity unknown      = outstanding * per_outstanding
+                                 + waiting * waiting_factor * ttft
 
 `outstanding` blends the snapshot with the router's own in-flight count: the snapshot's
 running+waiting, plus what this router added or finished since the snapshot was taken
@@ -48,33 +62,60 @@ class LoadView(Protocol):
     def observed_ttft_ms(self, backend_id: str) -> float | None:
         """Time to first byte observed by this router (includes the network)."""
 
+    def observed_duration_ms(self, backend_id: str) -> float | None:
+        """How long a request holds a batch slot there, as observed by this router."""
+
+    def capacity(self, backend: Backend) -> float | None:
+        """Sequences the replica runs at once (configured or learned); None if unknown."""
+
+    def measured_rtt_ms(self, region: str) -> float | None:
+        """Round trip from this router to `region`, measured lately; None if not."""
+
+    @property
+    def router_region(self) -> str | None:
+        """The region this router runs in (where its RTT measurements start)."""
+
 
 @dataclass(frozen=True)
 class ScoreParts:
     rtt_ms: float
     ttft_ms: float
     queue_ms: float
+    slot_wait_ms: float
     kv_penalty_ms: float
     affinity_bonus_ms: float
     cost_ms: float
     outstanding: float
+    capacity: float | None
+    rtt_source: str  # "measured" or "matrix"
     load_source: str  # "prometheus+inflight" or "inflight-only"
 
     @property
     def predicted_ttft_ms(self) -> float:
-        return self.rtt_ms + self.ttft_ms + self.queue_ms + self.kv_penalty_ms
+        return self.rtt_ms + self.ttft_ms + self.queue_ms + self.slot_wait_ms + self.kv_penalty_ms
 
     @property
     def score(self) -> float:
         return self.predicted_ttft_ms - self.affinity_bonus_ms + self.cost_ms
 
-    def as_dict(self) -> dict[str, float | str]:
-        out: dict[str, float | str] = {
+    def as_dict(self) -> dict[str, float | str | None]:
+        out: dict[str, float | str | None] = {
             k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()
         }
         out["predicted_ttft_ms"] = round(self.predicted_ttft_ms, 3)
         out["score"] = round(self.score, 3)
         return out
+
+
+def rtt_to(
+    backend: Backend, client_region: str | None, fleet: Fleet, view: LoadView, cfg: ScoringConfig
+) -> tuple[float, str]:
+    """RTT from the client's region to the backend's, and where the figure comes from."""
+    if backend.region and client_region in (None, view.router_region):
+        measured = view.measured_rtt_ms(backend.region)
+        if measured is not None:
+            return measured, "measured"
+    return fleet.rtt.rtt_ms(client_region or view.router_region, backend.region, cfg), "matrix"
 
 
 def predict(
@@ -86,7 +127,7 @@ def predict(
     *,
     affinity_bonus_ms: float = 0.0,
 ) -> ScoreParts:
-    rtt = fleet.rtt.rtt_ms(client_region, backend.region, cfg)
+    rtt, rtt_source = rtt_to(backend, client_region, fleet, view, cfg)
     inflight = view.inflight(backend.id)
     sample = view.sample(backend)
     observed = view.observed_ttft_ms(backend.id)
@@ -103,14 +144,26 @@ def predict(
     else:
         outstanding, waiting, ttft, source = float(inflight), 0.0, passive_ttft, "inflight-only"
     base = ttft if ttft is not None else cfg.default_ttft_ms
-    queue = outstanding * cfg.per_outstanding_ms + waiting * cfg.waiting_factor * base
+    capacity = view.capacity(backend)
+    slot_wait = 0.0
+    if capacity is not None and capacity > 0:
+        queue = min(outstanding, capacity) * cfg.per_outstanding_ms
+        hold = view.observed_duration_ms(backend.id)
+        hold = hold if hold is not None else cfg.default_hold_ms
+        busy = min(outstanding, capacity) / capacity
+        slot_wait = (max(0.0, outstanding + 1 - capacity) + busy**capacity) * hold / capacity
+    else:
+        queue = outstanding * cfg.per_outstanding_ms + waiting * cfg.waiting_factor * base
     return ScoreParts(
         rtt_ms=rtt,
         ttft_ms=base,
         queue_ms=queue,
+        slot_wait_ms=slot_wait,
         kv_penalty_ms=kv_penalty,
         affinity_bonus_ms=affinity_bonus_ms,
         cost_ms=cfg.cost_weight_ms * backend.cost,
         outstanding=outstanding,
+        capacity=capacity,
+        rtt_source=rtt_source,
         load_source=source,
     )

@@ -1,4 +1,11 @@
-"""`LoadState`: the snapshot and the passive signals behind the policy's `LoadView`."""
+"""`LoadState`: the snapshot, the passive signals and the measured RTTs behind the policy's
+`LoadView`.
+
+Batch capacity of a replica (how many sequences it runs at once) comes from discovery
+(`--max-num-seqs`) when known; otherwise it is learned from the snapshot: a replica that
+has requests waiting while `running` are admitted is full at `running` (whether the limit
+is the sequence count or the KV cache).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from factory_router.policy.fleet import Backend
 from factory_router.policy.scoring import LoadSample
 from factory_router.signals.passive import PassiveSignals
 from factory_router.signals.prometheus import Snapshot
+from factory_router.signals.rtt import RttEstimates
 
 
 class LoadState:
@@ -18,15 +26,24 @@ class LoadState:
         stale_after: float,
         passive: PassiveSignals | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        router_region: str | None = None,
+        rtt_window_seconds: float = 30.0,
     ) -> None:
         self.stale_after = stale_after
         self.passive = passive or PassiveSignals()
         self.snapshot: Snapshot | None = None
+        self.router_region = router_region
+        self.rtt = RttEstimates(rtt_window_seconds, clock)
+        self._learned_capacity: dict[str, float] = {}  # pod -> running while others waited
         self._clock = clock
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot, remembering this router's in-flight counts now."""
         self.snapshot = replace(snapshot, inflight_at=self.passive.inflight_copy())
+        for pod, sample in snapshot.by_pod.items():
+            if sample.waiting >= 1 and sample.running >= 1:
+                self._learned_capacity[pod] = sample.running
 
     def age(self) -> float | None:
         """Seconds since the last good snapshot; None when there never was one."""
@@ -35,6 +52,21 @@ class LoadState:
     def fresh(self) -> bool:
         age = self.age()
         return age is not None and age <= self.stale_after
+
+    # Passive observations (called by the proxy)
+    def observe_first_byte(self, backend: Backend, ttfb_ms: float) -> None:
+        self.passive.observe_ttft(backend.id, ttfb_ms)
+        if backend.region:
+            self.rtt.observe(backend.region, ttfb_ms)
+
+    def observe_completion(
+        self, backend: Backend, *, duration_ms: float, ttfb_ms: float, streamed: bool
+    ) -> None:
+        """A request that ended well: how long it held a batch slot. For a stream that is
+        from the first byte to the end (queueing before admission excluded); a non-streamed
+        answer arrives whole, so its whole duration is the only measure there is."""
+        held = duration_ms - ttfb_ms if streamed else duration_ms
+        self.passive.observe_duration(backend.id, held)
 
     # LoadView
     def sample(self, backend: Backend) -> LoadSample | None:
@@ -54,3 +86,14 @@ class LoadState:
 
     def observed_ttft_ms(self, backend_id: str) -> float | None:
         return self.passive.observed_ttft_ms(backend_id)
+
+    def observed_duration_ms(self, backend_id: str) -> float | None:
+        return self.passive.observed_duration_ms(backend_id)
+
+    def capacity(self, backend: Backend) -> float | None:
+        if backend.max_num_seqs is not None:
+            return float(backend.max_num_seqs)
+        return self._learned_capacity.get(backend.pod) if backend.pod else None
+
+    def measured_rtt_ms(self, region: str) -> float | None:
+        return self.rtt.rtt_ms(region)

@@ -48,6 +48,11 @@ class Opened:
     response: aiohttp.ClientResponse
     first_chunk: bytes
     ttfb_s: float
+    sent_at: float  # time.perf_counter() when the request was sent
+
+    @property
+    def streamed(self) -> bool:
+        return self.response.content_type == "text/event-stream"
 
     @property
     def status(self) -> int:
@@ -140,4 +145,23 @@ class UpstreamClient:
             if response is not None:
                 response.close()
             raise
-        return Opened(response, first, time.perf_counter() - started)
+        return Opened(response, first, time.perf_counter() - started, started)
+
+    async def probe(self, backend: Backend, headers: Mapping[str, str]) -> float | None:
+        """`GET /health` on the backend: seconds to a 2xx answer, None on any failure.
+        An RTT sample (the engine answers at once); probes never eject or retry."""
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        started = time.perf_counter()
+        try:
+            async with (
+                asyncio.timeout(self.timeouts.probe),
+                self._session.get(
+                    backend.url + "/health", headers=headers, allow_redirects=False
+                ) as response,
+            ):
+                await response.read()
+                ok = 200 <= response.status < 300
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        return time.perf_counter() - started if ok else None

@@ -51,7 +51,8 @@ def build_app(engine: SimEngine, faults: Faults, engine_id: str) -> web.Applicat
         names = engine.config.served_model_names
         return web.json_response(responses.models_list(names, engine.limits.max_model_len, created))
 
-    async def health(_: web.Request) -> web.Response:
+    async def health(request: web.Request) -> web.Response:
+        await _network_delay(request)  # a health probe crosses the same network
         return web.Response(status=503 if faults.spec.unhealthy else 200)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -109,12 +110,18 @@ async def _before_engine(request: web.Request) -> web.Response | None:
     if status is not None:
         return errors.error_response(status, f"injected fault: HTTP {status}")
     await faults.stall()
+    await _network_delay(request)
+    return None
+
+
+async def _network_delay(request: web.Request) -> None:
+    """The round trip between the caller's region (REGION_HEADER) and the engine's."""
+    engine = request.app[ENGINE_KEY]
     caller = request.headers.get(REGION_HEADER)
     if caller is not None:
         rtt_ms = engine.config.rtt_ms.get(caller, 0.0)
         if rtt_ms > 0:
             await asyncio.sleep(rtt_ms / 1000.0 * engine.config.time_scale)
-    return None
 
 
 def _sampling(

@@ -75,6 +75,10 @@ class FakeEngine:
     mode: ok | fail (503) | stall (no first byte, ever) | redirect (307 to `redirect_to`)
           | stall_after_headers (200 + SSE headers, then nothing)
           | slow_stream (chunks every `chunk_delay` s, forever until the client goes)
+
+    `GET /health` (the router's RTT probes, which carry no request data) is counted apart,
+    in `probes`; `counts` and `total` are what carried a client's request. `network_delay`
+    (seconds) is added before every answer, probes included: a distant region.
     """
 
     model: str = "m"
@@ -87,6 +91,8 @@ class FakeEngine:
     bodies_seen: list[dict[str, Any]] = field(default_factory=list)
     active: int = 0
     disconnected_at: float | None = None
+    probes: int = 0
+    network_delay: float = 0.0
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -94,8 +100,14 @@ class FakeEngine:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    async def _health(self, _: web.Request) -> web.Response:
+        self.probes += 1
+        await asyncio.sleep(self.network_delay)
+        return web.Response(status=503 if self.mode == "fail" else 200)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counts[request.path] += 1
+        await asyncio.sleep(self.network_delay)
         self.headers_seen.append(CIMultiDict(request.headers))
         body = await request.read()
         try:
@@ -162,6 +174,7 @@ class FakeEngine:
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/health", self._health)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5

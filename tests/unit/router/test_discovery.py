@@ -217,3 +217,22 @@ def test_watch_events_update_the_cache() -> None:
     assert cache.apply("regions", "DELETED", region("eu-west-1", "EU"))
     assert cache.fleet().models_for(frozenset({"EU"})) == []
     assert not cache.apply("regions", "BOOKMARK", {"metadata": {"name": "x"}})
+
+
+def test_batch_capacity_from_the_pool_else_the_factory() -> None:
+    doc = factory("llama", "llama-8b", [("a", "eu-west-1", "EU"), ("b", "eu-west-1", "EU")])
+    doc["spec"]["engine"] = {"args": {"maxNumSeqs": 64}}
+    doc["spec"]["pools"][0]["engine"] = {"args": {"maxNumSeqs": 2}}
+    fleet = fleet_from_objects(
+        [region("eu-west-1", "EU")],
+        [doc],
+        [eslice("llama-a", [ep("10.0.0.1", "a-0")]), eslice("llama-b", [ep("10.0.0.2", "b-0")])],
+        [],
+    )
+    capacity = {x.pool: x.max_num_seqs for x in fleet.backends}
+    assert capacity == {"llama-a": 2, "llama-b": 64}
+    del doc["spec"]["engine"]
+    fleet = fleet_from_objects(
+        [region("eu-west-1", "EU")], [doc], [eslice("llama-b", [ep("10.0.0.2", "b-0")])], []
+    )
+    assert fleet.backends[0].max_num_seqs is None  # unknown: learned from load data instead

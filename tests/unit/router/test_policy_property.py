@@ -50,6 +50,8 @@ header_st = st.none() | st.text(alphabet="EUSKINeuskin ,*X", max_size=10)
 
 
 class RandomView:
+    router_region = None
+
     def __init__(self, data: dict[str, tuple[int, float, float]]) -> None:
         self.data = data
 
@@ -64,6 +66,15 @@ class RandomView:
         return 0
 
     def observed_ttft_ms(self, backend_id: str) -> float | None:
+        return None
+
+    def observed_duration_ms(self, backend_id: str) -> float | None:
+        return None
+
+    def capacity(self, backend: Backend) -> float | None:
+        return float(self.data[backend.id][0] + 1) if backend.id in self.data else None
+
+    def measured_rtt_ms(self, region: str) -> float | None:
         return None
 
 

@@ -24,6 +24,10 @@ class View:
     inflight_now: dict[str, int] = field(default_factory=dict)
     at_snapshot: dict[str, int] = field(default_factory=dict)
     ttft: dict[str, float] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    capacities: dict[str, float] = field(default_factory=dict)
+    rtts: dict[str, float] = field(default_factory=dict)  # measured, by backend region
+    router_region: str | None = None
 
     def sample(self, backend: Backend) -> LoadSample | None:
         return self.samples.get(backend.id)
@@ -36,6 +40,15 @@ class View:
 
     def observed_ttft_ms(self, backend_id: str) -> float | None:
         return self.ttft.get(backend_id)
+
+    def observed_duration_ms(self, backend_id: str) -> float | None:
+        return self.durations.get(backend_id)
+
+    def capacity(self, backend: Backend) -> float | None:
+        return self.capacities.get(backend.id)
+
+    def measured_rtt_ms(self, region: str) -> float | None:
+        return self.rtts.get(region)
 
 
 def b(bid: str, region: str | None, model: str = "m", pool: str | None = None) -> Backend:
@@ -273,3 +286,36 @@ def test_retry_budget() -> None:
     assert not budget.try_withdraw(11.0)  # the window slid: no requests, no retries
     floor = RetryBudget(RetryBudgetConfig(ratio=0.0, min_per_second=0.2, window_seconds=10))
     assert floor.try_withdraw(0.0) and floor.try_withdraw(0.0) and not floor.try_withdraw(0.0)
+
+
+def test_full_batch_sends_the_next_request_to_a_farther_replica_with_a_free_slot() -> None:
+    near, far = b("near", "eu-west-1"), b("far", "eu-central-1")
+    f = fleet(near, far)
+    view = View(
+        capacities={"near": 2, "far": 64},
+        durations={"near": 400.0, "far": 400.0},
+        router_region="eu-west-1",
+    )
+    assert route(f, {"EU"}, view=view)[0] == "near"  # idle: 1 ms away beats 25 ms
+    view.inflight_now = {"near": 1}  # one of two slots busy: a 1/4 chance the other goes
+    parts = predict(near, "eu-west-1", f, view, CFG)
+    assert parts.slot_wait_ms == pytest.approx(0.25 * 400 / 2) and parts.capacity == 2
+    view.inflight_now = {"near": 2}  # full: the next waits for a slot (+ the contention)
+    parts = predict(near, "eu-west-1", f, view, CFG)
+    assert parts.slot_wait_ms == pytest.approx((1 + 1) * 400 / 2)
+    assert route(f, {"EU"}, view=view)[0] == "far"
+    view.inflight_now = {"far": 32}  # half of a big batch busy: no contention to speak of
+    assert predict(far, "eu-west-1", f, view, CFG).slot_wait_ms == pytest.approx(0.5**64 * 400 / 64)
+
+
+def test_measured_rtt_replaces_the_matrix_for_clients_in_the_routers_region() -> None:
+    west, central = b("west", "eu-west-1"), b("central", "eu-central-1")
+    f = fleet(west, central)
+    view = View(rtts={"eu-central-1": 4.0}, router_region="eu-west-1")
+    parts = predict(central, "eu-west-1", f, view, CFG)
+    assert (parts.rtt_ms, parts.rtt_source) == (4.0, "measured")
+    parts = predict(central, None, f, view, CFG)  # no client region: the router's own
+    assert (parts.rtt_ms, parts.rtt_source) == (4.0, "measured")
+    # A client elsewhere: this router's measurements say nothing about its path.
+    parts = predict(west, "us-east-1", f, view, CFG)
+    assert (parts.rtt_ms, parts.rtt_source) == (80.0, "matrix")

@@ -122,6 +122,7 @@ async def test_failover_ejection_and_metrics() -> None:
         router([backend(bad, "eu-a", "eu-west-1"), backend(good, "eu-b", "eu-central-1")]) as r,
     ):
         bad.mode = "fail"
+        good.network_delay = 0.2  # far away (RTT probes measure it), so `bad` is tried first
         async with httpx.AsyncClient(base_url=r.url) as c:
             for _ in range(6):
                 resp = await c.post("/v1/chat/completions", json=CHAT, headers=auth("eu"))

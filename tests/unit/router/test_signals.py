@@ -15,6 +15,7 @@ from factory_router.policy.config import RouterConfig, ScoringConfig, Timeouts
 from factory_router.policy.fleet import Backend
 from factory_router.signals.load import LoadState
 from factory_router.signals.prometheus import QUERIES, snapshot_from_results
+from factory_router.signals.rtt import RttEstimates
 from tests.unit.router.router_testkit import ADMIN_KEY, auth, engines, router, wait_until
 
 
@@ -55,6 +56,44 @@ def test_load_state_staleness_and_inflight_at_snapshot() -> None:
     assert state.sample(nopod).running == 7  # type: ignore[union-attr]
     now[0] = 106.0
     assert not state.fresh() and state.sample(b) is None
+
+
+def test_capacity_is_configured_else_learned_from_a_queue() -> None:
+    state = LoadState(stale_after=5.0, clock=lambda: 100.0)
+    p0 = Backend(id="x", model="m", pool="eu-a", region="eu-west-1", url="u", pod="p0")
+    p1 = Backend(id="y", model="m", pool="eu-a", region="eu-west-1", url="v", pod="p1")
+    sized = Backend(id="z", model="m", pool="eu-a", region="eu-west-1", url="w", max_num_seqs=8)
+    state.install(snapshot_from_results(RESULTS, 100.0))
+    assert state.capacity(p0) == 10  # 2 waiting while 10 ran: full at 10
+    assert state.capacity(p1) is None  # nothing waited: no evidence of a limit
+    assert state.capacity(sized) == 8
+
+
+def test_slot_holding_time_and_first_bytes_as_rtt_samples() -> None:
+    state = LoadState(stale_after=5.0, clock=lambda: 100.0)
+    b = Backend(id="x", model="m", pool="eu-a", region="eu-central-1", url="u")
+    state.observe_first_byte(b, 40.0)
+    state.observe_completion(b, duration_ms=540.0, ttfb_ms=40.0, streamed=True)
+    assert state.observed_duration_ms("x") == 500.0  # first byte to end: the slot was held
+    state.observe_completion(b, duration_ms=1500.0, ttfb_ms=1490.0, streamed=False)
+    assert state.observed_duration_ms("x") == 500.0 + 0.2 * (1500.0 - 500.0)
+    assert state.measured_rtt_ms("eu-central-1") == 40.0  # an upper bound of the RTT
+
+
+def test_rtt_estimate_is_the_minimum_over_the_window() -> None:
+    now = [0.0]
+    est = RttEstimates(window_seconds=10.0, clock=lambda: now[0])
+    assert est.rtt_ms("eu-west-1") is None
+    for t, ms in ((0, 30.0), (1, 25.0), (2, 90.0), (3, 27.0)):
+        now[0] = t
+        est.observe("eu-west-1", ms)
+    assert est.rtt_ms("eu-west-1") == 25.0
+    now[0] = 11.5  # the 25 ms sample (t=1) left the window; 27 (t=3) is the best left
+    assert est.rtt_ms("eu-west-1") == 27.0
+    now[0] = 13.5  # everything is old: nothing measured lately
+    assert est.rtt_ms("eu-west-1") is None
+    est.observe("eu-west-1", 60.0)  # the path got slower: followed within one window
+    assert est.regions() == {"eu-west-1": 60.0}
 
 
 @asynccontextmanager

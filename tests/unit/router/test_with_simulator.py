@@ -22,7 +22,15 @@ pytest.importorskip("factory_sim")
 from factory_sim.engine import EngineConfig
 from factory_sim.server import SimHost
 
-RTT = {"eu-west-1": 2.0, "eu-central-1": 25.0, "us-east-1": 80.0}
+PAIRS = {("eu-west-1", "eu-central-1"): 25.0, ("eu-west-1", "us-east-1"): 80.0,
+         ("eu-central-1", "us-east-1"): 90.0}  # fmt: skip
+
+
+def rtt_from(region: str) -> dict[str, float]:
+    """An engine's delay by caller region: the round trip between the two regions."""
+    return {b if a == region else a: ms for (a, b), ms in PAIRS.items() if region in (a, b)}
+
+
 TIME_SCALE = 0.05  # simulated durations x0.05: fast tests, same ordering
 
 
@@ -61,7 +69,7 @@ async def sim() -> AsyncIterator[SimFleet]:
                     model_name="llama",
                     profile="h100",
                     region=region,
-                    rtt_ms=RTT,
+                    rtt_ms=rtt_from(region),
                     port=0,
                     time_scale=TIME_SCALE,
                     name=name,
@@ -139,15 +147,28 @@ async def test_residency_with_simulator_counters(sim: SimFleet) -> None:
 
 async def test_nearest_region_is_chosen_and_explained(sim: SimFleet) -> None:
     async with httpx.AsyncClient(base_url=sim.router.url) as c:
-        doc = (
-            await c.get(
-                "/admin/explain",
-                params={"tenant": "global", "model": "llama"},
-                headers={"authorization": f"Bearer {ADMIN_KEY}"},
-            )
-        ).json()
-        order = [row["backend"] for row in doc["candidates"]]
-        assert order == ["eu1", "eu2", "us"]  # router in eu-west-1: 1 ms < 25 ms < 80 ms
+
+        async def explain() -> list[dict[str, Any]]:
+            doc = (
+                await c.get(
+                    "/admin/explain",
+                    params={"tenant": "global", "model": "llama"},
+                    headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                )
+            ).json()
+            return list(doc["candidates"])
+
+        async def all_probed() -> bool:
+            return all(row["parts"]["rtt_source"] == "measured" for row in await explain())
+
+        await wait_until(all_probed, timeout=10, what="RTT probes of every region")
+        rows = await explain()
+        assert [row["backend"] for row in rows] == ["eu1", "eu2", "us"]  # router in eu-west-1
+        rtt = {row["backend"]: row["parts"]["rtt_ms"] for row in rows}
+        # Measured by the probes through the simulated network (delays x TIME_SCALE).
+        assert rtt["eu1"] < 25 * TIME_SCALE <= rtt["eu2"] < 80 * TIME_SCALE <= rtt["us"]
+        measured = (await c.get("/readyz")).json()["load_data"]["measured_rtt_ms"]
+        assert set(measured) == {"eu-west-1", "eu-central-1", "us-east-1"}
         resp = await c.post(
             "/v1/chat/completions",
             json={
