@@ -2,9 +2,12 @@
 `LoadView`.
 
 Batch capacity of a replica (how many sequences it runs at once) comes from discovery
-(`--max-num-seqs`) when known; otherwise it is learned from the snapshot: a replica that
-has requests waiting while `running` are admitted is full at `running` (whether the limit
-is the sequence count or the KV cache).
+(`--max-num-seqs`) when known; otherwise it is learned from the snapshots: a replica that
+had requests waiting in two snapshots in a row is full at the `running` count seen then
+(whether the limit is the sequence count or the KV cache). One snapshot is not enough: a
+request that just arrived waits for the next scheduler step even in an idle engine, and a
+capacity of 1 learned from that would starve the replica. A replica seen running more than
+its learned capacity raises it.
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ class LoadState:
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot, remembering this router's in-flight counts now."""
+        previous = self.snapshot
         self.snapshot = replace(snapshot, inflight_at=self.passive.inflight_copy())
         for pod, sample in snapshot.by_pod.items():
-            if sample.waiting >= 1 and sample.running >= 1:
+            before = previous.by_pod.get(pod) if previous is not None else None
+            learned = self._learned_capacity.get(pod)
+            if sample.waiting >= 1 and sample.running >= 1 and before and before.waiting >= 1:
+                self._learned_capacity[pod] = max(sample.running, before.running)
+            elif learned is not None and sample.running > learned:
                 self._learned_capacity[pod] = sample.running
 
     def age(self) -> float | None:

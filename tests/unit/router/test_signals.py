@@ -14,7 +14,7 @@ from aiohttp import web
 from factory_router.policy.config import RouterConfig, ScoringConfig, Timeouts
 from factory_router.policy.fleet import Backend
 from factory_router.signals.load import LoadState
-from factory_router.signals.prometheus import QUERIES, snapshot_from_results
+from factory_router.signals.prometheus import QUERIES, Snapshot, snapshot_from_results
 from factory_router.signals.rtt import RttEstimates
 from tests.unit.router.router_testkit import ADMIN_KEY, auth, engines, router, wait_until
 
@@ -58,13 +58,26 @@ def test_load_state_staleness_and_inflight_at_snapshot() -> None:
     assert not state.fresh() and state.sample(b) is None
 
 
-def test_capacity_is_configured_else_learned_from_a_queue() -> None:
+def test_capacity_is_configured_else_learned_from_a_lasting_queue() -> None:
     state = LoadState(stale_after=5.0, clock=lambda: 100.0)
     p0 = Backend(id="x", model="m", pool="eu-a", region="eu-west-1", url="u", pod="p0")
     p1 = Backend(id="y", model="m", pool="eu-a", region="eu-west-1", url="v", pod="p1")
     sized = Backend(id="z", model="m", pool="eu-a", region="eu-west-1", url="w", max_num_seqs=8)
-    state.install(snapshot_from_results(RESULTS, 100.0))
-    assert state.capacity(p0) == 10  # 2 waiting while 10 ran: full at 10
+
+    def snap(p0_waiting: str, p0_running: str) -> Snapshot:
+        results = {**RESULTS, "waiting": [vec(p0_waiting, "p0"), vec("0", "p1")],
+                   "running": [vec(p0_running, "p0"), vec("4", "p1")]}  # fmt: skip
+        return snapshot_from_results(results, 100.0)
+
+    state.install(snap("1", "1"))  # a request between two scheduler steps: not a limit
+    assert state.capacity(p0) is None
+    state.install(snap("0", "3"))
+    state.install(snap("2", "10"))
+    assert state.capacity(p0) is None  # one snapshot with a queue is not enough
+    state.install(snap("3", "9"))
+    assert state.capacity(p0) == 10  # queued twice in a row: full at 10
+    state.install(snap("0", "12"))
+    assert state.capacity(p0) == 12  # it ran 12: the limit is at least that
     assert state.capacity(p1) is None  # nothing waited: no evidence of a limit
     assert state.capacity(sized) == 8
 
