@@ -3,8 +3,8 @@
     predicted = rtt(client region -> backend region)   measured by this router (probes and
                                               first bytes) when the client is in its own
                                               region, else the configured matrix
-              + ttft                          engine-side TTFT: Prometheus p50, else observed
-                                              by the router minus RTT, else a default
+              + ttft                          engine-side TTFT: Prometheus (1 min mean), else
+                                              observed by the router minus RTT, else a default
               + queue                         see below
               + kv_penalty                    KV-cache above the knee: preemption risk
     score     = predicted - affinity_bonus + cost_weight * cost
@@ -44,7 +44,7 @@ class LoadSample:
     waiting: float = 0.0
     running: float = 0.0
     kv_usage: float | None = None  # 0..1
-    ttft_ms: float | None = None  # engine-side TTFT, p50 over the last minute
+    ttft_ms: float | None = None  # engine-side TTFT, mean over the last minute
 
 
 class LoadView(Protocol):

@@ -6,8 +6,13 @@ Prometheus label set; `pod` identifies a replica):
     waiting  sum by (namespace, pool, region, pod) (vllm:num_requests_waiting)
     running  sum by (namespace, pool, region, pod) (vllm:num_requests_running)
     kv       max by (namespace, pool, region, pod) (vllm:kv_cache_usage_perc)
-    ttft     histogram_quantile(0.5, sum by (le, namespace, pool, region, pod)
-                 (rate(vllm:time_to_first_token_seconds_bucket[1m])))
+    ttft     sum by (...) (rate(vllm:time_to_first_token_seconds_sum[1m]))
+           / sum by (...) (rate(vllm:time_to_first_token_seconds_count[1m]))
+
+The TTFT is the mean over the last minute, not a quantile: vLLM's buckets are coarse where
+it matters (0.1, 0.25, 0.5 s), and a p50 interpolated inside one of them is off by tens of
+milliseconds (an L4 replica of the local fleet: 111 ms mean, read as a 133 ms p50), as
+much as the RTT between neighbouring regions. The mean from `_sum / _count` is exact.
 
 A failed poll keeps the previous snapshot; `LoadState` stops using it once it is older
 than the staleness limit, and routing continues on passive signals alone.
@@ -37,8 +42,8 @@ QUERIES = {
     "running": f"sum by ({_BY}) (vllm:num_requests_running)",
     "kv": f"max by ({_BY}) (vllm:kv_cache_usage_perc)",
     "ttft": (
-        f"histogram_quantile(0.5, sum by (le, {_BY}) "
-        "(rate(vllm:time_to_first_token_seconds_bucket[1m])))"
+        f"sum by ({_BY}) (rate(vllm:time_to_first_token_seconds_sum[1m])) "
+        f"/ sum by ({_BY}) (rate(vllm:time_to_first_token_seconds_count[1m]))"
     ),
 }
 
