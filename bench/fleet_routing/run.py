@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ SLOW_POOL = ("inference", "llama-8b", "h100-dub")
 SLOW_MAX_NUM_SEQS = 2
 
 STREAMS = [
-    Stream("eu/eu-only/llama", "eu-only", "eu-west-1", LLAMA, rate=5.0, surge=3.0),
+    Stream("eu/eu-only/llama", "eu-only", "eu-west-1", LLAMA, rate=5.0, surge=3.0),  # first: --surges
     Stream("us/us-only/qwen", "us-only", "us-east-1", QWEN, rate=2.0),
     Stream("us/global/qwen", "global", "us-east-1", QWEN, rate=1.5),
     Stream("in/in-only/qwen", "in-only", "ap-south-1", QWEN, rate=1.5),
@@ -178,12 +179,31 @@ class Routers:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    sc = doc["scenario"]
+    out = [
+        "# Fleet routing: round-robin vs least-request vs score",
+        "",
+        f"Run {doc['run']['started']} on {doc['run']['machine']}; "
+        f"{sc['duration_s']:.0f} s measured per policy after {sc['warmup_s']:.0f} s warm-up; "
+        f"TTFT SLO {sc['slo_ms']:.0f} ms; {sc['max_tokens']} output tokens per request, "
+        "streamed; the same arrival schedule for every policy. Method and caveats: "
+        "`README.md`.",
+    ]
+    for label, level in doc["surges"].items():
+        out += ["", f"## EU surge {label} (EU stream {level['eu_rate_rps']:g} rps -> "
+                f"{level['eu_surge_rps']:g} rps in the middle third)", ""]  # fmt: skip
+        out += _level_markdown(level)
+    return "\n".join([*out, ""])
+
+
+def _level_markdown(level: dict[str, Any]) -> list[str]:
+    policies = level["policies"]
     rows = [
         "| policy | requests | errors | p50 TTFT ms | p99 TTFT ms | SLO met | goodput rps "
         "| residency violations | $/Mtok busy | $/Mtok provisioned |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for policy, r in doc["policies"].items():
+    for policy, r in policies.items():
         rows.append(
             f"| {policy} | {r['requests']} | {r['errors']} | {r['p50_ttft_ms']} | "
             f"{r['p99_ttft_ms']} | {r['slo_attainment']:.1%} | {r['goodput_rps']} | "
@@ -191,34 +211,27 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{r['cost_per_mtok_provisioned_usd']} |"
         )
     streams = ["", "Per client stream (p50 / p99 TTFT ms; SLO met / requests; regions served):", "",
-               "| stream | " + " | ".join(doc["policies"]) + " |",
-               "|---|" + "---|" * len(doc["policies"])]  # fmt: skip
-    for stream in doc["scenario"]["streams"]:
+               "| stream | " + " | ".join(policies) + " |",
+               "|---|" + "---|" * len(policies)]  # fmt: skip
+    for stream in level["streams"]:
         cells = []
-        for r in doc["policies"].values():
+        for r in policies.values():
             s = r["streams"].get(stream["name"], {})
             regions = ", ".join(f"{k} {v}" for k, v in sorted(s.get("regions", {}).items()))
             cells.append(f"{s.get('p50_ttft_ms')} / {s.get('p99_ttft_ms')}; "
                          f"{s.get('slo_met')}/{s.get('requests')}; {regions}")  # fmt: skip
         streams.append(f"| {stream['name']} | " + " | ".join(cells) + " |")
-    cmp = doc["comparison"]
-    summary = [
-        "",
-        f"Score vs the better baseline ({cmp['better_baseline']}): p99 TTFT "
-        f"{cmp['p99_ttft_reduction']:+.1%} lower (aim: >= 30%), goodput "
-        f"{cmp['goodput_gain']:+.1%} higher (aim: >= 15%).",
-    ]
-    head = [
-        "# Fleet routing: round-robin vs least-request vs score",
-        "",
-        f"Run {doc['run']['started']} on {doc['run']['machine']}; "
-        f"{doc['scenario']['duration_s']:.0f} s measured per policy after "
-        f"{doc['scenario']['warmup_s']:.0f} s warm-up; TTFT SLO "
-        f"{doc['scenario']['slo_ms']:.0f} ms; {doc['scenario']['max_tokens']} output tokens per "
-        "request, streamed. Method and caveats: `README.md`.",
-        "",
-    ]
-    return "\n".join([*head, *rows, *streams, *summary, ""])
+    summary = []
+    if "comparison" in level:
+        cmp = level["comparison"]
+        summary = [
+            "",
+            f"Score vs the better baseline ({cmp['better_baseline']}): p99 TTFT "
+            f"{cmp['p99_ttft_reduction']:+.1%} lower (aim: >= 30%), goodput "
+            f"{cmp['goodput_gain']:+.1%} higher (aim: >= 15%); residency violations, all "
+            f"policies: {cmp['violations_total']}.",
+        ]
+    return [*rows, *streams, *summary]
 
 
 def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -240,7 +253,7 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def write_results(out: Path, doc: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    if "comparison" in doc:
+    if doc.get("surges"):
         (out / "results.md").write_text(markdown(doc))
 
 
@@ -256,34 +269,42 @@ async def main_async(args: argparse.Namespace) -> None:
         pools = pools_of(env)
         keys = {name: t["api_key"] for name, t in env["tenants"].items()}
         allowed = {name: set(t["jurisdictions"]) for name, t in env["tenants"].items()}
-        scenario = Scenario(STREAMS, duration_s=args.duration, warmup_s=args.warmup,
-                            max_tokens=args.max_tokens)  # fmt: skip
-        results: dict[str, dict[str, Any]] = {}
-        for policy in args.policies.split(","):
-            print(f"[{policy}] starting routers", file=sys.stderr)
-            with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
-                records, _ = await run(scenario, routers.urls, keys)
-            results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
-            r = results[policy]
-            print(f"[{policy}] p50 {r['p50_ttft_ms']} p99 {r['p99_ttft_ms']} ms, goodput "
-                  f"{r['goodput_rps']} rps, errors {r['errors']}, violations "
-                  f"{r['residency_violations']}", file=sys.stderr)  # fmt: skip
-        doc = {
+        doc: dict[str, Any] = {
             "run": {"started": started, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                     "home": str(home)},
             "scenario": {
                 "duration_s": args.duration, "warmup_s": args.warmup, "slo_ms": args.slo_ms,
-                "max_tokens": args.max_tokens, "surge_window": scenario.surge_window,
+                "max_tokens": args.max_tokens, "surge_window": Scenario([]).surge_window,
                 "slow_region": {"region": SLOW_REGION, "pool": "/".join(SLOW_POOL),
                                 "replicas": 1, "max_num_seqs": SLOW_MAX_NUM_SEQS},
-                "streams": [s.__dict__ for s in STREAMS],
                 "rtt_source": "deploy/local/topology.yaml (cloudping.co AWS medians)",
             },
             "pools": {n: p.__dict__ for n, p in pools.items()},
-            "policies": results,
+            "surges": {},
         }  # fmt: skip
-        if "score" in results and len(results) > 1:
-            doc["comparison"] = compare(results)
+        for surge in args.surges:
+            streams = [replace(s, surge=surge) if s.surge != 1.0 else s for s in STREAMS]
+            scenario = Scenario(streams, duration_s=args.duration, warmup_s=args.warmup,
+                                max_tokens=args.max_tokens)  # fmt: skip
+            results: dict[str, dict[str, Any]] = {}
+            for policy in args.policies.split(","):
+                print(f"[surge x{surge:g}, {policy}] starting routers", file=sys.stderr)
+                with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
+                    records, _ = await run(scenario, routers.urls, keys)
+                results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
+                r = results[policy]
+                print(f"[surge x{surge:g}, {policy}] p50 {r['p50_ttft_ms']} p99 "
+                      f"{r['p99_ttft_ms']} ms, goodput {r['goodput_rps']} rps, errors "
+                      f"{r['errors']}, violations {r['residency_violations']}",
+                      file=sys.stderr)  # fmt: skip
+            eu = streams[0]  # the surging stream
+            level: dict[str, Any] = {
+                "surge": surge, "eu_rate_rps": eu.rate, "eu_surge_rps": eu.rate * surge,
+                "streams": [s.__dict__ for s in streams], "policies": results,
+            }  # fmt: skip
+            if "score" in results and len(results) > 1:
+                level["comparison"] = compare(results)
+            doc["surges"][f"x{surge:g}"] = level
         write_results(Path(args.out), doc)
         print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
     finally:
@@ -299,7 +320,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=75.0, help="measured s per policy")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--slo-ms", type=float, default=300.0)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--surges", type=float, nargs="+", default=[3.0, 5.0],
+                        help="the EU stream's rate multipliers in the surge window, one "
+                        "scenario each")  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results"))
     asyncio.run(main_async(parser.parse_args()))
 

@@ -89,6 +89,19 @@ class Scenario:
         return stream.rate * (stream.surge if in_surge else 1.0)
 
 
+def arrivals(scenario: Scenario, stream: Stream, seed: int) -> list[float]:
+    """The stream's arrival times, seconds from the start of the measured part (warm-up
+    arrivals are negative). Drawn from the seed before anything runs, so every policy gets
+    exactly the same requests at the same offsets, however loaded the machine is."""
+    local = random.Random(seed)
+    t, out = -scenario.warmup_s, []
+    while True:
+        t += local.expovariate(scenario.rate_at(stream, max(t, 0.0)))
+        if t >= scenario.duration_s:
+            return out
+        out.append(t)
+
+
 async def run(
     scenario: Scenario,
     routers: dict[str, str],
@@ -98,31 +111,26 @@ async def run(
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
     timeout = httpx.Timeout(60.0, connect=5.0)
     rng = random.Random(scenario.seed)
+    schedule = sorted(
+        (t, i, stream)
+        for i, stream in enumerate(scenario.streams)
+        for t in arrivals(scenario, stream, rng.randrange(1 << 30))
+    )
     records: list[Record] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
         tasks: set[asyncio.Task[None]] = set()
         origin = time.monotonic() + scenario.warmup_s
-        end = origin + scenario.duration_s
-
-        async def arrivals(stream: Stream, seed: int) -> None:
-            local = random.Random(seed)
-            now = time.monotonic()
-            while now < end:
-                t = now - origin
-                rate = scenario.rate_at(stream, max(t, 0.0))
-                await asyncio.sleep(local.expovariate(rate))
-                now = time.monotonic()
-                if now >= end:
-                    return
-                rec = Record(stream.name, stream.tenant, now)
-                if now >= origin:
-                    records.append(rec)
-                url, key = routers[stream.client_region], keys[stream.tenant]
-                task = asyncio.create_task(_one(http, url, key, stream, rec, scenario.max_tokens))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-        await asyncio.gather(*(arrivals(s, rng.randrange(1 << 30)) for s in scenario.streams))
+        for t, _, stream in schedule:
+            delay = origin + t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rec = Record(stream.name, stream.tenant, time.monotonic())
+            if t >= 0:
+                records.append(rec)
+            url, key = routers[stream.client_region], keys[stream.tenant]
+            task = asyncio.create_task(_one(http, url, key, stream, rec, scenario.max_tokens))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks, timeout=90)
     return records, origin
