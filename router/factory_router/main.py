@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     cost_weight_ms: float = Field(_S.cost_weight_ms, ge=0)
     log_level: str = "INFO"
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
-        "asyncio", description="auto: uvloop when installed"
+        "auto", description="auto: uvloop when installed (it is a dependency)"
     )
     access_log: bool = Field(True, description="one JSON line per request on stderr")
 
