@@ -56,8 +56,8 @@ SLOW_REGION = "eu-west-1"
 SLOW_POOL = ("inference", "llama-8b", "h100-dub")
 SLOW_MAX_NUM_SEQS = 2
 
-STREAMS = [
-    Stream("eu/eu-only/llama", "eu-only", "eu-west-1", LLAMA, rate=5.0, surge=3.0),  # first: --surges
+STREAMS = [  # the first one surges (--surges)
+    Stream("eu/eu-only/llama", "eu-only", "eu-west-1", LLAMA, rate=5.0, surge=3.0),
     Stream("us/us-only/qwen", "us-only", "us-east-1", QWEN, rate=2.0),
     Stream("us/global/qwen", "global", "us-east-1", QWEN, rate=1.5),
     Stream("in/in-only/qwen", "in-only", "ap-south-1", QWEN, rate=1.5),

@@ -105,7 +105,7 @@ async def _parse(request: web.Request, model: type[_Body]) -> _Body | web.Respon
 
 async def _before_engine(request: web.Request) -> web.Response | None:
     """Injected failure, stall and inter-region round trip: all before the first byte."""
-    engine, faults = request.app[ENGINE_KEY], request.app[FAULTS_KEY]
+    faults = request.app[FAULTS_KEY]
     status = faults.take_error()
     if status is not None:
         return errors.error_response(status, f"injected fault: HTTP {status}")
