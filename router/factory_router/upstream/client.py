@@ -89,6 +89,9 @@ class UpstreamClient:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                # No cookie jar: a cookie set by an engine for one tenant's request must not
+                # ride along on another tenant's (and matching cookies costs CPU per request).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
 
     async def close(self) -> None:

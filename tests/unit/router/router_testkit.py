@@ -93,6 +93,7 @@ class FakeEngine:
     disconnected_at: float | None = None
     probes: int = 0
     network_delay: float = 0.0
+    set_cookie: str = ""  # sent as Set-Cookie with non-streamed answers
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -148,7 +149,10 @@ class FakeEngine:
                 self.active -= 1
         if doc.get("stream") or self.mode == "slow_stream":
             return await self._stream(request, request.path == "/v1/chat/completions")
-        return web.json_response(_completion(self.model, request.path))
+        answer = web.json_response(_completion(self.model, request.path))
+        if self.set_cookie:
+            answer.headers["Set-Cookie"] = self.set_cookie
+        return answer
 
     async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})

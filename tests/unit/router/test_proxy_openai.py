@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 import openai
 
-from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, auth, backend, engines, router
+from tests.unit.router.router_testkit import (
+    ADMIN_KEY,
+    KEYS,
+    auth,
+    backend,
+    engines,
+    router,
+)
 
 
 async def test_async_client_chat_completions_embeddings_models() -> None:
@@ -99,6 +107,22 @@ async def test_unknown_fields_pass_through_and_request_id_propagates() -> None:
         assert resp.headers["x-request-id"] == "req-123"
         assert eu.bodies_seen[0]["vllm_xargs"] == {"x": 1} and eu.bodies_seen[0]["top_k"] == 3
         assert eu.headers_seen[0]["x-request-id"] == "req-123"
+
+
+async def test_an_engines_cookie_reaches_neither_another_request_nor_the_client() -> None:
+    async with engines(1) as (eu,):
+        eu.set_cookie = "session=tenant-a-secret; Path=/"
+        # By host name, as a regional endpoint is reached (cookie jars ignore bare IPs).
+        named = replace(
+            backend(eu, "eu-pool", "eu-west-1"), url=eu.url.replace("127.0.0.1", "localhost")
+        )
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        async with router([named]) as r, httpx.AsyncClient(base_url=r.url) as c:
+            first = await c.post("/v1/chat/completions", json=body, headers=auth("eu"))
+            second = await c.post("/v1/chat/completions", json=body, headers=auth("global"))
+        assert first.status_code == second.status_code == 200
+        assert "set-cookie" not in first.headers
+        assert [h.get("cookie") for h in eu.headers_seen] == [None, None]
 
 
 async def test_explain_is_admin_only_and_shows_every_candidate() -> None:
