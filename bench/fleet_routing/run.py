@@ -274,7 +274,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     "home": str(home)},
             "scenario": {
                 "duration_s": args.duration, "warmup_s": args.warmup, "slo_ms": args.slo_ms,
-                "max_tokens": args.max_tokens, "surge_window": Scenario([]).surge_window,
+                "max_tokens": args.max_tokens, "surge_window": Scenario.surge_window,
                 "slow_region": {"region": SLOW_REGION, "pool": "/".join(SLOW_POOL),
                                 "replicas": 1, "max_num_seqs": SLOW_MAX_NUM_SEQS},
                 "rtt_source": "deploy/local/topology.yaml (cloudping.co AWS medians)",

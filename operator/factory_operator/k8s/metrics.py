@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+CONDITION_STATUSES = ("True", "False", "Unknown")  # a condition's status: one gauge each
+
 
 class OperatorMetrics:
     """All metrics of one operator, registered in ``registry``."""
@@ -61,10 +63,10 @@ class OperatorMetrics:
         key = (namespace, factory, kind)
         previous = self._reasons.get(key)
         if previous is not None and previous != reason:
-            for value in ("True", "False", "Unknown"):
+            for value in CONDITION_STATUSES:
                 self.condition.remove(namespace, factory, kind, value, previous)
         self._reasons[key] = reason
-        for value in ("True", "False", "Unknown"):
+        for value in CONDITION_STATUSES:
             self.condition.labels(namespace, factory, kind, value, reason).set(
                 1 if value == status else 0
             )
@@ -73,7 +75,7 @@ class OperatorMetrics:
         """Remove a deleted factory's condition series."""
         for key in [k for k in self._reasons if k[:2] == (namespace, factory)]:
             reason = self._reasons.pop(key)
-            for value in ("True", "False", "Unknown"):
+            for value in CONDITION_STATUSES:
                 self.condition.remove(namespace, factory, key[2], value, reason)
 
     def writes_total(self) -> float:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections import defaultdict
 
 from factory_router.app.state import RouterState
 from factory_router.policy.fleet import Backend
-
-log = logging.getLogger("factory_router.probes")
 
 
 def probe_targets(state: RouterState, round_no: int) -> list[Backend]:
@@ -35,8 +32,8 @@ def probe_targets(state: RouterState, round_no: int) -> list[Backend]:
     ]
 
 
-async def probe_once(state: RouterState, round_no: int) -> int:
-    """One round of probes, concurrently; returns the number of samples taken."""
+async def probe_once(state: RouterState, round_no: int) -> None:
+    """One round of probes, concurrently."""
     headers = {"x-factory-router-region": state.region}
     targets = probe_targets(state, round_no)
 
@@ -47,13 +44,10 @@ async def probe_once(state: RouterState, round_no: int) -> int:
         return min(samples) if samples else None
 
     results = await asyncio.gather(*(twice(b) for b in targets))
-    taken = 0
     for backend, seconds in zip(targets, results, strict=True):
         if seconds is not None and backend.region:
             state.load.rtt.observe(backend.region, seconds * 1000)
             state.metrics.probe_rtt.labels(backend.region).set(seconds)
-            taken += 1
-    return taken
 
 
 async def run_probes(state: RouterState) -> None:

@@ -147,10 +147,11 @@ def predict(
     capacity = view.capacity(backend)
     slot_wait = 0.0
     if capacity is not None and capacity > 0:
-        queue = min(outstanding, capacity) * cfg.per_outstanding_ms
+        in_batch = min(outstanding, capacity)
+        queue = in_batch * cfg.per_outstanding_ms
         hold = view.observed_duration_ms(backend.id)
         hold = hold if hold is not None else cfg.default_hold_ms
-        busy = min(outstanding, capacity) / capacity
+        busy = in_batch / capacity
         slot_wait = (max(0.0, outstanding + 1 - capacity) + busy**capacity) * hold / capacity
     else:
         queue = outstanding * cfg.per_outstanding_ms + waiting * cfg.waiting_factor * base

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from factory_router.policy.config import ScoringConfig
 from factory_router.policy.fleet import Backend
 from factory_router.policy.scoring import LoadSample
 from factory_router.signals.passive import PassiveSignals
@@ -31,7 +32,7 @@ class LoadState:
         clock: Callable[[], float] = time.monotonic,
         *,
         router_region: str | None = None,
-        rtt_window_seconds: float = 30.0,
+        rtt_window_seconds: float = ScoringConfig.rtt_window_seconds,
     ) -> None:
         self.stale_after = stale_after
         self.passive = passive or PassiveSignals()

@@ -90,7 +90,7 @@ class UpstreamClient:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 # No cookie jar: a cookie set by an engine for one tenant's request must not
-                # ride along on another tenant's (and matching cookies costs CPU per request).
+                # ride along on another tenant's.
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
 

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -66,6 +67,15 @@ async def wait_until(
 def auth(who: str) -> dict[str, str]:
     key = ADMIN_KEY if who == "admin" else KEYS[who]
     return {"authorization": f"Bearer {key}"}
+
+
+async def explain(client: httpx.AsyncClient, tenant: str, model: str) -> list[dict[str, Any]]:
+    """`GET /admin/explain` as the admin: every candidate row."""
+    reply = await client.get(
+        "/admin/explain", params={"tenant": tenant, "model": model}, headers=auth("admin")
+    )
+    reply.raise_for_status()
+    return list(reply.json()["candidates"])
 
 
 @dataclass

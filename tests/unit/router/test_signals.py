@@ -16,7 +16,7 @@ from factory_router.policy.fleet import Backend
 from factory_router.signals.load import LoadState
 from factory_router.signals.prometheus import QUERIES, Snapshot, snapshot_from_results
 from factory_router.signals.rtt import RttEstimates
-from tests.unit.router.router_testkit import ADMIN_KEY, auth, engines, router, wait_until
+from tests.unit.router.router_testkit import auth, engines, explain, router, wait_until
 
 
 def vec(value: str, pod: str, pool: str = "eu-a", region: str = "eu-west-1") -> dict[str, Any]:
@@ -152,14 +152,7 @@ async def test_poller_feeds_scoring_then_degrades_when_prometheus_dies() -> None
             await wait_until(r.state.load.fresh, timeout=5, what="first snapshot")
             ready = (await c.get("/readyz")).json()
             assert ready["status"] == "ok" and ready["load_data"]["source"] == "prometheus+passive"
-            explain = (
-                await c.get(
-                    "/admin/explain",
-                    params={"tenant": "eu-only", "model": "m"},
-                    headers={"authorization": f"Bearer {ADMIN_KEY}"},
-                )
-            ).json()
-            rows = {row["backend"]: row for row in explain["candidates"]}
+            rows = {row["backend"]: row for row in await explain(c, "eu-only", "m")}
             assert rows["b"]["verdict"] == "chosen"  # p0 is busier, KV nearly full
             assert rows["a"]["parts"]["kv_penalty_ms"] > 0
             assert rows["a"]["parts"]["load_source"] == "prometheus+inflight"

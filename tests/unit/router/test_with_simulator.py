@@ -16,7 +16,7 @@ import pytest
 
 from factory_router.app.server import RouterServer
 from factory_router.policy.fleet import Backend
-from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, router, wait_until
+from tests.unit.router.router_testkit import KEYS, explain, router, wait_until
 
 pytest.importorskip("factory_sim")
 from factory_sim.engine import EngineConfig
@@ -150,21 +150,12 @@ async def test_residency_with_simulator_counters(sim: SimFleet) -> None:
 async def test_nearest_region_is_chosen_and_explained(sim: SimFleet) -> None:
     async with httpx.AsyncClient(base_url=sim.router.url) as c:
 
-        async def explain() -> list[dict[str, Any]]:
-            doc = (
-                await c.get(
-                    "/admin/explain",
-                    params={"tenant": "global", "model": "llama"},
-                    headers={"authorization": f"Bearer {ADMIN_KEY}"},
-                )
-            ).json()
-            return list(doc["candidates"])
-
         async def all_probed() -> bool:
-            return all(row["parts"]["rtt_source"] == "measured" for row in await explain())
+            rows = await explain(c, "global", "llama")
+            return all(row["parts"]["rtt_source"] == "measured" for row in rows)
 
         await wait_until(all_probed, timeout=10, what="RTT probes of every region")
-        rows = await explain()
+        rows = await explain(c, "global", "llama")
         assert [row["backend"] for row in rows] == ["eu1", "eu2", "us"]  # router in eu-west-1
         rtt = {row["backend"]: row["parts"]["rtt_ms"] for row in rows}
         # Measured by the probes through the simulated network: never below its delay.
