@@ -1,0 +1,143 @@
+"""Grafana dashboard JSON, as data: targets, panels laid out in rows, template variables
+and the dashboard around them. What the fleet's dashboards show is in `tools/dashboards.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Panel = dict[str, Any]
+
+
+def _target(expr: str, legend: str, ref: str) -> dict[str, Any]:
+    return {
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "expr": expr,
+        "legendFormat": legend,
+        "refId": ref,
+        "range": True,
+    }
+
+
+def _panel(
+    kind: str,
+    title: str,
+    targets: list[tuple[str, str]],
+    unit: str,
+    description: str,
+    *,
+    width: int = 12,
+    height: int = 8,
+) -> Panel:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "calcs": ["lastNotNull", "max"],
+            }
+        }
+        if kind == "timeseries"
+        else {},
+        "targets": [_target(e, leg, chr(ord("A") + i)) for i, (e, leg) in enumerate(targets)],
+        "_size": (width, height),
+    }
+
+
+def ts(
+    title: str, targets: list[tuple[str, str]], unit: str, description: str, width: int = 12
+) -> Panel:
+    """A time series panel."""
+    return _panel("timeseries", title, targets, unit, description, width=width)
+
+
+def stat(title: str, expr: str, unit: str, description: str) -> Panel:
+    """A single-number panel."""
+    return _panel("stat", title, [(expr, "")], unit, description, width=6, height=4)
+
+
+def row(title: str) -> Panel:
+    """A collapsible-free row header."""
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "_size": (24, 1)}
+
+
+def _layout(panels: list[Panel]) -> list[Panel]:
+    x = y = line_height = 0
+    out = []
+    for pid, panel in enumerate(panels, start=1):
+        width, height = panel.pop("_size")
+        if x + width > 24 or panel["type"] == "row":
+            x, y = 0, y + line_height
+            line_height = 0
+        panel["gridPos"] = {"x": x, "y": y, "w": width, "h": height}
+        panel["id"] = pid
+        x += width
+        line_height = max(line_height, height)
+        if panel["type"] == "row":
+            x, y, line_height = 0, y + height, 0
+        out.append(panel)
+    return out
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "refresh": 2,
+        "sort": 1,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+    }
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+    """A complete dashboard with the datasource, namespace, factory and region variables."""
+    base = "vllm:num_requests_running"
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["inference-factory"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "timezone": "",
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },
+                _variable("namespace", "Namespace", f"label_values({base}, namespace)"),
+                _variable(
+                    "factory",
+                    "Factory",
+                    f'label_values({base}{{namespace=~"$namespace"}}, factory)',
+                ),
+                _variable(
+                    "region", "Region", f'label_values({base}{{factory=~"$factory"}}, region)'
+                ),
+            ]
+        },
+        "panels": _layout(panels),
+    }
