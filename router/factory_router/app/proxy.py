@@ -108,8 +108,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         known_model = model if model and out.pool else "unknown"
         region = out.region or "none"
-        state.metrics.requests.labels(region, known_model, str(out.status)).inc()
-        state.metrics.latency.labels(region, known_model).observe(elapsed)
+        state.metrics.observe_request(region, known_model, out.status, elapsed)
         state.access_log.write(
             {
                 "request_id": rid,
@@ -197,7 +196,7 @@ async def _forward(
         try:
             state.ejector.record_success(backend.id)
             state.load.observe_first_byte(backend, opened.ttfb_s * 1000)
-            state.metrics.ttfb.labels(backend.region or "none").observe(opened.ttfb_s)
+            state.metrics.observe_ttfb(backend.region or "none", opened.ttfb_s)
             out.region = backend.region
             out.jurisdiction = state.fleet.jurisdiction_of(backend)
             out.pool = backend.pool

@@ -44,11 +44,9 @@ class RouterState:
     def request_started(self) -> None:
         self.inflight += 1
         self.idle.clear()
-        self.metrics.inflight.inc()
 
     def request_finished(self) -> None:
         self.inflight -= 1
-        self.metrics.inflight.dec()
         if self.inflight == 0:
             self.idle.set()
 
@@ -76,7 +74,7 @@ class RouterState:
             return math.inf if a is None else a
 
         metrics = RouterMetrics(load_age=age, load_stale=lambda: 0.0 if load.fresh() else 1.0)
-        return cls(
+        state = cls(
             region=region,
             tenants=tenants,
             fleet=fleet or build_fleet([], []),
@@ -91,6 +89,9 @@ class RouterState:
             access_log=access_log or AccessLog(),
             prometheus_url=prometheus_url,
         )
+        # Read at scrape time: no gauge update (and its lock) on every request.
+        metrics.inflight.set_function(lambda: state.inflight)
+        return state
 
     def known_jurisdictions(self) -> frozenset[str]:
         return self.fleet.jurisdictions | self.tenants.jurisdictions
