@@ -45,6 +45,9 @@ def create_app(
         app.router.add_post(path, proxy.handle)
     app.router.add_get("/v1/models", endpoints.models)
     app.router.add_get("/healthz", endpoints.healthz)
+    # vLLM's liveness path too: a router that is a region's `spec.endpoint` is probed for
+    # RTT by the routers in front of it the way an engine is.
+    app.router.add_get("/health", endpoints.healthz)
     app.router.add_get("/readyz", endpoints.readyz)
     app.router.add_get("/metrics", endpoints.metrics)
     app.router.add_get("/admin/explain", endpoints.explain)

@@ -9,7 +9,8 @@
               + kv_penalty                    KV-cache above the knee: preemption risk
     score     = predicted - affinity_bonus + cost_weight * cost
 
-    queue, batch capacity known  = min(outstanding, capacity) * per_outstanding
+    queue, batch capacity known  = (min(outstanding, capacity) - min(reflected, capacity))+
+                                   * per_outstanding
                                  + slot_wait
            slot_wait             = (max(0, outstanding + 1 - capacity) + busy ** capacity)
                                    * hold / capacity
@@ -19,8 +20,13 @@
             that the free slots are taken first by requests this router cannot see: other
             routers, the snapshot's lag. It matters for small batches: one of two slots
             busy costs a quarter of a slot wait, 32 of 64 nothing)
-    queue, capacity unknown      = outstanding * per_outstanding
+    queue, capacity unknown      = (outstanding - reflected)+ * per_outstanding
                                  + waiting * waiting_factor * ttft
+    reflected                    = the snapshot's `running` when ttft is the engine's own
+                                   mean: that TTFT was measured with about that batch, so
+                                   only the requests beyond it slow the next one further
+                                   (charging the whole batch again sent clients 190 ms
+                                   away from a replica 100 ms faster); 0 otherwise
 
 `outstanding` blends the snapshot with the router's own in-flight count: the snapshot's
 running+waiting, plus what this router added or finished since the snapshot was taken
@@ -133,11 +139,16 @@ def predict(
     observed = view.observed_ttft_ms(backend.id)
     passive_ttft = max(observed - rtt, 0.0) if observed is not None else None
     kv_penalty = 0.0
+    ttft: float | None
+    reflected = 0.0  # requests whose slowing effect the base TTFT already includes
     if sample is not None:
         delta = inflight - view.inflight_at_snapshot(backend.id)
         outstanding = max(float(inflight), sample.waiting + sample.running + delta)
         waiting = sample.waiting
-        ttft = sample.ttft_ms if sample.ttft_ms is not None else passive_ttft
+        if sample.ttft_ms is not None:
+            ttft, reflected = sample.ttft_ms, sample.running
+        else:
+            ttft = passive_ttft
         if sample.kv_usage is not None and sample.kv_usage > cfg.kv_knee:
             kv_penalty = cfg.kv_penalty_ms * (sample.kv_usage - cfg.kv_knee) / (1 - cfg.kv_knee)
         source = "prometheus+inflight"
@@ -148,13 +159,16 @@ def predict(
     slot_wait = 0.0
     if capacity is not None and capacity > 0:
         in_batch = min(outstanding, capacity)
-        queue = in_batch * cfg.per_outstanding_ms
+        queue = max(0.0, in_batch - min(reflected, capacity)) * cfg.per_outstanding_ms
         hold = view.observed_duration_ms(backend.id)
         hold = hold if hold is not None else cfg.default_hold_ms
         busy = in_batch / capacity
         slot_wait = (max(0.0, outstanding + 1 - capacity) + busy**capacity) * hold / capacity
     else:
-        queue = outstanding * cfg.per_outstanding_ms + waiting * cfg.waiting_factor * base
+        queue = (
+            max(0.0, outstanding - reflected) * cfg.per_outstanding_ms
+            + waiting * cfg.waiting_factor * base
+        )
     return ScoreParts(
         rtt_ms=rtt,
         ttft_ms=base,

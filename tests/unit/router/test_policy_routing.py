@@ -63,6 +63,7 @@ def fleet(*backends: Backend) -> Fleet:
             Region("eu-west-1", "EU"),
             Region("eu-central-1", "EU"),
             Region("us-east-1", "US"),
+            Region("ap-south-1", "IN"),
             Region("nowhere-1", None),
         ],
         backends,
@@ -80,10 +81,11 @@ def route(
     model: str = "m",
     prefix: str | None = None,
     explain: bool = False,
+    client: str = "eu-west-1",
 ) -> list[str]:
     p = plan(
         f,
-        RouteRequest(model, frozenset(allowed), "eu-west-1", prefix, "rid"),
+        RouteRequest(model, frozenset(allowed), client, prefix, "rid"),
         ranker=Ranker(policy, CFG),
         view=view or View(),
         ejector=ejector or Ejector(EjectionConfig()),
@@ -319,3 +321,28 @@ def test_measured_rtt_replaces_the_matrix_for_clients_in_the_routers_region() ->
     # A client elsewhere: this router's measurements say nothing about its path.
     parts = predict(west, "us-east-1", f, view, CFG)
     assert (parts.rtt_ms, parts.rtt_source) == (80.0, "matrix")
+
+
+def test_engine_ttft_measured_at_the_current_batch_is_not_charged_again() -> None:
+    # A replica next door whose engine reports a 100 ms mean TTFT while running 12 requests,
+    # against one 190 ms away that answers in 10 ms: the near one is faster (102 vs 200 ms)
+    # as long as nothing is added to the batch its TTFT was measured with.
+    near, far = b("near", "ap-south-1"), b("far", "us-east-1")
+    f = fleet(near, far)
+    view = View(
+        samples={
+            "near": LoadSample(running=12, ttft_ms=100.0),
+            "far": LoadSample(running=1, ttft_ms=10.0),
+        },
+        rtts={"ap-south-1": 2.0, "us-east-1": 190.0},
+        router_region="ap-south-1",
+    )
+    parts = predict(near, "ap-south-1", f, view, CFG)
+    assert parts.queue_ms == 0.0 and parts.outstanding == 12
+    assert route(f, {"IN", "US"}, client="ap-south-1", view=view)[0] == "near"
+    # Requests this router sent since the snapshot do slow it further.
+    view.inflight_now, view.at_snapshot = {"near": 3}, {"near": 0}
+    assert predict(near, "ap-south-1", f, view, CFG).queue_ms == 3 * CFG.per_outstanding_ms
+    # Capacity known: the same, counted within the batch.
+    view.capacities = {"near": 64.0}
+    assert predict(near, "ap-south-1", f, view, CFG).queue_ms == 3 * CFG.per_outstanding_ms

@@ -14,6 +14,7 @@ import pytest
 
 from factory_router.app.logs import AccessLog
 from factory_router.policy.config import Limits, RouterConfig, Timeouts
+from factory_router.policy.fleet import Backend
 from factory_router.policy.tenants import hash_key
 from tests.unit.router.router_testkit import (
     KEYS,
@@ -138,6 +139,26 @@ async def test_failover_ejection_and_metrics() -> None:
             )
             == 6
         )
+
+
+async def test_a_regional_router_endpoint_is_probed_for_rtt() -> None:
+    # One-cluster-per-region: the US region is reached through its own router (its
+    # FleetRegion's `spec.endpoint`), which must answer the front router's RTT probes.
+    async with (
+        engines(1) as (us,),
+        router([backend(us, "us-pool", "us-east-1")], region="us-east-1") as regional,
+    ):
+        us.network_delay = 0.05  # probes carry no request data but do cross the network
+        entry = Backend(id="region:us-east-1/m", model="m", pool="us-pool",
+                        region="us-east-1", url=regional.url)  # fmt: skip
+        async with router([entry]) as front, httpx.AsyncClient(base_url=front.url) as c:
+
+            async def measured() -> bool:
+                load = (await c.get("/readyz")).json()["load_data"]
+                return "us-east-1" in load["measured_rtt_ms"]
+
+            await wait_until(measured, timeout=5, what="an RTT sample of the regional router")
+        assert us.total == 0  # a probe carries no request to an engine
 
 
 async def test_a_stale_endpoint_answering_404_is_failed_over() -> None:
