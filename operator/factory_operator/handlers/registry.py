@@ -4,7 +4,9 @@
   a per-factory daemon (``factory-resync``) that re-evaluates on a timer or when woken;
   all call ``reconcile_factory``.
 - FleetRegion events (``region-changed``): refresh the region's status, wake its factories.
-- accelerator Node events (``node-changed``): wake the factories of the node's regions.
+- Node events (``node-changed``): when a node's labels, accelerators or readiness changed
+  (not on heartbeats), refresh the status of its regions (nodes, ready nodes, accelerator
+  capacity) and wake their factories.
 - Deployment events of our children (``child-changed``): wake the owning factory.
 
 Watch handlers never write to wake a factory: they set an in-memory event (``FactoryIndex``).
@@ -21,9 +23,8 @@ from typing import Any
 import kopf
 
 from factory_operator.api import GROUP, VERSION, FleetRegion
-from factory_operator.api.accelerators import RESOURCE_BY_KIND
 from factory_operator.api.errors import TransientError
-from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, node_info
+from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, node_info, read_region
 from factory_operator.plan import OperatorSettings, plan_region_status
 
 from .index import FactoryIndex, Key
@@ -37,11 +38,6 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "inference-factory"}
 
 def _pool_regions(spec: Any) -> frozenset[str]:
     return frozenset(p.get("region", "") for p in (spec or {}).get("pools") or [])
-
-
-def _has_accelerators(body: Any, **_: Any) -> bool:
-    allocatable = (body.get("status") or {}).get("allocatable") or {}
-    return any(r in allocatable for r in RESOURCE_BY_KIND.values())
 
 
 def connection_info() -> kopf.ConnectionInfo:
@@ -143,28 +139,37 @@ def build_registry(
             index.forget(key)
             metrics.forget_factory(*key)
 
+    async def refresh_region(name: str) -> None:
+        """The region's status from the region and the nodes as they are now; concurrent
+        callers for one region share one refresh."""
+        index.mark_region_stale(name)
+        async with index.region_lock(name):
+            if not index.take_stale(name):
+                return
+            try:
+                obj = await read_region(kube(), name)
+                if obj is not None:
+                    await refresh_region_status(kube(), region_model(obj))
+            except TransientError as err:
+                index.mark_region_stale(name)  # the next change or event tries again
+                log.warning("region status: %s", err, extra={"region": name})
+
     @kopf.on.event(GROUP, VERSION, REGIONS, id="region-changed", registry=registry)
     async def region_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             index.set_region_selector(name, None)
         else:
-            region = FleetRegion.model_validate(
-                {
-                    k: body[k]
-                    for k in ("apiVersion", "kind", "metadata", "spec", "status")
-                    if k in body
-                }
-            )
+            region = region_model(body)
             index.set_region_selector(name, region.spec.selector(name))
-            try:
-                await refresh_region_status(kube(), region)
-            except TransientError as err:
-                log.warning("region status: %s", err, extra={"region": name})
+            await refresh_region(name)
         index.wake_regions({name})
 
-    @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry, when=_has_accelerators)
-    async def node_changed(body: kopf.Body, **_: Any) -> None:
-        index.wake_regions(index.regions_of_node(body.get("metadata", {}).get("labels") or {}))
+    @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry)
+    async def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
+        regions = index.node_changed(name, None if type == "DELETED" else node_info(dict(body)))
+        for region in sorted(regions):
+            await refresh_region(region)
+        index.wake_regions(regions)
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="child-changed", registry=registry, labels=MANAGED_BY
@@ -177,6 +182,12 @@ def build_registry(
             index.wake((namespace, owner))
 
     return registry
+
+
+def region_model(obj: Any) -> FleetRegion:
+    return FleetRegion.model_validate(
+        {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj}
+    )
 
 
 async def refresh_region_status(kube: Kube, region: FleetRegion) -> None:

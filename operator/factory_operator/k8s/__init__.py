@@ -3,7 +3,7 @@
 from .apply import execute
 from .client import FIELD_MANAGER, Kube, load_api_client
 from .metrics import OperatorMetrics
-from .observe import World, node_info, observe, read_factory
+from .observe import World, node_info, observe, read_factory, read_region
 
 __all__ = [
     "FIELD_MANAGER",
@@ -15,4 +15,5 @@ __all__ = [
     "node_info",
     "observe",
     "read_factory",
+    "read_region",
 ]

@@ -127,6 +127,12 @@ async def read_factory(kube: Kube, namespace: str, name: str) -> Obj | None:
     return items[0] if items else None
 
 
+async def read_region(kube: Kube, name: str) -> Obj | None:
+    """A FleetRegion as the API server holds it now (a list by name, as for factories)."""
+    items = await kube.list(*REGION_KIND, None, field_selector=f"metadata.name={name}")
+    return items[0] if items else None
+
+
 async def observe(
     kube: Kube, factory: InferenceFactory, settings: OperatorSettings, now: str
 ) -> World:

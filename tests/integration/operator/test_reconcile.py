@@ -115,3 +115,59 @@ def test_kubectl_explain_shows_the_field_documentation(operator_cluster: Kubectl
     assert "<empty>" not in explained.split("FIELDS:")[0]
     fields = operator_cluster.kubectl("explain", "inferencefactory.spec.pools.accelerator")
     assert "nvidia" in fields and "neuron" in fields
+
+
+def test_region_status_follows_its_nodes(
+    operator_cluster: KubectlCluster, namespace: str, operator: RunningOperator
+) -> None:
+    """A node pool that grows, a node that goes NotReady, a node removed: the FleetRegion's
+    status (nodes, ready nodes, accelerator capacity) follows without the region changing."""
+    cluster = operator_cluster
+    region, node = "zz-test-1", "zz-test-1-gpu-0"
+    region_obj = {
+        "apiVersion": "inference.factory.dev/v1alpha1",
+        "kind": "FleetRegion",
+        "metadata": {"name": region},
+        "spec": {"jurisdiction": "EU"},
+    }
+    node_obj = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node,
+            "labels": {"topology.kubernetes.io/region": region, "type": "kwok",
+                       "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+        },
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
+        "status": {"capacity": {"cpu": "8", "nvidia.com/gpu": "8", "pods": "110"},
+                   "allocatable": {"cpu": "8", "nvidia.com/gpu": "8", "pods": "110"}},
+    }  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        got = get(cluster, "fleetregion", region, "")
+        return (got or {}).get("status") or {}
+
+    try:
+        cluster.kubectl("apply", "-f", "-", input=as_json(region_obj))
+        wait_until(lambda: status().get("nodes") == 0, 30, what="the empty region's status")
+        assert status()["conditions"][0]["status"] == "False"
+
+        cluster.kubectl("apply", "-f", "-", input=as_json(node_obj))
+        grown = wait_until(
+            lambda: (s := status()).get("readyNodes") == 1 and s,
+            60,
+            what="the region's status to count the new GPU node",
+        )
+        assert grown["nodes"] == 1 and grown["acceleratorSummary"] == "8 nvidia.com/gpu"
+        assert grown["conditions"][0]["status"] == "True"
+
+        cluster.kubectl("cordon", node)  # not schedulable: no usable capacity left
+        wait_until(lambda: status().get("readyNodes") == 0, 60, what="the cordoned node")
+        assert status()["nodes"] == 1 and status()["accelerators"] == []
+
+        cluster.kubectl("delete", "node", node)
+        wait_until(lambda: status().get("nodes") == 0, 60, what="the deleted node")
+    finally:
+        cluster.kubectl("delete", "node", node, "--ignore-not-found")
+        cluster.kubectl("delete", "fleetregion", region, "--ignore-not-found")
