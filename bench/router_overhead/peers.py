@@ -11,6 +11,11 @@ request count and a timeout. Per (mode, load, target): p50/p99 latency, added p5
 direct, throughput, and the CPU time per request of the proxy process (its whole process
 tree, utime + stime from /proc) and of the upstream. Writes results/peers.json and
 results/peers.md next to this file.
+
+`aiohttp-minimal` is not a peer but a reference: the smallest pass-through proxy on the
+router's own stack (aiohttp server + aiohttp client on uvloop; `stack_compare.py`), with
+no authentication, policy, metrics or logs. What it adds is what this stack costs on this
+machine before the router does anything of its own.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from run import KEY, start_router
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv-bench"))
-PEERS = ("vllm-router", "litellm")
+PEERS = ("vllm-router", "litellm", "aiohttp-minimal")
+REFERENCES = ("aiohttp-minimal",)  # run from this venv, not .venv-bench
 POINT_TIMEOUT_S = 300.0  # one load point never takes longer than this
 READY_TIMEOUT_S = 180.0  # LiteLLM takes 5-25 s to import and start on this machine
 # LiteLLM answers ~30 JSON / ~12 SSE req/s here: 2000 requests per point would take an hour.
@@ -91,6 +97,17 @@ def start_vllm_router(tmp: Path, upstream: str) -> Target:
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp,
     )  # fmt: skip
     return Target("vllm-router", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
+
+
+def start_aiohttp_minimal(tmp: Path, upstream: str) -> Target:
+    port = free_port()
+    log = tmp / "aiohttp-minimal.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "aiohttp+aiohttp", str(port),
+         upstream, "uvloop"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp,
+    )  # fmt: skip
+    return Target("aiohttp-minimal", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
 
 
 def start_litellm(tmp: Path, upstream: str) -> Target:
@@ -204,7 +221,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     router,
                 ),
             ]
-            starters = {"vllm-router": start_vllm_router, "litellm": start_litellm}
+            starters = {
+                "vllm-router": start_vllm_router,
+                "litellm": start_litellm,
+                "aiohttp-minimal": start_aiohttp_minimal,
+            }
             for name in args.peer:
                 t = starters[name](tmp, upstream_url)
                 assert t.proc is not None
@@ -308,6 +329,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "factory_added_p99_ms": fr["added_p99_ms"],
                 "floor_met": fr["added_p50_ms"] <= 1.0 and fr["added_p99_ms"] <= 5.0,
             }
+            ref = r["targets"].get("aiohttp-minimal")
+            if ref is not None:
+                item["minimal_added_p50_ms"] = ref["added_p50_ms"]
+                item["minimal_added_p99_ms"] = ref["added_p99_ms"]
             vr = r["targets"].get("vllm-router")
             if vr is not None:
                 item["vllm_added_p50_ms"] = vr["added_p50_ms"]
@@ -375,14 +400,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"### {mode}")
         lines.append("")
         lines.append(
-            "| load | factory added p50 / p99 ms | floor (1 / 5 ms) | vllm-router added "
-            "p50 / p99 ms | ratio p50 / p99 | within 2x (p50 / p99) |"
+            "| load | factory added p50 / p99 ms | floor (1 / 5 ms) | aiohttp-minimal added "
+            "p50 / p99 ms | vllm-router added p50 / p99 ms | ratio p50 / p99 "
+            "| within 2x (p50 / p99) |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|")
         for it in s["moderate_load"]:
             lines.append(
                 f"| {it['load']} | {it['factory_added_p50_ms']:.2f} / "
                 f"{it['factory_added_p99_ms']:.2f} | {'met' if it['floor_met'] else 'NOT met'} "
+                f"| {fmt(it.get('minimal_added_p50_ms'))} / {fmt(it.get('minimal_added_p99_ms'))} "
                 f"| {fmt(it.get('vllm_added_p50_ms'))} / {fmt(it.get('vllm_added_p99_ms'))} "
                 f"| {fmt(it.get('ratio_p50_vs_vllm'), '.1f')} / "
                 f"{fmt(it.get('ratio_p99_vs_vllm'), '.1f')} "
@@ -421,7 +448,9 @@ def main() -> None:
     ap.add_argument("--router-arg", action="append", default=[])
     args = ap.parse_args()
     args.load_avg_at_start = os.getloadavg()
-    missing = [p for p in args.peer if not (BENCH_VENV / "bin" / p).exists()]
+    missing = [
+        p for p in args.peer if p not in REFERENCES and not (BENCH_VENV / "bin" / p).exists()
+    ]
     if missing:
         sys.exit(f"{missing} not in {BENCH_VENV}: run bench/router_overhead/setup_peers.sh")
     result = asyncio.run(measure(args))

@@ -71,8 +71,12 @@ def serve_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def serve_proxy(variant: str, port: int, upstream: str) -> None:
+def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -> None:
     server, _, client = variant.partition("+")
+    if loop == "uvloop":
+        import uvloop  # noqa: PLC0415 (only for this variant)
+
+        uvloop.install()
     target = upstream + "/v1/chat/completions"
     if server == "aiohttp":
 
@@ -250,7 +254,7 @@ def main() -> None:
         serve_upstream(int(sys.argv[2]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
-        serve_proxy(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        serve_proxy(sys.argv[2], int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
