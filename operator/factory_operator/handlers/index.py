@@ -89,6 +89,11 @@ class FactoryIndex:
                 regions |= self.regions_of_node(seen.labels)
         return regions
 
+    def stale_regions_of_node(self, labels: Mapping[str, str]) -> set[str]:
+        """The node's regions whose last refresh failed: a later event of the node (even a
+        heartbeat) retries them."""
+        return self.regions_of_node(labels) & self._stale_regions
+
     def mark_region_stale(self, region: str) -> None:
         """Something the region's status depends on changed."""
         self._stale_regions.add(region)

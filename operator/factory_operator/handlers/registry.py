@@ -166,7 +166,10 @@ def build_registry(
 
     @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry)
     async def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
-        regions = index.node_changed(name, None if type == "DELETED" else node_info(dict(body)))
+        info = None if type == "DELETED" else node_info(dict(body))
+        regions = index.node_changed(name, info)
+        if info is not None:
+            regions |= index.stale_regions_of_node(info.labels)
         for region in sorted(regions):
             await refresh_region(region)
         index.wake_regions(regions)

@@ -40,3 +40,13 @@ def test_a_burst_of_changes_costs_one_refresh() -> None:
     assert idx.take_stale("eu-west-1")
     assert not idx.take_stale("eu-west-1")  # the four others waiting find it fresh
     assert idx.region_lock("eu-west-1") is idx.region_lock("eu-west-1")
+
+
+def test_a_failed_refresh_is_retried_on_the_next_node_event() -> None:
+    idx = index()
+    labels = {"topology.kubernetes.io/region": "eu-west-1"}
+    assert idx.stale_regions_of_node(labels) == set()
+    idx.mark_region_stale("eu-west-1")  # a refresh that failed marks the region again
+    assert idx.stale_regions_of_node(labels) == {"eu-west-1"}
+    assert idx.take_stale("eu-west-1")
+    assert idx.stale_regions_of_node(labels) == set()
