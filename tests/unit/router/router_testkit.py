@@ -106,6 +106,9 @@ class FakeEngine:
     set_cookie: str = ""  # sent as Set-Cookie with non-streamed answers
     url: str = ""
     _runner: web.AppRunner | None = None
+    _listener: asyncio.Server | None = None
+    _transports: set[asyncio.Transport] = field(default_factory=set)
+    _stopping: bool = False
 
     @property
     def total(self) -> int:
@@ -194,14 +197,71 @@ class FakeEngine:
             app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: _Guarded(self, server()), "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._listener.sockets[0].getsockname()[1]}"
 
     async def stop(self) -> None:
+        """The engine goes away: in-flight requests are cut, nothing is left open.
+
+        Its own listener rather than a web.TCPSite, stopped in this order:
+        1. stop accepting, but keep the server object open: on Python 3.11 a connection
+           accepted just before `Server.close()` fails to build its transport afterwards
+           (`Server._attach` asserts) and its socket is leaked, a ResourceWarning that
+           fails the test that killed the engine under load;
+        2. aiohttp's shutdown; then every connection still open is aborted, and one whose
+           transport starts later is aborted as it starts (`_Guarded`);
+        3. close the server, with nothing left to accept."""
+        self._stopping = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            loop = asyncio.get_running_loop()
+            for sock in listener.sockets:
+                loop.remove_reader(sock.fileno())
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for transport in list(self._transports):
+            transport.abort()
+        if listener is not None:
+            listener.close()
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, which a stopped engine refuses to start."""
+
+    def __init__(self, engine: FakeEngine, inner: asyncio.Protocol) -> None:
+        self._engine = engine
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._engine._stopping:
+            transport.abort()
+            return
+        self._transport = transport
+        self._engine._transports.add(transport)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._engine._transports.discard(self._transport)
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 def _completion(model: str, path: str) -> dict[str, Any]:
