@@ -108,7 +108,6 @@ class FakeEngine:
     _runner: web.AppRunner | None = None
     _listener: asyncio.Server | None = None
     _transports: set[asyncio.Transport] = field(default_factory=set)
-    _stopping: bool = False
 
     @property
     def total(self) -> int:
@@ -214,8 +213,7 @@ class FakeEngine:
         2. aiohttp's shutdown; then every connection still open is aborted, and one whose
            transport starts later is aborted as it starts (`_Guarded`);
         3. close the server, with nothing left to accept."""
-        self._stopping = True
-        listener, self._listener = self._listener, None
+        listener, self._listener = self._listener, None  # from now on, _Guarded refuses
         if listener is not None:
             loop = asyncio.get_running_loop()
             for sock in listener.sockets:
@@ -239,7 +237,7 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if self._engine._stopping:
+        if self._engine._listener is None:  # stopping
             transport.abort()
             return
         self._transport = transport

@@ -8,14 +8,7 @@ from dataclasses import replace
 import httpx
 import openai
 
-from tests.unit.router.router_testkit import (
-    ADMIN_KEY,
-    KEYS,
-    auth,
-    backend,
-    engines,
-    router,
-)
+from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, auth, backend, engines, router
 
 
 async def test_async_client_chat_completions_embeddings_models() -> None:
