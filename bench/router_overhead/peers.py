@@ -12,10 +12,11 @@ direct, throughput, and the CPU time per request of the proxy process (its whole
 tree, utime + stime from /proc) and of the upstream. Writes results/peers.json and
 results/peers.md next to this file.
 
-`aiohttp-minimal` is not a peer but a reference: the smallest pass-through proxy on the
-router's own stack (aiohttp server + aiohttp client on uvloop; `stack_compare.py`), with
-no authentication, policy, metrics or logs. What it adds is what this stack costs on this
-machine before the router does anything of its own.
+`stack-minimal` is not a peer but a reference: the smallest pass-through proxy on the
+router's own stack (aiohttp server + the router's HTTP/1.1 upstream client, uvloop;
+`stack_compare.py proxy aiohttp+http1`), with no authentication, policy, metrics or logs.
+What it adds is what this stack costs on this machine before the router does anything of
+its own.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from run import KEY, start_router
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BENCH_VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv-bench"))
-PEERS = ("vllm-router", "litellm", "aiohttp-minimal")
-REFERENCES = ("aiohttp-minimal",)  # run from this venv, not .venv-bench
+PEERS = ("vllm-router", "litellm", "stack-minimal")
+REFERENCES = ("stack-minimal",)  # run from this venv, not .venv-bench
 POINT_TIMEOUT_S = 300.0  # one load point never takes longer than this
 READY_TIMEOUT_S = 180.0  # LiteLLM takes 5-25 s to import and start on this machine
 # LiteLLM answers ~30 JSON / ~12 SSE req/s here: 2000 requests per point would take an hour.
@@ -99,15 +100,16 @@ def start_vllm_router(tmp: Path, upstream: str) -> Target:
     return Target("vllm-router", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
 
 
-def start_aiohttp_minimal(tmp: Path, upstream: str) -> Target:
+def start_stack_minimal(tmp: Path, upstream: str) -> Target:
     port = free_port()
-    log = tmp / "aiohttp-minimal.log"
+    log = tmp / "stack-minimal.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "router")}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "aiohttp+aiohttp", str(port),
+        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "aiohttp+http1", str(port),
          upstream, "uvloop"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp, env=env,
     )  # fmt: skip
-    return Target("aiohttp-minimal", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
+    return Target("stack-minimal", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
 
 
 def start_litellm(tmp: Path, upstream: str) -> Target:
@@ -224,7 +226,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             starters = {
                 "vllm-router": start_vllm_router,
                 "litellm": start_litellm,
-                "aiohttp-minimal": start_aiohttp_minimal,
+                "stack-minimal": start_stack_minimal,
             }
             for name in args.peer:
                 t = starters[name](tmp, upstream_url)
@@ -329,7 +331,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "factory_added_p99_ms": fr["added_p99_ms"],
                 "floor_met": fr["added_p50_ms"] <= 1.0 and fr["added_p99_ms"] <= 5.0,
             }
-            ref = r["targets"].get("aiohttp-minimal")
+            ref = r["targets"].get("stack-minimal")
             if ref is not None:
                 item["minimal_added_p50_ms"] = ref["added_p50_ms"]
                 item["minimal_added_p99_ms"] = ref["added_p99_ms"]
@@ -400,7 +402,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"### {mode}")
         lines.append("")
         lines.append(
-            "| load | factory added p50 / p99 ms | floor (1 / 5 ms) | aiohttp-minimal added "
+            "| load | factory added p50 / p99 ms | floor (1 / 5 ms) | stack-minimal added "
             "p50 / p99 ms | vllm-router added p50 / p99 ms | ratio p50 / p99 "
             "| within 2x (p50 / p99) |"
         )

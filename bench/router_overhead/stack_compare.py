@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -32,11 +34,6 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-try:  # measured only where installed (not a dependency of the router)
-    from httpx_aiohttp import AiohttpTransport
-except ImportError:  # pragma: no cover
-    AiohttpTransport = None
-
 HERE = Path(__file__).resolve().parent
 BODY = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 16}
@@ -45,12 +42,19 @@ REPLY = json.dumps(
     {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "w " * 60}}]}
 ).encode()
 VARIANTS = [
+    "aiohttp+http1",
     "aiohttp+aiohttp",
     "aiohttp+httpx",
     "aiohttp+httpx-aiohttp",
     "uvicorn+httpx",
     "uvicorn+httpx-aiohttp",
+    "aiohttp+aiosonic",
+    "aiohttp+blacksheep",
 ]
+# Clients measured only where installed (not dependencies of the router):
+#   pip install aiosonic blacksheep   (into the venv that runs this script)
+OPTIONAL_CLIENTS = {"httpx-aiohttp": "httpx_aiohttp", "aiosonic": "aiosonic",
+                    "blacksheep": "blacksheep"}  # fmt: skip
 
 
 def serve_upstream(port: int) -> None:
@@ -78,6 +82,9 @@ def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -
 
         uvloop.install()
     target = upstream + "/v1/chat/completions"
+    if server == "aiohttp" and client in ("http1", "aiosonic", "blacksheep"):
+        serve_aiohttp_other_client(client, port, upstream)
+        return
     if server == "aiohttp":
 
         async def on_start(app: web.Application) -> None:
@@ -140,11 +147,100 @@ def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def serve_aiohttp_other_client(client: str, port: int, upstream: str) -> None:
+    """aiohttp's server with the router's own HTTP/1.1 client (`http1`), or with aiosonic
+    or BlackSheep's client, relaying JSON whole and SSE chunk by chunk."""
+    target = upstream + "/v1/chat/completions"
+
+    async def on_start(app: web.Application) -> None:
+        if client == "http1":
+            from factory_router.upstream.http1 import ConnectionPool, Origin  # noqa: PLC0415
+
+            app["origin"] = Origin.parse(upstream)
+            app["c"] = ConnectionPool(
+                max_connections=256, max_per_origin=256, keepalive_expiry=30,
+                connect_timeout=5, acquire_timeout=5,
+            )  # fmt: skip
+        elif client == "aiosonic":
+            import aiosonic  # noqa: PLC0415
+
+            app["c"] = aiosonic.HTTPClient()
+        else:
+            from blacksheep.client import ClientSession as BlackSheep  # noqa: PLC0415
+
+            app["c"] = BlackSheep(follow_redirects=False)
+
+    async def relay(
+        request: web.Request, status: int, ctype: str, chunks: Any
+    ) -> web.StreamResponse:
+        if not ctype.startswith("text/event-stream"):
+            body = b"".join([c async for c in chunks])
+            return web.Response(status=status, body=body, headers={"content-type": ctype})
+        out = web.StreamResponse(status=status, headers={"content-type": ctype})
+        await out.prepare(request)
+        async for chunk in chunks:
+            await out.write(chunk)
+        await out.write_eof()
+        return out
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        c = request.app["c"]
+        if client == "http1":
+            from factory_router.upstream.http1 import request_head  # noqa: PLC0415
+
+            origin = request.app["origin"]
+            conn = await c.acquire(origin)
+            head = request_head(
+                "POST", origin, "/v1/chat/completions",
+                {"content-type": "application/json"}, len(body),
+            )  # fmt: skip
+            up = await conn.begin(head + body)
+
+            async def body_chunks() -> Any:
+                while chunk := await up.read(30):
+                    yield chunk
+
+            try:
+                return await relay(request, up.status, up.headers["content-type"], body_chunks())
+            finally:
+                up.release()
+        if client == "aiosonic":
+            r = await c.post(target, data=body, headers={"content-type": "application/json"})
+            ctype = r.headers["content-type"]
+            if not ctype.startswith("text/event-stream"):  # read_chunks() is for chunked
+                data = await r.content()
+                return web.Response(
+                    status=r.status_code, body=data, headers={"content-type": ctype}
+                )
+            return await relay(request, r.status_code, ctype, r.read_chunks())
+        from blacksheep import Content  # noqa: PLC0415
+
+        r = await c.post(target, content=Content(b"application/json", body))
+        ctype = r.content_type().decode()
+        return await relay(request, r.status, ctype, r.content.stream())
+
+    app = web.Application()
+    app.on_startup.append(on_start)
+    app.router.add_post("/v1/chat/completions", handler)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("aiohttp", "httptools", "httpx", "uvicorn", "aiosonic", "blacksheep"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def make_httpx(client: str) -> Any:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     if client == "httpx-aiohttp":
-        if AiohttpTransport is None:
-            raise SystemExit("httpx-aiohttp is not installed")
+        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+
         return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=30)
     return httpx.AsyncClient(limits=limits, timeout=30)
 
@@ -190,8 +286,13 @@ async def run(args: argparse.Namespace) -> None:
         upstream = f"http://127.0.0.1:{up_port}"
         targets = {"direct": upstream}
         for v in args.variants:
+            module = OPTIONAL_CLIENTS.get(v.partition("+")[2])
+            if module and importlib.util.find_spec(module) is None:
+                print(f"{v}: skipped, {module} is not installed", flush=True)
+                continue
             p = free_port()
-            procs.append(subprocess.Popen([*me, "proxy", v, str(p), upstream], **quiet))  # noqa: ASYNC220
+            cmd = [*me, "proxy", v, str(p), upstream, args.loop]
+            procs.append(subprocess.Popen(cmd, **quiet))  # noqa: ASYNC220
             targets[v] = f"http://127.0.0.1:{p}"
             pids[v] = procs[-1].pid
         for t in targets.values():
@@ -229,6 +330,9 @@ async def run(args: argparse.Namespace) -> None:
                 "concurrency": args.concurrency,
                 "requests": args.requests,
                 "rounds": args.rounds,
+                "loop": args.loop,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "versions": versions(),
                 "results": results,
             },
             indent=2,
@@ -260,6 +364,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--variants", nargs="*", default=VARIANTS)
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     ap.add_argument("--rounds", type=int, default=3)
     asyncio.run(run(ap.parse_args()))
 

@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from factory_router.app.http import (
@@ -42,6 +41,7 @@ from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
 from factory_router.policy.route import RoutePlan, plan
 from factory_router.policy.tenants import allowed_jurisdictions
 from factory_router.upstream.client import AttemptFailed, Opened
+from factory_router.upstream.http1 import ConnectionBroken, ProtocolViolation
 
 log = logging.getLogger("factory_router.proxy")
 _WHOLE_BODY_MAX = 256 * 1024  # sized non-SSE answers up to this are relayed in one write
@@ -265,16 +265,23 @@ async def _relay(
             headers[name] = value
     out.status = up.status
     size = up.content_length
+    idle = state.config.timeouts.idle
     if size is not None and size <= _WHOLE_BODY_MAX and up.content_type != "text/event-stream":
         # A sized, small, non-SSE answer (a non-streaming completion): its bytes are all
         # here or nearly, and one write of headers + body saves syscalls.
-        body = opened.first_chunk
+        parts = [opened.first_chunk]
+        have = len(opened.first_chunk)
         try:
-            if len(body) < size:
-                body += await up.content.readexactly(size - len(body))
-        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+            while have < size:
+                chunk = await up.read(idle)
+                if not chunk:
+                    raise ConnectionBroken("body shorter than its Content-Length")
+                parts.append(chunk)
+                have += len(chunk)
+        except (ConnectionBroken, ProtocolViolation, TimeoutError):
             state.metrics.upstream_errors.labels(out.region or "none", "stream_broken").inc()
             raise UpstreamFailed("The model backend broke off its answer.") from None
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         return web.Response(status=up.status, body=body, headers=headers)
     resp = web.StreamResponse(status=up.status, headers=headers)
     if size is not None:
@@ -288,8 +295,8 @@ async def _relay(
             out.status, out.reason = 499, "client_disconnected"
             raise
         try:
-            chunk = await up.content.readany()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            chunk = await up.read(idle)
+        except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
             # The engine broke mid-stream: too late to fail over. Close the client's
             # connection so that it sees a truncated response, not a clean end.
             kind = "idle_timeout" if isinstance(exc, TimeoutError) else "stream_broken"

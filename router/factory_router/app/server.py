@@ -1,8 +1,10 @@
 """The aiohttp application and its lifecycle: background tasks and graceful shutdown.
 
-aiohttp server + aiohttp client were chosen by measurement (bench/router_overhead): on
-this class of machine the httpx client added several times more latency per request than
-aiohttp's, and uvicorn+starlette was no faster than aiohttp's own server.
+The server is aiohttp's and the upstream client is the router's own HTTP/1.1 client
+(`upstream.http1`), both chosen by measurement (bench/router_overhead/stack_compare.py):
+on this class of machine httpx's client cost several times aiohttp's CPU per request and
+aiohttp's client about twice `upstream.http1`'s; uvicorn was no faster than aiohttp's
+own server.
 
 Shutdown: stop listening, report unready, let in-flight requests (streams included)
 finish within the grace period, then close what is left.
