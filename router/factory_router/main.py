@@ -35,7 +35,7 @@ from factory_router.policy.config import (
 from factory_router.policy.errors import PolicyError
 from factory_router.policy.fleet import Fleet, RttMatrix
 from factory_router.policy.policies import PolicyName
-from factory_router.policy.tenants import load_tenants_text
+from factory_router.policy.tenants import load_endpoint_key, load_tenants_text
 
 log = logging.getLogger("factory_router.main")
 _T, _L, _S, _R = Timeouts(), Limits(), ScoringConfig(), RouterConfig()
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "auto", description="auto: uvloop when installed (it is a dependency)"
     )
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+    endpoint_key_file: Path | None = Field(
+        None,
+        description="key presented to regions reached through spec.endpoint (their router); "
+        "reloaded when it changes",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -146,10 +151,16 @@ def build(settings: Settings) -> RouterServer:
         prometheus_url=settings.prometheus_url,
         access_log=AccessLog(enabled=settings.access_log),
     )
+    if settings.endpoint_key_file is not None:
+        state.endpoint_key = load_endpoint_key(settings.endpoint_key_file)
     if settings.backends is None:
         extra.append(_kube_task(settings, rtt))
     app = create_app(
-        state, tenants_file=settings.tenants, backends_file=settings.backends, extra_tasks=extra
+        state,
+        tenants_file=settings.tenants,
+        backends_file=settings.backends,
+        extra_tasks=extra,
+        endpoint_key_file=settings.endpoint_key_file,
     )
     host, _, port = settings.listen.rpartition(":")
     return RouterServer(app, host.strip("[]"), int(port))

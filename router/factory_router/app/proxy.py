@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
@@ -37,6 +36,7 @@ from factory_router.policy.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from factory_router.policy.fleet import Backend
 from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
 from factory_router.policy.route import RoutePlan, plan
 from factory_router.policy.tenants import allowed_jurisdictions
@@ -90,8 +90,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if not isinstance(model_field, str) or not model_field:
                 raise BadRequest("'model' is required and must be a string.", param="model")
             model = model_field
-            route = _plan(state, request, doc=doc, model=model, allowed=allowed, rid=rid)
-            return await _forward(state, request, route=route, body=body, rid=rid, out=out)
+            client_region = request.headers.get("x-factory-client-region") or state.region
+            key = None
+            if state.policy is PolicyName.SCORE:
+                key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
+            req = RouteRequest(model, allowed, client_region, key, rid)
+            route = _plan(state, req)
+            return await _forward(state, request, route=route, req=req, body=body, out=out)
         except RouterError as err:
             out.status = err.status
             out.reason = err.code or err.type
@@ -127,20 +132,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
 
 
-def _plan(
-    state: RouterState,
-    request: web.Request,
-    *,
-    doc: dict[str, Any],
-    model: str,
-    allowed: frozenset[str],
-    rid: str,
-) -> RoutePlan:
-    client_region = request.headers.get("x-factory-client-region") or state.region
-    key = None
-    if state.policy is PolicyName.SCORE:
-        key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
-    req = RouteRequest(model, allowed, client_region, key, rid)
+def _plan(state: RouterState, req: RouteRequest) -> RoutePlan:
     return plan(
         state.fleet,
         req,
@@ -160,16 +152,35 @@ def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dic
     return headers
 
 
+def _endpoint_headers(
+    state: RouterState, headers: dict[str, str], backend: Backend, client_region: str
+) -> dict[str, str]:
+    """What a region reached through its `spec.endpoint` (its own router) gets on top: the
+    region's jurisdiction as the request's residency (this router chose that region because
+    its jurisdiction is allowed; the router there can only narrow it further, so the data
+    stays there, failover included); the client's region, for its choice of replica; and
+    this router's endpoint key, when one is configured. Engines never get these."""
+    peer = {
+        **headers,
+        "x-factory-residency": state.fleet.jurisdiction_of(backend) or "",
+        "x-factory-client-region": client_region,
+    }
+    if state.endpoint_key:
+        peer["authorization"] = f"Bearer {state.endpoint_key}"
+    return peer
+
+
 async def _forward(
     state: RouterState,
     request: web.Request,
     *,
     route: RoutePlan,
     body: bytes,
-    rid: str,
+    req: RouteRequest,
     out: _Outcome,
 ) -> web.StreamResponse:
-    headers = _upstream_headers(state, request, rid)
+    rid = req.request_key
+    to_engine = _upstream_headers(state, request, rid)
     now = state.now()
     state.budget.record_request(now)
     last: AttemptFailed | None = None
@@ -183,7 +194,11 @@ async def _forward(
         backend = ranked.backend
         state.load.passive.start(backend.id)
         try:
-            opened = await state.upstream.open(backend, "POST", request.path, body, headers)
+            sent = to_engine
+            if backend.via_endpoint:
+                client_region = req.client_region or state.region
+                sent = _endpoint_headers(state, to_engine, backend, client_region)
+            opened = await state.upstream.open(backend, "POST", request.path, body, sent)
         except AttemptFailed as failure:
             state.load.passive.finish(backend.id)
             _record_failure(state, ranked, failure.kind)

@@ -26,7 +26,7 @@ from factory_router.app.probes import run_probes
 from factory_router.app.reload import FileWatcher
 from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.discovery.static import load_fleet_file
-from factory_router.policy.tenants import TenantTable, load_tenants_text
+from factory_router.policy.tenants import TenantTable, load_endpoint_key, load_tenants_text
 from factory_router.signals.prometheus import PrometheusPoller, Snapshot
 
 log = logging.getLogger("factory_router.server")
@@ -39,6 +39,7 @@ def create_app(
     tenants_file: Path | None = None,
     backends_file: Path | None = None,
     extra_tasks: list[Callable[[RouterState], Coroutine[Any, Any, None]]] | None = None,
+    endpoint_key_file: Path | None = None,
 ) -> web.Application:
     # Bodies are read by the proxy with its own limit (413); aiohttp's must not be lower.
     app = web.Application(client_max_size=state.config.limits.max_body_bytes + 1)
@@ -55,7 +56,9 @@ def create_app(
     app.router.add_get("/admin/explain", endpoints.explain)
     app.router.add_route("*", "/{tail:.*}", endpoints.not_found)
     app.cleanup_ctx.append(_upstream_ctx)
-    app.cleanup_ctx.append(_tasks_ctx(tenants_file, backends_file, extra_tasks or []))
+    app.cleanup_ctx.append(
+        _tasks_ctx(tenants_file, backends_file, extra_tasks or [], endpoint_key_file)
+    )
     return app
 
 
@@ -70,6 +73,7 @@ def _tasks_ctx(
     tenants_file: Path | None,
     backends_file: Path | None,
     extra: list[Callable[[RouterState], Coroutine[Any, Any, None]]],
+    endpoint_key_file: Path | None,
 ) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
@@ -79,6 +83,9 @@ def _tasks_ctx(
             tasks.append(asyncio.create_task(_tenants_watcher(state, tenants_file).run(interval)))
         if backends_file is not None:
             tasks.append(asyncio.create_task(_fleet_watcher(state, backends_file).run(interval)))
+        if endpoint_key_file is not None:
+            watcher = _endpoint_key_watcher(state, endpoint_key_file)
+            tasks.append(asyncio.create_task(watcher.run(interval)))
         if state.prometheus_url:
             tasks.append(asyncio.create_task(_poller(state).run()))
         if state.config.probe_interval > 0:
@@ -112,6 +119,19 @@ def _tenants_watcher(state: RouterState, path: Path) -> FileWatcher[TenantTable]
         lambda p: load_tenants_text(p.read_text()),
         apply,
         lambda _: state.metrics.reload_errors.labels("tenants").inc(),
+    )
+
+
+def _endpoint_key_watcher(state: RouterState, path: Path) -> FileWatcher[str]:
+    def apply(key: str) -> None:
+        state.endpoint_key = key
+
+    return FileWatcher(
+        "endpoint key",
+        path,
+        load_endpoint_key,
+        apply,
+        lambda _: state.metrics.reload_errors.labels("endpoint_key").inc(),
     )
 
 

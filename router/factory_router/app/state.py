@@ -39,6 +39,7 @@ class RouterState:
     draining: bool = False
     inflight: int = 0
     fleet_error: str | None = None
+    endpoint_key: str | None = None  # presented to `via_endpoint` backends (their router)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_started(self) -> None:

@@ -188,6 +188,7 @@ def fleet_from_objects(
                         factory=fname,
                         namespace=ns,
                         cost=cost,
+                        via_endpoint=True,
                     ),
                 )
     return build_fleet(regions.values(), backends.values(), rtt)

@@ -14,6 +14,11 @@
         pod: llama-eu-h100-0        # optional: matches Prometheus `pod` label
         cost: 1.0                   # optional: relative cost per token
         max_num_seqs: 64            # optional: the engine's batch capacity (--max-num-seqs)
+      - model: llama-3.1-8b
+        pool: us-h100
+        region: us-east-1
+        url: https://router.us-east-1.example   # a region reached through its own router
+        endpoint: true              # optional: gets the endpoint key (--endpoint-key-file)
 
 A backend without a region, or with a region not listed (or listed without jurisdiction)
 is loaded, reported in the explain output, and never routed to (fail closed).
@@ -55,6 +60,7 @@ class _BackendDoc(BaseModel):
     cost: float = 0.0
     max_num_seqs: int | None = Field(None, ge=1)
     id: str | None = None
+    endpoint: bool = False  # a region's entry point (its router), not an engine
 
 
 class _FleetDoc(BaseModel):
@@ -93,6 +99,7 @@ def fleet_from_doc(doc: Any) -> Fleet:
                 pod=b.pod,
                 cost=b.cost,
                 max_num_seqs=b.max_num_seqs,
+                via_endpoint=b.endpoint,
             )
         )
     return build_fleet(

@@ -37,6 +37,7 @@ class Backend:
     max_num_seqs: int | None = None  # batch capacity (vLLM --max-num-seqs), when known
     serving: bool = True  # EndpointSlice `serving`
     terminating: bool = False  # EndpointSlice `terminating`: only a last resort
+    via_endpoint: bool = False  # a region's `spec.endpoint` (e.g. its router), not an engine
 
 
 @dataclass(frozen=True)

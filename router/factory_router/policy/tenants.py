@@ -21,6 +21,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -207,3 +208,23 @@ def allowed_jurisdictions(
             "x-factory-residency leaves no jurisdiction this tenant may use", param="residency"
         )
     return allowed
+
+
+_BEARER_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
+def load_endpoint_key(path: Path) -> str:
+    """The key this router presents to regions reached through their `spec.endpoint`
+    (another factory-router there, which knows its SHA-256 as a tenant's). One token on
+    one line; an empty, short or malformed file is a `PolicyError`."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"cannot read endpoint key file {path}: {exc}") from exc
+    key = text.strip()
+    if not _BEARER_TOKEN.match(key):
+        raise PolicyError(
+            f"endpoint key file {path}: expected one token of 16-512 characters "
+            "(letters, digits, . _ ~ + / = -)"
+        )
+    return key

@@ -8,9 +8,11 @@ fail over from; after it, the caller relays the rest chunk by chunk.
     AttemptFailed(kind=...)   kind is one of:
       connect      could not connect / connection reset before the first byte
       timeout      no first byte within Timeouts.first_byte (a stalled engine)
-      status       5xx, 429 or 404 from the engine (retryable; a 404 means the address no
-                   longer holds an engine of this model: a stale endpoint whose address
-                   now belongs to another pod)
+      status       5xx, 429, 404, 401 or 403 from the engine (retryable; a 404 means the
+                   address no longer holds an engine of this model: a stale endpoint whose
+                   address now belongs to another pod; 401/403 mean the backend refused
+                   the router, e.g. a region's router without this router's endpoint key:
+                   the client's own key was accepted here, so it must not see a 401)
       redirect     3xx from the engine: never followed (it could point anywhere)
       protocol     anything else that broke before the first byte
 
@@ -38,7 +40,7 @@ from factory_router.upstream.http1 import (
     request_head,
 )
 
-RETRYABLE_STATUS = frozenset({404, 429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({401, 403, 404, 429, 500, 502, 503, 504})
 
 
 class AttemptFailed(Exception):

@@ -209,6 +209,20 @@ def test_router_mounts_the_tenants_secret_without_subpath() -> None:
     assert f"--tenants={mount['mountPath']}/tenants.yaml" in container["args"]
 
 
+def test_router_endpoint_key_is_mounted_only_when_set() -> None:
+    pod = by_name(helm_template(), "Deployment", "router")["spec"]["template"]["spec"]
+    assert not any(a.startswith("--endpoint-key-file") for a in pod["containers"][0]["args"])
+    assert all(v["name"] != "endpoint-key" for v in pod["volumes"])
+    objs = helm_template("--set", "router.endpointKey.existingSecret=front-key")
+    pod = by_name(objs, "Deployment", "router")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "endpoint-key")
+    assert volume["secret"]["secretName"] == "front-key"
+    container = pod["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "endpoint-key")
+    assert "subPath" not in mount and mount["readOnly"]
+    assert f"--endpoint-key-file={mount['mountPath']}/key" in container["args"]
+
+
 def _rules(objs: list[Obj]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (o["metadata"]["name"], rule)

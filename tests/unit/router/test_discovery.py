@@ -184,6 +184,7 @@ def test_regional_endpoint_for_pools_in_other_clusters() -> None:
     assert ids == ["ml/llama-eu/p0", "region:us-east-1/m"]
     remote = next(b for b in fleet.backends if b.id.startswith("region:"))
     assert remote.url == "https://us.example" and remote.region == "us-east-1"
+    assert remote.via_endpoint and not any(b.via_endpoint for b in fleet.backends if b.pod)
 
 
 def test_watch_events_update_the_cache() -> None:

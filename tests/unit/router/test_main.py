@@ -95,6 +95,19 @@ async def test_refuses_to_start_without_a_usable_policy(tmp_path: Path) -> None:
         assert b"refusing to start" in err
 
 
+async def test_refuses_to_start_with_an_unusable_endpoint_key(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text("backends: []\n")
+    (tmp_path / "t.yaml").write_text(json.dumps(TENANTS_DOC))
+    (tmp_path / "key").write_text("\n")
+    proc = await _run(
+        "--region", "eu-west-1", "--tenants", str(tmp_path / "t.yaml"),
+        "--backends", str(tmp_path / "b.yaml"), "--endpoint-key-file", str(tmp_path / "key"),
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, err
+    assert b"refusing to start" in err and b"endpoint key file" in err
+
+
 async def test_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
     async with engines(1, chunks=10, chunk_delay=0.03) as (eu,):
         (tmp_path / "t.yaml").write_text(json.dumps(TENANTS_DOC))

@@ -345,3 +345,30 @@ async def test_https_origin_with_verified_certificate(tmp_path: Path) -> None:
         assert untrusting.connections == 0
         await untrusting.close()
         assert len(srv.requests) == 1
+
+
+async def test_a_reader_slower_than_the_engine_holds_a_bounded_buffer() -> None:
+    size = 16 * 1024 * 1024  # well beyond the kernel's socket buffers
+    writers: list[asyncio.StreamWriter] = []
+
+    async def big(conn: int, n: int, req: bytes) -> bytes:
+        return reply(b"x" * size)
+
+    async with scripted(big) as srv, client() as c:
+        opened = await c.open(backend(srv.url), "POST", "/v1/chat/completions", b"{}", {})
+        writers.extend(srv.writers)
+        # Not reading: the engine's writes back up to it, while the router holds little.
+        await wait_until(
+            lambda: writers[0].transport.get_write_buffer_size() > 0,
+            timeout=5,
+            what="backpressure on the engine",
+        )
+        held = opened.response._conn._buffered  # the client's own buffer, white-box
+        assert held <= 2 * 1024 * 1024, held
+        received = len(opened.first_chunk)
+        while chunk := await opened.response.read(5.0):
+            received += len(chunk)
+        opened.close()
+        assert received == size
+        assert await fetch(c, srv.url) == (200, b"x" * size)  # the connection was reused
+        assert srv.connections == 1
