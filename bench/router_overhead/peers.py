@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,20 +64,46 @@ class Target:
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and all its live descendants (all threads included)."""
-    total = 0.0
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants."""
+    found: list[int] = []
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            total += cpu_seconds(p)
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo.extend(int(c) for c in f.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
+        found.append(p)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants (all threads included)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return total
+
+
+def only_running(targets: list[Target], active: Target | None) -> None:
+    """Freeze (SIGSTOP) every proxy but `active` (None: thaw them all). An idle LiteLLM
+    proxy alone kept a quarter of a core busy with background tasks, and vllm-router polls
+    its workers: measured side by side, each would tax the others' figures."""
+    for t in targets:
+        if t.proc is None:
+            continue
+        sig = signal.SIGCONT if active is None or t is active else signal.SIGSTOP
+        for p in process_tree(t.proc.pid):
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                continue
 
 
 def version_of(python: Path, dist: str) -> str:
@@ -243,12 +271,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for kind, x in points:
                     runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
                     for t in targets:  # warm-up: connections, caches, JIT-free paths
+                        only_running(targets, t)
                         await one_point(t, kind, x, stream, args.warmup, upstream.pid)
                     for rnd in range(args.rounds):
                         # direct first, then the proxies in an order rotated per round
                         proxies = targets[1:]
                         k = rnd % len(proxies)
                         for t in [targets[0], *proxies[k:], *proxies[:k]]:
+                            only_running(targets, t)
                             r = await one_point(t, kind, x, stream, args.requests, upstream.pid)
                             runs[t.name].append(r)
                     row = point_row(stream, kind, x, runs)
@@ -256,6 +286,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     print_row(row)
     finally:
         for p in procs:
+            for q in process_tree(p.pid):  # thaw: a stopped process would not terminate
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(q, signal.SIGCONT)
             p.terminate()
         for p in procs:
             try:

@@ -42,6 +42,8 @@ REPLY = json.dumps(
     {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "w " * 60}}]}
 ).encode()
 VARIANTS = [
+    "protocol+http1",
+    "uvicorn-asgi+http1",
     "aiohttp+http1",
     "aiohttp+aiohttp",
     "aiohttp+httpx",
@@ -84,6 +86,9 @@ def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -
     target = upstream + "/v1/chat/completions"
     if server == "aiohttp" and client in ("http1", "aiosonic", "blacksheep"):
         serve_aiohttp_other_client(client, port, upstream)
+        return
+    if server in ("protocol", "uvicorn-asgi"):
+        serve_without_framework(server, port, upstream)
         return
     if server == "aiohttp":
 
@@ -224,6 +229,112 @@ def serve_aiohttp_other_client(client: str, port: int, upstream: str) -> None:
     app.on_startup.append(on_start)
     app.router.add_post("/v1/chat/completions", handler)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_without_framework(server: str, port: int, upstream: str) -> None:
+    """The router's HTTP/1.1 client behind no web framework: a bare ASGI app on uvicorn
+    (httptools), or an asyncio protocol parsing requests with httptools itself. Neither
+    is a usable server (no limits, errors, or shutdown): they show what is left when the
+    server side costs as little as Python allows."""
+    import httptools  # noqa: PLC0415
+
+    from factory_router.upstream.http1 import ConnectionPool, Origin, request_head  # noqa: PLC0415
+
+    origin = Origin.parse(upstream)
+    pools: list[ConnectionPool] = []
+
+    def pool() -> ConnectionPool:
+        if not pools:
+            limits = {"max_connections": 256, "max_per_origin": 256, "keepalive_expiry": 30.0}
+            pools.append(ConnectionPool(**limits, connect_timeout=5, acquire_timeout=5))
+        return pools[0]
+
+    async def exchange(path: bytes, body: bytes) -> Any:
+        conn = await pool().acquire(origin)
+        head = {"content-type": "application/json"}
+        return await conn.begin(request_head("POST", origin, path.decode(), head, len(body)) + body)
+
+    if server == "uvicorn-asgi":
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            up = await exchange(scope["path"].encode(), body)
+            ctype = up.headers["content-type"].encode()
+            try:
+                if ctype.startswith(b"text/event-stream"):
+                    start = {"type": "http.response.start", "status": up.status}
+                    await send({**start, "headers": [(b"content-type", ctype)]})
+                    while chunk := await up.read(30):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                data = b"".join([c async for c in _chunks(up)])
+                headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(data))]
+                await send({"type": "http.response.start", "status": up.status, "headers": headers})
+                await send({"type": "http.response.body", "body": data})
+            finally:
+                up.release()
+
+        uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+                    access_log=False, lifespan="off")  # fmt: skip
+        return
+
+    class Server(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.body: list[bytes] = []
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            body, self.body = b"".join(self.body), []
+            asyncio.get_running_loop().create_task(self.answer(self.url, body))
+
+        async def answer(self, url: bytes, body: bytes) -> None:
+            up = await exchange(url, body)
+            ctype = up.headers["content-type"].encode()
+            write = self.transport.write
+            try:
+                if ctype.startswith(b"text/event-stream"):
+                    write(b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\n"
+                          b"transfer-encoding: chunked\r\n\r\n" % (up.status, ctype))  # fmt: skip
+                    while chunk := await up.read(30):
+                        write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    write(b"0\r\n\r\n")
+                    return
+                data = b"".join([c async for c in _chunks(up)])
+                write(b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+                      % (up.status, ctype, len(data), data))  # fmt: skip
+            finally:
+                up.release()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(Server, "127.0.0.1", port)
+        await listener.serve_forever()
+
+    asyncio.run(main())
+
+
+async def _chunks(up: Any) -> Any:
+    while chunk := await up.read(30):
+        yield chunk
 
 
 def versions() -> dict[str, str]:
