@@ -116,7 +116,10 @@ class UpstreamClient:
         """Send the request; the response once its status and headers have arrived."""
         if self._pool is None:
             raise RuntimeError("UpstreamClient.start() was not called")
-        origin = self._origin(backend.url)
+        try:
+            origin = self._origin(backend.url)
+        except ValueError:
+            raise ConnectionBroken(f"invalid backend URL {backend.url[:100]!r}") from None
         head = request_head(method, origin, path, headers, None if body is None else len(body))
         data = head + body if body else head
         for _ in range(2):

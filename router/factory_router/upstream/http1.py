@@ -377,11 +377,11 @@ class ConnectionPool:
         return True
 
     async def _wait_for_slot(self, deadline: float) -> None:
-        waiter = self.loop.create_future()
-        self._waiters.append(waiter)
         remaining = deadline - self.loop.time()
         if remaining <= 0:
             raise TimeoutError("no free upstream connection")
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(remaining):
                 await waiter

@@ -372,3 +372,11 @@ async def test_a_reader_slower_than_the_engine_holds_a_bounded_buffer() -> None:
         assert received == size
         assert await fetch(c, srv.url) == (200, b"x" * size)  # the connection was reused
         assert srv.connections == 1
+
+
+async def test_a_backend_with_an_unusable_url_is_a_failed_attempt() -> None:
+    async with client() as c:
+        for url in ("http://", "http://host:99999", "ftp://host"):
+            with pytest.raises(AttemptFailed) as info:
+                await fetch(c, url)
+            assert info.value.kind == "connect"
