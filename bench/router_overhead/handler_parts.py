@@ -25,7 +25,6 @@ from factory_router.app.state import RouterState
 from factory_router.policy.affinity import prefix_key
 from factory_router.policy.fleet import Backend, Region, build_fleet
 from factory_router.policy.policies import RouteRequest
-from factory_router.policy.route import plan
 from factory_router.policy.tenants import allowed_jurisdictions, parse_tenants
 
 N = 20_000
@@ -57,14 +56,7 @@ async def main() -> None:
         "residency": lambda: allowed_jurisdictions(tenant, None, state.known_jurisdictions()),
         "JSON parse of the body": lambda: json.loads(BODY),
         "prefix digest": lambda: prefix_key(doc, 512),
-        "plan (filter, health, score)": lambda: plan(
-            state.fleet,
-            req,
-            ranker=state.ranker,
-            view=state.load,
-            ejector=state.ejector,
-            now=state.now(),
-        ),
+        "plan (filter, health, score)": lambda: state.plan(req),
         "metrics (latency, first byte)": lambda: (
             state.metrics.observe_request("eu-west-1", "m", 200, 0.001),
             state.metrics.observe_ttfb("eu-west-1", 0.001),

@@ -12,7 +12,6 @@ from factory_router.app.http import error_response, placement_headers, request_i
 from factory_router.app.state import STATE_KEY, RouterState
 from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError
 from factory_router.policy.policies import RouteRequest
-from factory_router.policy.route import plan
 from factory_router.policy.tenants import allowed_jurisdictions
 
 
@@ -110,15 +109,7 @@ async def explain(request: web.Request) -> web.Response:
         )
         client_region = request.query.get("client_region") or state.region
         req = RouteRequest(model, allowed, client_region, None, rid)
-        route = plan(
-            state.fleet,
-            req,
-            ranker=state.ranker,
-            view=state.load,
-            ejector=state.ejector,
-            now=state.now(),
-            explain=True,
-        )
+        route = state.plan(req, explain=True)
     except RouterError as err:
         return error_response(err, headers)
     chosen = route.ordered[0].backend.id if route.ordered else None

@@ -38,7 +38,7 @@ from factory_router.policy.errors import (
 )
 from factory_router.policy.fleet import Backend
 from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
-from factory_router.policy.route import RoutePlan, plan
+from factory_router.policy.route import RoutePlan
 from factory_router.policy.tenants import allowed_jurisdictions
 from factory_router.upstream.client import AttemptFailed, Opened
 from factory_router.upstream.http1 import ConnectionBroken, ProtocolViolation
@@ -95,7 +95,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if state.policy is PolicyName.SCORE:
                 key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
             req = RouteRequest(model, allowed, client_region, key, rid)
-            route = _plan(state, req)
+            route = state.plan(req)
             return await _forward(state, request, route=route, req=req, body=body, out=out)
         except RouterError as err:
             out.status = err.status
@@ -130,17 +130,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 "latency_ms": round(elapsed * 1000, 2),
             }
         )
-
-
-def _plan(state: RouterState, req: RouteRequest) -> RoutePlan:
-    return plan(
-        state.fleet,
-        req,
-        ranker=state.ranker,
-        view=state.load,
-        ejector=state.ejector,
-        now=state.now(),
-    )
 
 
 def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dict[str, str]:

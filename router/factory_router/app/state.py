@@ -14,7 +14,8 @@ from factory_router.app.metrics import RouterMetrics
 from factory_router.policy.config import RouterConfig
 from factory_router.policy.fleet import Fleet, build_fleet
 from factory_router.policy.health import Ejector, RetryBudget
-from factory_router.policy.policies import PolicyName, Ranker
+from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
+from factory_router.policy.route import RoutePlan, plan
 from factory_router.policy.tenants import TenantTable
 from factory_router.signals.load import LoadState
 from factory_router.upstream.client import UpstreamClient
@@ -96,6 +97,18 @@ class RouterState:
 
     def known_jurisdictions(self) -> frozenset[str]:
         return self.fleet.jurisdictions | self.tenants.jurisdictions
+
+    def plan(self, req: RouteRequest, *, explain: bool = False) -> RoutePlan:
+        """The request's candidates in order, from the fleet and the signals as they are."""
+        return plan(
+            self.fleet,
+            req,
+            ranker=self.ranker,
+            view=self.load,
+            ejector=self.ejector,
+            now=self.now(),
+            explain=explain,
+        )
 
     def set_fleet(self, fleet: Fleet) -> None:
         """Swap in a new fleet view; ejection state of departed endpoints is dropped."""

@@ -95,10 +95,6 @@ class Response:
         the connection ends first, ProtocolViolation on a malformed body."""
         return await self._conn.read(idle)
 
-    @property
-    def complete(self) -> bool:
-        return self._conn.complete
-
     def release(self) -> None:
         """Done with this response: a connection whose exchange ended cleanly goes back
         to the pool; any other is closed (the engine sees the disconnect)."""
