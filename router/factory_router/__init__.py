@@ -3,7 +3,7 @@
 Layers, highest first (checked by import-linter, see `.importlinter`):
 
 - `main`: the `factory-router` console script (settings, process lifecycle).
-- `app`: the aiohttp server: OpenAI endpoints, proxying, admin, metrics, logs.
+- `app`: the HTTP/1.1 server, OpenAI endpoints, proxying, admin, metrics, logs.
 - `upstream` | `signals` | `discovery`: I/O towards engines, Prometheus, Kubernetes/files.
 - `policy`: pure logic: tenants and residency, candidate filtering, scoring, baseline
   policies, prefix affinity, retry budget and ejection state machines, the error model,

@@ -1,1 +1,1 @@
-"""The router's aiohttp application: OpenAI endpoints, proxying, admin, metrics, logs."""
+"""The router's HTTP side: its server, OpenAI endpoints, proxying, admin, metrics, logs."""

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from factory_router.app.http import error_response, placement_headers, request_id
-from factory_router.app.state import STATE_KEY, RouterState
+from factory_router.app.http import placement_headers, request_id, send_error, send_json
+from factory_router.app.http_server import Request
+from factory_router.app.state import RouterState
 from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError
 from factory_router.policy.policies import RouteRequest
 from factory_router.policy.tenants import allowed_jurisdictions
 
 
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(doc).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-async def models(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+async def models(state: RouterState, request: Request) -> None:
     rid = request_id(request)
     headers = placement_headers(rid, None, None, None)
     try:
@@ -34,16 +23,17 @@ async def models(request: web.Request) -> web.Response:
             tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
         )
     except RouterError as err:
-        return error_response(err, headers)
+        send_error(request, err, headers)
+        return
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": "inference-factory"}
         for m in state.fleet.models_for(allowed)
     ]
-    return _json({"object": "list", "data": data}, headers=headers)
+    send_json(request, {"object": "list", "data": data}, headers=headers)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+async def healthz(state: RouterState, request: Request) -> None:
+    send_json(request, {"status": "ok"})
 
 
 def load_status(state: RouterState) -> dict[str, Any]:
@@ -59,9 +49,8 @@ def load_status(state: RouterState) -> dict[str, Any]:
     }
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(state: RouterState, request: Request) -> None:
     """200 while the router can route (degraded load data is reported, not fatal)."""
-    state = request.app[STATE_KEY]
     load = load_status(state)
     fatal: list[str] = []
     if state.draining:
@@ -82,38 +71,37 @@ async def readyz(request: web.Request) -> web.Response:
         "policy": str(state.policy),
         "region": state.region,
     }
-    return _json(doc, status=503 if status == "unready" else 200)
+    send_json(request, doc, status=503 if status == "unready" else 200)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+async def metrics(state: RouterState, request: Request) -> None:
     body = generate_latest(state.metrics.registry)
-    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+    request.respond(200, {"content-type": CONTENT_TYPE_LATEST}, body)
 
 
-async def explain(request: web.Request) -> web.Response:
+async def explain(state: RouterState, request: Request) -> None:
     """GET /admin/explain?tenant=T&model=M[&residency=EU,UK][&client_region=R]."""
-    state = request.app[STATE_KEY]
     rid = request_id(request)
     headers = placement_headers(rid, None, None, None)
     try:
         if not state.tenants.is_admin(request.headers.get("authorization")):
             raise Forbidden("The explain endpoint needs the admin key.")
-        name = request.query.get("tenant", "")
-        model = request.query.get("model", "")
+        query = request.query
+        name = query.get("tenant", "")
+        model = query.get("model", "")
         tenant = state.tenants.tenants.get(name)
         if tenant is None or not model:
             raise BadRequest("Query parameters 'tenant' (a known tenant) and 'model' are needed.")
-        allowed = allowed_jurisdictions(
-            tenant, request.query.get("residency"), state.known_jurisdictions()
-        )
-        client_region = request.query.get("client_region") or state.region
+        allowed = allowed_jurisdictions(tenant, query.get("residency"), state.known_jurisdictions())
+        client_region = query.get("client_region") or state.region
         req = RouteRequest(model, allowed, client_region, None, rid)
         route = state.plan(req, explain=True)
     except RouterError as err:
-        return error_response(err, headers)
+        send_error(request, err, headers)
+        return
     chosen = route.ordered[0].backend.id if route.ordered else None
-    return _json(
+    send_json(
+        request,
         {
             "tenant": tenant.name,
             "model": model,
@@ -129,7 +117,7 @@ async def explain(request: web.Request) -> web.Response:
     )
 
 
-async def not_found(request: web.Request) -> web.Response:
-    """Unknown paths answer in OpenAI's error shape too (registered last: no cost on hits)."""
+async def not_found(state: RouterState, request: Request) -> None:
+    """Unknown paths answer in OpenAI's error shape too."""
     err = NotFound(f"Unknown path {request.method} {request.path}.")
-    return error_response(err, placement_headers(request_id(request), None, None, None))
+    send_error(request, err, placement_headers(request_id(request), None, None, None))

@@ -6,8 +6,7 @@ import json
 import secrets
 from typing import Any
 
-from aiohttp import web
-
+from factory_router.app.http_server import Request
 from factory_router.policy.errors import BadRequest, PayloadTooLarge, RouterError
 
 # Forwarded to engines (an allowlist: the tenant's Authorization never leaves the router).
@@ -16,7 +15,7 @@ FORWARD_REQUEST_HEADERS = ("content-type", "accept", "traceparent", "tracestate"
 RELAY_RESPONSE_HEADERS = ("content-type", "content-encoding", "cache-control")
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: Request) -> str:
     rid = request.headers.get("x-request-id", "").strip()
     if rid and len(rid) <= 128 and rid.isprintable():
         return rid
@@ -34,28 +33,25 @@ def placement_headers(
     }
 
 
-def error_response(err: RouterError, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=err.status,
-        body=json.dumps(err.body()).encode(),
-        content_type="application/json",
-        headers=headers,
+def send_json(
+    request: Request, doc: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> None:
+    request.respond(
+        status, {**(headers or {}), "content-type": "application/json"}, json.dumps(doc).encode()
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, at most `limit` bytes (413 beyond, without reading it all)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def send_error(request: Request, err: RouterError, headers: dict[str, str]) -> None:
+    send_json(request, err.body(), err.status, headers)
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The raw body; 413 when it was larger than `limit` (the server did not keep it)."""
+    if request.body_too_large:
+        declared = request.content_length
+        size = f"of {declared} bytes " if declared is not None else ""
+        raise PayloadTooLarge(f"Request body {size}exceeds {limit} bytes.")
+    return request.body
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Failover happens only before the first byte reaches the client, only to the next
 candidate of the same plan (every one of which passed the residency filter), and only
 while the per-request attempt limit and the router-wide retry budget allow. Once bytes
 flow, they are relayed chunk by chunk as they arrive (never buffered); a client that
-goes away cancels the handler, which closes the upstream connection.
+goes away cancels the handler (`http_server`), which closes the upstream connection.
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-
 from factory_router.app.http import (
     FORWARD_REQUEST_HEADERS,
     RELAY_RESPONSE_HEADERS,
-    error_response,
     parse_json_object,
     placement_headers,
     read_body,
     request_id,
+    send_error,
 )
-from factory_router.app.state import STATE_KEY, RouterState
+from factory_router.app.http_server import ClientGone, Request
+from factory_router.app.state import RouterState
 from factory_router.policy.affinity import prefix_key
 from factory_router.policy.errors import (
     BadRequest,
@@ -69,8 +68,7 @@ class _Outcome:
         self.attempts = 0
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
+async def handle(state: RouterState, request: Request) -> None:
     started = time.perf_counter()
     rid = request_id(request)
     out = _Outcome()
@@ -84,7 +82,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             allowed = allowed_jurisdictions(
                 tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
             )
-            body = await read_body(request, state.config.limits.max_body_bytes)
+            body = read_body(request, state.config.limits.max_body_bytes)
             doc = parse_json_object(body)
             model_field = doc.get("model")
             if not isinstance(model_field, str) or not model_field:
@@ -96,7 +94,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
             req = RouteRequest(model, allowed, client_region, key, rid)
             route = state.plan(req)
-            return await _forward(state, request, route=route, req=req, body=body, out=out)
+            await _forward(state, request, route=route, req=req, body=body, out=out)
         except RouterError as err:
             out.status = err.status
             out.reason = err.code or err.type
@@ -104,8 +102,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if denial:
                 state.metrics.residency_denials.labels(denial).inc()
             headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
-            return error_response(err, headers)
-    except asyncio.CancelledError:
+            send_error(request, err, headers)
+    except (asyncio.CancelledError, ClientGone):
         out.status, out.reason = 499, "client_disconnected"
         raise
     finally:
@@ -132,7 +130,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
 
 
-def _upstream_headers(state: RouterState, request: web.Request, rid: str) -> dict[str, str]:
+def _upstream_headers(state: RouterState, request: Request, rid: str) -> dict[str, str]:
     headers = {"x-request-id": rid, "x-factory-router-region": state.region}
     for name in FORWARD_REQUEST_HEADERS:
         value = request.headers.get(name)
@@ -161,13 +159,13 @@ def _endpoint_headers(
 
 async def _forward(
     state: RouterState,
-    request: web.Request,
+    request: Request,
     *,
     route: RoutePlan,
     body: bytes,
     req: RouteRequest,
     out: _Outcome,
-) -> web.StreamResponse:
+) -> None:
     rid = req.request_key
     to_engine = _upstream_headers(state, request, rid)
     now = state.now()
@@ -206,9 +204,9 @@ async def _forward(
             out.pool = backend.pool
             out.backend = backend.id
             out.reason = route.reason if out.attempts == 1 else f"failover #{out.attempts - 1}"
-            reply = await _relay(state, request, opened, rid, out)
+            await _relay(state, request, opened, rid, out)
             completed = out.status < 500
-            return reply
+            return
         finally:
             opened.close()
             state.load.passive.finish(backend.id)
@@ -256,11 +254,11 @@ def _record_failure(state: RouterState, ranked: Ranked, kind: str) -> None:
 
 async def _relay(
     state: RouterState,
-    request: web.Request,
+    request: Request,
     opened: Opened,
     rid: str,
     out: _Outcome,
-) -> web.StreamResponse:
+) -> None:
     up = opened.response
     headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
     for name in RELAY_RESPONSE_HEADERS:
@@ -286,18 +284,12 @@ async def _relay(
             state.metrics.upstream_errors.labels(out.region or "none", "stream_broken").inc()
             raise UpstreamFailed("The model backend broke off its answer.") from None
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        return web.Response(status=up.status, body=body, headers=headers)
-    resp = web.StreamResponse(status=up.status, headers=headers)
-    if size is not None:
-        resp.content_length = size
-    await resp.prepare(request)
+        request.respond(up.status, headers, body)
+        return
+    await request.start(up.status, headers, content_length=size)
     chunk = opened.first_chunk
     while chunk:
-        try:
-            await resp.write(chunk)
-        except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
-            out.status, out.reason = 499, "client_disconnected"
-            raise
+        await request.write(chunk)  # ClientGone once the client left
         try:
             chunk = await up.read(idle)
         except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
@@ -306,8 +298,6 @@ async def _relay(
             kind = "idle_timeout" if isinstance(exc, TimeoutError) else "stream_broken"
             state.metrics.upstream_errors.labels(out.region or "none", kind).inc()
             out.status, out.reason = 502, f"{out.reason}; {kind} after first byte"
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-    await resp.write_eof()
-    return resp
+            request.abort()
+            return
+    await request.end()

@@ -1,10 +1,11 @@
-"""The aiohttp application and its lifecycle: background tasks and graceful shutdown.
+"""The router application and its lifecycle: routes, background tasks, graceful shutdown.
 
-The server is aiohttp's and the upstream client is the router's own HTTP/1.1 client
-(`upstream.http1`), both chosen by measurement (bench/router_overhead/stack_compare.py):
-on this class of machine httpx's client cost several times aiohttp's CPU per request and
-aiohttp's client about twice `upstream.http1`'s; uvicorn was no faster than aiohttp's
-own server.
+The server is the router's own HTTP/1.1 server (`http_server`) and the upstream client is
+its own HTTP/1.1 client (`upstream.http1`), both chosen by measurement
+(bench/router_overhead/stack_compare.py, closed-loop and at a fixed rate): httpx's client
+cost several times aiohttp's CPU per request, and aiohttp's client about twice
+`upstream.http1`'s; at 100 req/s aiohttp's server and uvicorn (a bare ASGI app) added
+about 0.2 ms more p50 than a server on asyncio protocols.
 
 Shutdown: stop listening, report unready, let in-flight requests (streams included)
 finish within the grace period, then close what is left.
@@ -15,16 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from factory_router.app import endpoints, proxy
+from factory_router.app.http_server import HttpServer, Request, ServerLimits
 from factory_router.app.probes import run_probes
 from factory_router.app.reload import FileWatcher
-from factory_router.app.state import STATE_KEY, RouterState
+from factory_router.app.state import RouterState
 from factory_router.discovery.static import load_fleet_file
 from factory_router.policy.tenants import TenantTable, load_endpoint_key, load_tenants_text
 from factory_router.signals.prometheus import PrometheusPoller, Snapshot
@@ -34,73 +34,83 @@ log = logging.getLogger("factory_router.server")
 OPENAI_POST_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-def create_app(
-    state: RouterState,
-    tenants_file: Path | None = None,
-    backends_file: Path | None = None,
-    extra_tasks: list[Callable[[RouterState], Coroutine[Any, Any, None]]] | None = None,
-    endpoint_key_file: Path | None = None,
-) -> web.Application:
-    # Bodies are read by the proxy with its own limit (413); aiohttp's must not be lower.
-    app = web.Application(client_max_size=state.config.limits.max_body_bytes + 1)
-    app[STATE_KEY] = state
-    for path in OPENAI_POST_PATHS:
-        app.router.add_post(path, proxy.handle)
-    app.router.add_get("/v1/models", endpoints.models)
-    app.router.add_get("/healthz", endpoints.healthz)
+Endpoint = Callable[[RouterState, Request], Awaitable[None]]
+ExtraTask = Callable[[RouterState], Coroutine[Any, Any, None]]
+
+ROUTES: dict[tuple[str, str], Endpoint] = {
+    **{("POST", path): proxy.handle for path in OPENAI_POST_PATHS},
+    ("GET", "/v1/models"): endpoints.models,
+    ("GET", "/healthz"): endpoints.healthz,
     # vLLM's liveness path too: a router that is a region's `spec.endpoint` is probed for
     # RTT by the routers in front of it the way an engine is.
-    app.router.add_get("/health", endpoints.healthz)
-    app.router.add_get("/readyz", endpoints.readyz)
-    app.router.add_get("/metrics", endpoints.metrics)
-    app.router.add_get("/admin/explain", endpoints.explain)
-    app.router.add_route("*", "/{tail:.*}", endpoints.not_found)
-    app.cleanup_ctx.append(_upstream_ctx)
-    app.cleanup_ctx.append(
-        _tasks_ctx(tenants_file, backends_file, extra_tasks or [], endpoint_key_file)
-    )
-    return app
+    ("GET", "/health"): endpoints.healthz,
+    ("GET", "/readyz"): endpoints.readyz,
+    ("GET", "/metrics"): endpoints.metrics,
+    ("GET", "/admin/explain"): endpoints.explain,
+}
 
 
-async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE_KEY]
-    await state.upstream.start()
-    yield
-    await state.upstream.close()
+class RouterApp:
+    """One router's routes and background work (reloads, probes, load polling)."""
 
+    def __init__(
+        self,
+        state: RouterState,
+        tenants_file: Path | None = None,
+        backends_file: Path | None = None,
+        extra_tasks: list[ExtraTask] | None = None,
+        endpoint_key_file: Path | None = None,
+    ) -> None:
+        self.state = state
+        self._tenants_file = tenants_file
+        self._backends_file = backends_file
+        self._extra = extra_tasks or []
+        self._endpoint_key_file = endpoint_key_file
+        self._tasks: list[asyncio.Task[None]] = []
 
-def _tasks_ctx(
-    tenants_file: Path | None,
-    backends_file: Path | None,
-    extra: list[Callable[[RouterState], Coroutine[Any, Any, None]]],
-    endpoint_key_file: Path | None,
-) -> Callable[[web.Application], Any]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        state = app[STATE_KEY]
-        tasks: list[asyncio.Task[None]] = []
+    async def handle(self, request: Request) -> None:
+        method = "GET" if request.method == "HEAD" else request.method
+        endpoint = ROUTES.get((method, request.path), endpoints.not_found)
+        await endpoint(self.state, request)
+
+    async def startup(self) -> None:
+        state = self.state
+        await state.upstream.start()
         interval = state.config.reload_interval
-        if tenants_file is not None:
-            tasks.append(asyncio.create_task(_tenants_watcher(state, tenants_file).run(interval)))
-        if backends_file is not None:
-            tasks.append(asyncio.create_task(_fleet_watcher(state, backends_file).run(interval)))
-        if endpoint_key_file is not None:
-            watcher = _endpoint_key_watcher(state, endpoint_key_file)
-            tasks.append(asyncio.create_task(watcher.run(interval)))
+        watchers: list[Coroutine[Any, Any, None]] = []
+        if self._tenants_file is not None:
+            watchers.append(_tenants_watcher(state, self._tenants_file).run(interval))
+        if self._backends_file is not None:
+            watchers.append(_fleet_watcher(state, self._backends_file).run(interval))
+        if self._endpoint_key_file is not None:
+            watchers.append(_endpoint_key_watcher(state, self._endpoint_key_file).run(interval))
         if state.prometheus_url:
-            tasks.append(asyncio.create_task(_poller(state).run()))
+            watchers.append(_poller(state).run())
         if state.config.probe_interval > 0:
-            tasks.append(asyncio.create_task(run_probes(state)))
-        tasks.extend(asyncio.create_task(make(state)) for make in extra)
-        tasks.append(asyncio.create_task(_flush_access_log(state)))
-        yield
+            watchers.append(run_probes(state))
+        watchers.extend(make(state) for make in self._extra)
+        watchers.append(_flush_access_log(state))
+        self._tasks = [asyncio.create_task(w) for w in watchers]
+
+    async def cleanup(self) -> None:
+        tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        state.access_log.flush()
+        self.state.access_log.flush()
+        await self.state.upstream.close()
 
-    return ctx
+
+def create_app(
+    state: RouterState,
+    tenants_file: Path | None = None,
+    backends_file: Path | None = None,
+    extra_tasks: list[ExtraTask] | None = None,
+    endpoint_key_file: Path | None = None,
+) -> RouterApp:
+    return RouterApp(state, tenants_file, backends_file, extra_tasks, endpoint_key_file)
 
 
 async def _flush_access_log(state: RouterState, interval: float = 0.5) -> None:
@@ -165,49 +175,49 @@ def _poller(state: RouterState) -> PrometheusPoller:
 class RouterServer:
     """Runs one router on host:port (port 0 picks a free one); an async context manager."""
 
-    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: RouterApp, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
         self.host = host
         self.port = port
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._http: HttpServer | None = None
 
     @property
     def state(self) -> RouterState:
-        return self.app[STATE_KEY]
+        return self.app.state
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        grace = self.state.config.timeouts.grace_period
-        self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=grace
+        config = self.state.config
+        limits = ServerLimits(
+            max_head_bytes=config.limits.max_head_bytes,
+            max_body_bytes=config.limits.max_body_bytes,
+            client_idle=config.timeouts.client_idle,
+            client_request=config.timeouts.client_request,
         )
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await self._site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
+        await self.app.startup()
+        http = HttpServer(self.app.handle, limits)
+        try:
+            self.port = await http.start(self.host, self.port)
+        except BaseException:
+            await self.app.cleanup()
+            raise
+        self._http = http
         log.info("router listening on %s", self.url)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, wait for in-flight requests up to the grace period."""
-        if self._runner is None:
+        http, self._http = self._http, None
+        if http is None:
             return
         state = self.state
         state.draining = True
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        if state.inflight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.idle.wait(), state.config.timeouts.grace_period)
+        await http.shutdown(state.config.timeouts.grace_period)
         if state.inflight:
             log.warning("grace period over with %d requests in flight", state.inflight)
-        runner, self._runner = self._runner, None
-        await runner.cleanup()
+        await self.app.cleanup()
 
     async def __aenter__(self) -> RouterServer:
         await self.start()

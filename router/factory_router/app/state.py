@@ -7,8 +7,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
 from factory_router.policy.config import RouterConfig
@@ -119,6 +117,3 @@ class RouterState:
     @staticmethod
     def now() -> float:
         return time.monotonic()
-
-
-STATE_KEY = web.AppKey("state", RouterState)

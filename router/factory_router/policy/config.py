@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Upstream timeouts, seconds. There is deliberately no total timeout: a long stream
-    is legitimate; a *stalled* one is caught by `first_byte` and `idle`."""
+    """Timeouts, seconds. There is deliberately no total timeout on the upstream hop: a
+    long stream is legitimate; a *stalled* one is caught by `first_byte` and `idle`."""
 
     connect: float = 3.0  # TCP connect to an engine
     pool_acquire: float = 5.0  # waiting for a free connection slot
@@ -21,6 +21,8 @@ class Timeouts:
     grace_period: float = 30.0  # graceful shutdown: in-flight streams may finish
     prometheus_query: float = 2.0  # one PromQL query
     probe: float = 2.0  # one RTT probe (GET /health)
+    client_idle: float = 75.0  # a client's keep-alive connection between two requests
+    client_request: float = 60.0  # a client's request, first byte to last (slow senders)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Limits:
     max_connections_per_host: int = 256  # one engine
     keepalive_expiry: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024  # client request bodies; larger -> 413
+    max_head_bytes: int = 64 * 1024  # client request line + headers; larger -> 431
     max_attempts: int = 3  # per request, the first try included
 
 
