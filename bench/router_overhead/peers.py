@@ -13,8 +13,9 @@ tree, utime + stime from /proc) and of the upstream. Writes results/peers.json a
 results/peers.md next to this file.
 
 `stack-minimal` is not a peer but a reference: the smallest pass-through proxy on the
-router's own stack (aiohttp server + the router's HTTP/1.1 upstream client, uvloop;
-`stack_compare.py proxy aiohttp+http1`), with no authentication, policy, metrics or logs.
+router's own stack (an asyncio-protocol server parsing with httptools + the router's
+HTTP/1.1 upstream client, uvloop; `stack_compare.py proxy protocol+http1`), with no
+authentication, policy, metrics, logs or limits.
 What it adds is what this stack costs on this machine before the router does anything of
 its own.
 """
@@ -133,7 +134,7 @@ def start_stack_minimal(tmp: Path, upstream: str) -> Target:
     log = tmp / "stack-minimal.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "router")}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "aiohttp+http1", str(port),
+        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "protocol+http1", str(port),
          upstream, "uvloop"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp, env=env,
     )  # fmt: skip
@@ -303,7 +304,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_at_start": args.load_avg_at_start,
                     "load_avg_at_end": os.getloadavg()},
-        "versions": {"factory-router (aiohttp)": version_of(Path(py), "aiohttp"),
+        "versions": {"factory-router (httptools)": version_of(Path(py), "httptools"),
                      "vllm-router": version_of(bench_py, "vllm-router"),
                      "litellm": version_of(bench_py, "litellm")},
         "requests_per_point": args.requests,

@@ -6,8 +6,14 @@ against the upstream directly (the baseline) and through each variant, in the sa
 the results are ratios on this machine rather than absolute numbers.
 
     PYTHONPATH=router python bench/router_overhead/stack_compare.py --requests 2000
+    PYTHONPATH=router python bench/router_overhead/stack_compare.py --rate 100 \
+        --requests 2400 --variants protocol+http1 uvicorn-asgi+http1 aiohttp+http1
 
-Writes stack_compare.json and stack_compare.md next to this file.
+Closed loop (`--concurrency`, the default) shows CPU per request and throughput when the
+proxy is busy; a fixed arrival rate (`--rate`, open loop) shows the added latency at a
+moderate load, where a proxy's code runs on cold caches between requests. Writes
+stack_compare.json/.md (closed loop) or results/stack_compare-rate<N>.json/.md next to
+this file.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import aiohttp
 import httpx
 import uvicorn
 from aiohttp import ClientSession, TCPConnector, web
-from common import cpu_seconds, free_port, wait_port
+from common import cpu_seconds, free_port, load_rate, wait_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -420,9 +426,12 @@ async def run(args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 for name, base in targets.items():
                     cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
-                    r = await load(
-                        base + "/v1/chat/completions", per_round, args.concurrency, stream
-                    )
+                    url = base + "/v1/chat/completions"
+                    if args.rate:
+                        r = await load_rate(url, per_round, args.rate, stream, {})
+                        r = {k: r[k] for k in ("p50_ms", "p99_ms", "rps")}
+                    else:
+                        r = await load(url, per_round, args.concurrency, stream)
                     if name in pids:
                         r["cpu_ms_per_req"] = (cpu_seconds(pids[name]) - cpu0) * 1e3 / per_round
                     samples[name].append(r)
@@ -435,10 +444,16 @@ async def run(args: argparse.Namespace) -> None:
             p.terminate()
         for p in procs:
             p.wait(10)
-    (HERE / "stack_compare.json").write_text(
+    out = (
+        HERE / "results" / f"stack_compare-rate{args.rate:g}"
+        if args.rate
+        else (HERE / "stack_compare")
+    )
+    out.with_suffix(".json").write_text(
         json.dumps(
             {
-                "concurrency": args.concurrency,
+                "rate": args.rate or None,
+                "concurrency": None if args.rate else args.concurrency,
                 "requests": args.requests,
                 "rounds": args.rounds,
                 "loop": args.loop,
@@ -460,7 +475,9 @@ async def run(args: argparse.Namespace) -> None:
             f"| {name} | {mode} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['rps']:.0f} | {r['p50_ms'] - base:.2f} | {r.get('cpu_ms_per_req', 0):.3f} |"
         )
-    (HERE / "stack_compare.md").write_text("\n".join(lines) + "\n")
+    load_desc = f"{args.rate:g} req/s, open loop" if args.rate else f"{args.concurrency} concurrent"
+    title = f"Stack comparison: {load_desc}, {args.rounds} rounds, medians, {args.loop}\n\n"
+    out.with_suffix(".md").write_text(title + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -477,6 +494,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=VARIANTS)
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=0, help="req/s, open loop (0: closed loop)")
     asyncio.run(run(ap.parse_args()))
 
 

@@ -18,7 +18,8 @@ What it does, and only that:
 - a connection idle between requests for `client_idle` seconds, or a request not
   received whole within `client_request` seconds of its first byte, is closed;
 - a response is written whole (one write) or streamed (chunked, or sized by its
-  Content-Length), with write back-pressure;
+  Content-Length), with write back-pressure; a client that takes no bytes for
+  `client_idle` seconds is disconnected;
 - a client that disconnects before its response is complete cancels the handler, which
   is how an abandoned stream closes its upstream request;
 - shutdown: stop listening, close idle connections, let the requests in progress finish
@@ -60,7 +61,7 @@ class ClientGone(ConnectionResetError):
 class ServerLimits:
     max_head_bytes: int  # request line + headers
     max_body_bytes: int
-    client_idle: float  # seconds a keep-alive connection may wait for its next request
+    client_idle: float  # seconds a connection may wait for its next request, or not read
     client_request: float  # seconds from a request's first byte to its last
 
 
@@ -448,12 +449,19 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
 
     async def drain(self) -> None:
+        """Wait while the client is not taking bytes; one that takes none for
+        `client_idle` seconds is disconnected (it would hold an engine slot forever)."""
         if self._lost:
             raise ClientGone("client disconnected")
         if self._write_paused:
             waiter = self._loop.create_future()
             self._drain_waiter = waiter
-            await waiter
+            try:
+                async with asyncio.timeout(self._limits.client_idle):
+                    await waiter
+            except TimeoutError:
+                self.abort()
+                raise ClientGone("client stopped reading") from None
 
     def close(self) -> None:
         if self._transport is not None and not self._lost:

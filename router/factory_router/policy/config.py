@@ -21,7 +21,7 @@ class Timeouts:
     grace_period: float = 30.0  # graceful shutdown: in-flight streams may finish
     prometheus_query: float = 2.0  # one PromQL query
     probe: float = 2.0  # one RTT probe (GET /health)
-    client_idle: float = 75.0  # a client's keep-alive connection between two requests
+    client_idle: float = 75.0  # a client's connection between two requests, or not reading
     client_request: float = 60.0  # a client's request, first byte to last (slow senders)
 
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import httptools
 import pytest
 
-from factory_router.app.http_server import HttpServer, Request, ServerLimits
+from factory_router.app.http_server import ClientGone, HttpServer, Request, ServerLimits
 from tests.unit.router.router_testkit import wait_until
 
 LIMITS = ServerLimits(
@@ -268,26 +268,37 @@ async def test_a_client_that_leaves_cancels_its_handler() -> None:
         await wait_until(lambda: not server.connections, timeout=5)
 
 
-async def test_a_client_that_does_not_read_pauses_the_stream() -> None:
+async def test_a_client_that_does_not_read_pauses_the_stream_then_is_dropped() -> None:
     written = 0
-    done = False
+    outcome: list[str] = []
 
     async def handler(request: Request) -> None:
-        nonlocal written, done
+        nonlocal written
         await request.start(200, {"content-type": "text/event-stream"})
         chunk = b"x" * 65536
-        for _ in range(1024):  # 64 MiB if nothing pushed back
-            await request.write(chunk)
-            written += len(chunk)
-        done = True
+        try:
+            for _ in range(1024):  # 64 MiB if nothing pushed back
+                await request.write(chunk)
+                written += len(chunk)
+        except ClientGone as exc:
+            outcome.append(str(exc))
+            raise
+        outcome.append("done")
 
-    async with serving(handler) as (server, connect):
+    limits = ServerLimits(
+        max_head_bytes=2048, max_body_bytes=1024, client_idle=1.0, client_request=30.0
+    )
+    async with serving(handler, limits) as (server, connect):
         c = await connect()
         await c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
         await wait_until(lambda: written > 0, timeout=5)
         (conn,) = server.connections
         await wait_until(lambda: conn._write_paused, timeout=5, what="writing paused")
-        assert not done and written < 16 * 1024 * 1024
+        assert written < 16 * 1024 * 1024
+        # No byte taken for client_idle: the server gives up on the client.
+        await wait_until(lambda: bool(outcome), timeout=10, what="the handler stopped")
+        assert outcome == ["client stopped reading"]
+        await wait_until(lambda: not server.connections, timeout=5)
 
 
 async def test_shutdown_finishes_responses_in_progress_and_refuses_new_connections() -> None:
