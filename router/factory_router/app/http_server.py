@@ -396,11 +396,12 @@ class _Connection(asyncio.Protocol):
             log.exception("request handler failed", extra={"fields": {"path": request.path}})
             if not request._started:
                 request.keep_alive = False
-                request.respond(
-                    500,
-                    {"content-type": "application/json"},
-                    error_body(500, "The router failed to handle the request."),
-                )
+                with contextlib.suppress(ClientGone):
+                    request.respond(
+                        500,
+                        {"content-type": "application/json"},
+                        error_body(500, "The router failed to handle the request."),
+                    )
             else:
                 request.abort()
         finally:
