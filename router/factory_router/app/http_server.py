@@ -8,25 +8,28 @@ httptools (llhttp, the parser of Node.js and uvicorn); this module only frames m
 and runs the connection's life.
 
 What it does, and only that:
-- HTTP/1.0 and 1.1, keep-alive, pipelined requests answered in order, one at a time
-  (reading pauses while one waits);
+- HTTP/1.0 and 1.1, keep-alive, pipelined requests answered in order, one at a time;
+  reading pauses while one waits, and the next is run only once the client has taken
+  the previous answer; nothing behind a response that closes the connection is served;
 - a request reaches its handler once its body is complete; a body declared or grown
   beyond `max_body_bytes` reaches it at once, flagged and unread (the handler answers 413;
   what the client still sends is read and dropped, then the connection closes);
-- a head larger than `max_head_bytes` gets 431, a malformed request 400, both in
-  OpenAI's error shape, and the connection closes;
+- a head larger than `max_head_bytes` (an endless header line included) gets 431, a
+  malformed request 400, both in OpenAI's error shape, and the connection closes;
 - a connection idle between requests for `client_idle` seconds, or a request not
   received whole within `client_request` seconds of its first byte, is closed;
 - a response is written whole (one write) or streamed (chunked, or sized by its
   Content-Length), with write back-pressure; a client that takes no bytes for
-  `client_idle` seconds is disconnected;
+  `client_idle` seconds is disconnected, a closing connection included;
 - a client that disconnects before its response is complete cancels the handler, which
   is how an abandoned stream closes its upstream request;
 - shutdown: stop listening, close idle connections, let the requests in progress finish
   within a grace period, then abort what is left.
 
 Upgrades (h2c, websockets) are not served: such a request is answered over HTTP/1.1 and
-the connection closes after it.
+the connection closes after it. While a pipelined request waits (reading paused), a
+client that disconnects is noticed only when an answer is written to it; clients of an
+OpenAI API do not pipeline.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class Request:
         "body",
         "body_too_large",
         "headers",
+        "http11",
         "keep_alive",
         "method",
         "path",
@@ -99,6 +103,7 @@ class Request:
         path: str,
         query_string: str,
         headers: dict[str, str],
+        http11: bool,
         keep_alive: bool,
     ) -> None:
         self._conn = conn
@@ -106,6 +111,7 @@ class Request:
         self.path = path
         self.query_string = query_string
         self.headers = headers
+        self.http11 = http11
         self.keep_alive = keep_alive
         self.body = b""
         self.body_too_large = False
@@ -145,7 +151,7 @@ class Request:
         (HTTP/1.1) or ended by closing the connection (HTTP/1.0)."""
         self._begin()
         if content_length is None:
-            if self._conn.http11:
+            if self.http11:
                 self._chunked = True
             else:
                 self.keep_alive = False
@@ -173,6 +179,7 @@ class Request:
         """Close the connection mid-response: the client sees a truncated answer, not a
         clean end."""
         self.keep_alive = False
+        self._done = True  # as complete as it will get
         self._conn.close()
 
     def _begin(self) -> None:
@@ -195,6 +202,8 @@ class Request:
             lines.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
+        elif not self.http11:  # HTTP/1.0 closes unless told otherwise
+            lines.append(b"connection: keep-alive\r\n")
         lines.append(self._conn.server.date_line())
         lines.append(b"\r\n")
         return b"".join(lines)
@@ -221,8 +230,12 @@ class _Connection(asyncio.Protocol):
         self._limits = server.limits
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self.http11 = True
         self.closing = False  # close once the response in progress is complete
+        self._refused = False  # answered (or will answer) a broken request: read no more
+        self._dropping = False  # after a body over the limit: no further request is served
+        self._head_open = False  # a request's head has begun and not ended
+        self._raw_head = 0  # bytes received while a head stayed incomplete
+        self._close_deadline: float | None = None  # closing; abort if not flushed by then
         self._lost = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -250,6 +263,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
+        if self._refused:
+            return  # the parser is in its error state; nothing more is read
+        head_was_open = self._head_open
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -265,6 +281,14 @@ class _Connection(asyncio.Protocol):
                 self._refuse(500, "The router failed to read the request.")
         except httptools.HttpParserError as exc:
             self._refuse(400, f"Malformed HTTP request: {exc}.")
+        else:
+            # llhttp hands over a header only once it ends, so an endless header line is
+            # counted here, as raw bytes of a head that is still open.
+            if head_was_open and self._head_open:
+                self._raw_head += len(data)
+                if self._raw_head > self._limits.max_head_bytes:
+                    limit = self._limits.max_head_bytes
+                    self._refuse(431, f"Request head exceeds {limit} bytes.")
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -299,6 +323,8 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._receiving_since = self._loop.time()
+        self._head_open = True
+        self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -312,25 +338,31 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = text if seen is None else f"{seen}, {text}"
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         parser = self._parser
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
             raise _Refused(400, "Malformed request target.") from None
-        self.http11 = parser.get_http_version() == "1.1"
+        http11 = parser.get_http_version() == "1.1"
         request = Request(
             self,
             method=parser.get_method().decode("ascii", "replace"),
             path=(url.path or b"/").decode("latin-1"),
             query_string=(url.query or b"").decode("latin-1"),
             headers=self._headers,
+            http11=http11,
             keep_alive=parser.should_keep_alive() and not self.closing,
         )
         self._request = request
         declared = request.content_length
         if declared is not None and declared > self._limits.max_body_bytes:
             self._too_large(request)
-        elif self._headers.get("expect", "").lower() == "100-continue" and self.http11:
+        elif (
+            self._headers.get("expect", "").lower() == "100-continue"
+            and http11
+            and self._task is None  # never inside another response on the wire
+        ):
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -355,6 +387,8 @@ class _Connection(asyncio.Protocol):
             if self._task is None and not self._pending:
                 self.close()
             return
+        if self._dropping:
+            return  # pipelined behind a body over the limit: not served
         body = self._body
         request.body = body[0] if len(body) == 1 else b"".join(body)
         self._body = []
@@ -370,7 +404,7 @@ class _Connection(asyncio.Protocol):
     def _too_large(self, request: Request) -> None:
         request.body_too_large = True
         request.keep_alive = False
-        self.closing = True
+        self._dropping = True
         self._linger_until = self._loop.time() + _LINGER_SECONDS
         self._dispatch(request)
 
@@ -390,6 +424,9 @@ class _Connection(asyncio.Protocol):
                 raise RuntimeError(f"handler for {request.path} sent no response")
             if not request.complete:
                 await request.end()
+            # The answer is taken before the next request is read or run: a client that
+            # pipelines without reading cannot pile answers up in memory.
+            await self.drain()
         except (asyncio.CancelledError, ClientGone):
             pass  # the client left (or shutdown aborted it): nothing to answer
         except Exception:
@@ -413,23 +450,30 @@ class _Connection(asyncio.Protocol):
         """After a response: the next request received, else close or read on."""
         if self._lost:
             return
-        if self._pending:  # received before any decision to close: answered too
+        if self._pending and done.keep_alive:
             request = self._pending.popleft()
             self._running = request
             self._task = self._loop.create_task(self._run(request))
             return
-        if self._linger_until is None and (not done.keep_alive or self.closing):
-            self.close()
+        if self._linger_until is not None:
+            # The 413 is out; the rest of its body is still arriving: read and drop it,
+            # then close (at its end, or at the linger deadline).
+            if self._transport is not None:
+                self._transport.resume_reading()
             return
-        # Read on: the next request, or the rest of a refused body (the connection
-        # closes when that body ends, or at the linger deadline).
+        if not done.keep_alive or self.closing:
+            self.close()  # requests pipelined behind a closing response are not served
+            return
         self.last_active = self._loop.time()
         if self._transport is not None:
             self._transport.resume_reading()
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request that no handler will see, then close."""
+        """Answer a request that no handler will see, then close; read no more."""
         self.closing = True
+        self._refused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
         if self._task is None and not self._pending:
             self._answer_and_close(status, message)
         # else: the responses in progress finish first; the connection then closes
@@ -465,8 +509,12 @@ class _Connection(asyncio.Protocol):
                 raise ClientGone("client stopped reading") from None
 
     def close(self) -> None:
+        """Close once what is written has been sent; abort if the client has not taken it
+        within `client_idle` seconds."""
         if self._transport is not None and not self._lost:
             self._transport.close()
+            if self._close_deadline is None:
+                self._close_deadline = self._loop.time() + self._limits.client_idle
 
     def abort(self) -> None:
         if self._transport is not None and not self._lost:
@@ -479,6 +527,10 @@ class _Connection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Close the connection if it idled or sent too slowly for too long."""
+        if self._close_deadline is not None:
+            if now > self._close_deadline:
+                self.abort()  # closed, but the client never took the rest
+            return
         if self._task is not None:
             return  # a response is in progress: its own timeouts apply
         if self._linger_until is not None and now > self._linger_until:

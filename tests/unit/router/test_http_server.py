@@ -336,3 +336,82 @@ async def test_an_upgrade_request_is_answered_over_http11_then_closed() -> None:
         await c.send(b"GET /u HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n")
         raw = await c.raw()
         assert raw.startswith(b"HTTP/1.1 200 ") and b"connection: close" in raw
+
+
+async def test_a_client_that_pipelines_without_reading_gets_no_more_answers_queued() -> None:
+    answered = 0
+
+    async def big(request: Request) -> None:
+        nonlocal answered
+        answered += 1
+        request.respond(200, {}, b"x" * 65536)
+
+    async with serving(big) as (server, connect):
+        c = await connect()
+        c.writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n" * 2000)  # 128 MiB of answers
+        await wait_until(lambda: bool(server.connections), timeout=5)
+        (conn,) = server.connections
+        await wait_until(lambda: conn._write_paused, timeout=5, what="writing paused")
+        # The next request waits for the answer to be taken: nothing piles up.
+        assert answered < 100
+        assert conn._transport is not None
+        assert conn._transport.get_write_buffer_size() < 8 * 65536
+
+
+async def test_an_endless_header_line_is_a_431() -> None:
+    async with serving(echo) as (server, connect):
+        c = await connect()
+        await c.send(b"GET / HTTP/1.1\r\nx-endless: ")
+        await wait_until(lambda: any(conn._head_open for conn in server.connections), timeout=5)
+        for _ in range(4):  # llhttp hands a header over only once it ends
+            await c.send(b"a" * 1024)
+        assert parse_one(await c.raw()).status == 431
+
+
+async def test_nothing_is_served_behind_a_closing_response() -> None:
+    seen: list[str] = []
+
+    async def handler(request: Request) -> None:
+        seen.append(request.path)
+        if request.path == "/stream":  # HTTP/1.0: no length, so the close ends the body
+            await request.start(200, {"content-type": "text/event-stream"})
+            await request.write(b"data: 1\n\n")
+            return
+        await echo(request)
+
+    async with serving(handler) as (_, connect):
+        c = await connect()
+        ka = "connection: keep-alive\r\n"
+        await c.send(f"GET /stream HTTP/1.0\r\n{ka}\r\nGET /after HTTP/1.0\r\n{ka}\r\n".encode())
+        raw = await c.raw()
+        assert raw.count(b"HTTP/1.1 ") == 1 and raw.endswith(b"data: 1\n\n")
+        # Behind a body over the limit: the 413, and nothing more.
+        c = await connect()
+        big = post("/big", b"x" * 2000)
+        await c.send(big + post("/v1/chat/completions", b"{}"))
+        raw = await c.raw()
+        assert raw.count(b"HTTP/1.1 ") == 1 and parse_one(raw).json()["too_large"] is True
+        # HTTP/1.0 keep-alive is said so, and kept.
+        c = await connect()
+        await c.send(f"GET /ka HTTP/1.0\r\n{ka}\r\n".encode())
+        (answer,) = await c.answers(1)
+        assert answer.headers["connection"] == "keep-alive"
+        await c.send(b"GET /again HTTP/1.1\r\nhost: t\r\n\r\n")
+        await c.answers(1)
+    assert seen == ["/stream", "/big", "/ka", "/again"]
+
+
+async def test_a_closed_connection_whose_client_does_not_read_is_aborted() -> None:
+    limits = ServerLimits(
+        max_head_bytes=2048, max_body_bytes=1024, client_idle=1.0, client_request=30.0
+    )
+
+    async def huge(request: Request) -> None:
+        request.keep_alive = False  # answer, then close (which waits for the bytes to go)
+        request.respond(200, {}, b"x" * 16 * 1024 * 1024)
+
+    async with serving(huge, limits) as (server, connect):
+        c = await connect()
+        await c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")  # and never read
+        await wait_until(lambda: bool(server.connections), timeout=5)
+        await wait_until(lambda: not server.connections, timeout=10, what="aborted")
