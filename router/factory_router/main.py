@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     idle_timeout: float = Field(_T.idle, gt=0, description="max gap between chunks")
     grace_period: float = Field(_T.grace_period, ge=0, description="shutdown drain time")
     max_body_bytes: int = Field(_L.max_body_bytes, gt=0)
+    max_head_bytes: int = Field(_L.max_head_bytes, gt=0, description="request line + headers")
+    client_idle_timeout: float = Field(
+        _T.client_idle, gt=0, description="client connection between requests, or not reading"
+    )
+    client_request_timeout: float = Field(
+        _T.client_request, gt=0, description="a client's request, first byte to last"
+    )
     max_connections: int = Field(_L.max_connections, gt=0)
     max_connections_per_host: int = Field(_L.max_connections_per_host, gt=0)
     max_attempts: int = Field(_L.max_attempts, ge=1, description="per request, first included")
@@ -107,11 +114,14 @@ class Settings(BaseSettings):
                 first_byte=self.first_byte_timeout,
                 idle=self.idle_timeout,
                 grace_period=self.grace_period,
+                client_idle=self.client_idle_timeout,
+                client_request=self.client_request_timeout,
             ),
             limits=Limits(
                 max_connections=self.max_connections,
                 max_connections_per_host=self.max_connections_per_host,
                 max_body_bytes=self.max_body_bytes,
+                max_head_bytes=self.max_head_bytes,
                 max_attempts=self.max_attempts,
             ),
             retry_budget=RetryBudgetConfig(),

@@ -35,13 +35,19 @@ def test_settings_from_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             "least-request",
             "--first-byte-timeout",
             "2.5",
+            "--client-idle-timeout",
+            "10",
+            "--max-head-bytes",
+            "8192",
         ]
     )
     assert (
         PolicyName(s.policy) is PolicyName.LEAST_REQUEST
         and s.prometheus_url == "http://127.0.0.1:9090"
     )
-    assert s.router_config().timeouts.first_byte == 2.5
+    config = s.router_config()
+    assert config.timeouts.first_byte == 2.5 and config.timeouts.client_idle == 10
+    assert config.limits.max_head_bytes == 8192 and config.timeouts.client_request == 60
     with pytest.raises(ValidationError):
         Settings(_cli_parse_args=["--region", "r", "--tenants", "t"])  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
