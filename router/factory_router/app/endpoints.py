@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factory_router.app.http import placement_headers, request_id, send_error, send_json
-from factory_router.app.http_server import Request
+from factory_router.app.http_message import Request
 from factory_router.app.state import RouterState
 from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError
 from factory_router.policy.policies import RouteRequest

@@ -6,7 +6,7 @@ import json
 import secrets
 from typing import Any
 
-from factory_router.app.http_server import Request
+from factory_router.app.http_message import Request
 from factory_router.policy.errors import BadRequest, PayloadTooLarge, RouterError
 
 # Forwarded to engines (an allowlist: the tenant's Authorization never leaves the router).

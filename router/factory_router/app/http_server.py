@@ -4,8 +4,8 @@ Why not a web framework: at 100 req/s (bench/router_overhead) most of the router
 latency was the server side. A pass-through on aiohttp's server, and a bare ASGI app on
 uvicorn, both added about 0.5 ms p50 to a JSON request; the same pass-through on asyncio
 protocols with llhttp added 0.3 ms, and used half the CPU per request. Parsing is
-httptools (llhttp, the parser of Node.js and uvicorn); this module only frames messages
-and runs the connection's life.
+httptools (llhttp, the parser of Node.js and uvicorn); this module runs the connection's
+life, and `http_message` frames the responses.
 
 What it does, and only that:
 - HTTP/1.0 and 1.1, keep-alive, pipelined requests answered in order, one at a time;
@@ -43,21 +43,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import parse_qsl
 
 import httptools
 
+from factory_router.app.http_message import ClientGone, Request, error_response
+from factory_router.policy.errors import BadRequest, HeadTooLarge, RequestTimeout, RouterError
+
 log = logging.getLogger("factory_router.http")
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _SWEEP_SECONDS = 1.0  # how often idle and slow connections are looked for
 _LINGER_SECONDS = 5.0  # after a 413, how long the rest of a body is read and dropped
-
-
-class ClientGone(ConnectionResetError):
-    """The client's connection closed before the response was complete."""
 
 
 @dataclass(frozen=True)
@@ -68,157 +64,7 @@ class ServerLimits:
     client_request: float  # seconds from a request's first byte to its last
 
 
-def error_body(status: int, message: str) -> bytes:
-    """OpenAI's error shape, for what the server refuses before any handler runs."""
-    kind = "invalid_request_error" if status < 500 else "api_error"
-    doc = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return json.dumps(doc).encode()
-
-
-class Request:
-    """One request and the means to answer it: `respond()` in one write, or `start()`,
-    `write()`..., `end()` for a stream. Header names are lower-case; a repeated header's
-    values are joined with ", "."""
-
-    __slots__ = (
-        "_chunked",
-        "_conn",
-        "_done",
-        "_started",
-        "body",
-        "body_too_large",
-        "headers",
-        "http11",
-        "keep_alive",
-        "method",
-        "path",
-        "query_string",
-    )
-
-    def __init__(
-        self,
-        conn: _Connection,
-        *,
-        method: str,
-        path: str,
-        query_string: str,
-        headers: dict[str, str],
-        http11: bool,
-        keep_alive: bool,
-    ) -> None:
-        self._conn = conn
-        self.method = method
-        self.path = path
-        self.query_string = query_string
-        self.headers = headers
-        self.http11 = http11
-        self.keep_alive = keep_alive
-        self.body = b""
-        self.body_too_large = False
-        self._started = False
-        self._done = False
-        self._chunked = False
-
-    @property
-    def query(self) -> dict[str, str]:
-        """Query parameters (the first value of a repeated one)."""
-        params: dict[str, str] = {}
-        for name, value in parse_qsl(self.query_string):
-            params.setdefault(name, value)
-        return params
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length", "")
-        return int(value) if value.isdigit() else None
-
-    @property
-    def complete(self) -> bool:
-        """The whole response has been handed to the connection."""
-        return self._done
-
-    def respond(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-        """The whole response in one write."""
-        self._begin()
-        self._done = True
-        head = self._head(status, headers, len(body))
-        self._conn.write(head if self.method == "HEAD" else head + body)
-
-    async def start(
-        self, status: int, headers: dict[str, str], content_length: int | None = None
-    ) -> None:
-        """Send the head of a streamed response: sized by `content_length`, else chunked
-        (HTTP/1.1) or ended by closing the connection (HTTP/1.0)."""
-        self._begin()
-        if content_length is None:
-            if self.http11:
-                self._chunked = True
-            else:
-                self.keep_alive = False
-        self._conn.write(self._head(status, headers, content_length))
-        await self._conn.drain()
-
-    async def write(self, chunk: bytes) -> None:
-        """One piece of the body, sent as it is (raises ClientGone once the client left)."""
-        if not chunk:
-            return
-        if self._chunked:
-            self._conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            self._conn.write(chunk)
-        await self._conn.drain()
-
-    async def end(self) -> None:
-        """The body is complete."""
-        self._done = True
-        if self._chunked:
-            self._conn.write(b"0\r\n\r\n")
-        await self._conn.drain()
-
-    def abort(self) -> None:
-        """Close the connection mid-response: the client sees a truncated answer, not a
-        clean end."""
-        self.keep_alive = False
-        self._done = True  # as complete as it will get
-        self._conn.close()
-
-    def _begin(self) -> None:
-        if self._started:
-            raise RuntimeError("response already started")
-        self._started = True
-        if self._conn.closing:
-            self.keep_alive = False
-
-    def _head(self, status: int, headers: dict[str, str], length: int | None) -> bytes:
-        reason = _REASONS.get(status, b"Unknown")
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:  # never a header injection
-                continue
-            lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
-        if length is not None:
-            lines.append(b"content-length: %d\r\n" % length)
-        elif self._chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        elif not self.http11:  # HTTP/1.0 closes unless told otherwise
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(self._conn.server.date_line())
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-
 Handler = Callable[[Request], Awaitable[None]]
-
-
-class _Refused(Exception):
-    """A request the server answers itself (status, message), then closes."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class _Connection(asyncio.Protocol):
@@ -233,7 +79,6 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # close once the response in progress is complete
         self._refused = False  # answered (or will answer) a broken request: read no more
         self._dropping = False  # after a body over the limit: no further request is served
-        self._head_open = False  # a request's head has begun and not ended
         self._raw_head = 0  # bytes received while a head stayed incomplete
         self._close_deadline: float | None = None  # closing; abort if not flushed by then
         self._lost = False
@@ -265,7 +110,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = self._loop.time()
         if self._refused:
             return  # the parser is in its error state; nothing more is read
-        head_was_open = self._head_open
+        head_was_open = self.head_open
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -274,21 +119,20 @@ class _Connection(asyncio.Protocol):
                 self._transport.pause_reading()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
-            if isinstance(cause, _Refused):
-                self._refuse(cause.status, cause.message)
+            if isinstance(cause, RouterError):
+                self._refuse(cause)
             else:
                 log.exception("request parsing failed")
-                self._refuse(500, "The router failed to read the request.")
+                self._refuse(RouterError("The router failed to read the request."))
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"Malformed HTTP request: {exc}.")
+            self._refuse(BadRequest(f"Malformed HTTP request: {exc}."))
         else:
             # llhttp hands over a header only once it ends, so an endless header line is
             # counted here, as raw bytes of a head that is still open.
-            if head_was_open and self._head_open:
+            if head_was_open and self.head_open:
                 self._raw_head += len(data)
                 if self._raw_head > self._limits.max_head_bytes:
-                    limit = self._limits.max_head_bytes
-                    self._refuse(431, f"Request head exceeds {limit} bytes.")
+                    self._refuse(self._head_too_large())
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -323,7 +167,6 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._receiving_since = self._loop.time()
-        self._head_open = True
         self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
@@ -338,12 +181,11 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = text if seen is None else f"{seen}, {text}"
 
     def on_headers_complete(self) -> None:
-        self._head_open = False
         parser = self._parser
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
-            raise _Refused(400, "Malformed request target.") from None
+            raise BadRequest("Malformed request target.") from None
         http11 = parser.get_http_version() == "1.1"
         request = Request(
             self,
@@ -396,10 +238,18 @@ class _Connection(asyncio.Protocol):
 
     # -- requests and responses ---------------------------------------------------------
 
+    @property
+    def head_open(self) -> bool:
+        """A request's head has begun and not ended."""
+        return self._receiving_since is not None and self._request is None
+
     def _count_head(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > self._limits.max_head_bytes:
-            raise _Refused(431, f"Request head exceeds {self._limits.max_head_bytes} bytes.")
+            raise self._head_too_large()
+
+    def _head_too_large(self) -> HeadTooLarge:
+        return HeadTooLarge(f"Request head exceeds {self._limits.max_head_bytes} bytes.")
 
     def _too_large(self, request: Request) -> None:
         request.body_too_large = True
@@ -433,11 +283,12 @@ class _Connection(asyncio.Protocol):
             log.exception("request handler failed", extra={"fields": {"path": request.path}})
             if not request._started:
                 request.keep_alive = False
+                err = RouterError("The router failed to handle the request.")
                 with contextlib.suppress(ClientGone):
                     request.respond(
-                        500,
+                        err.status,
                         {"content-type": "application/json"},
-                        error_body(500, "The router failed to handle the request."),
+                        json.dumps(err.body()).encode(),
                     )
             else:
                 request.abort()
@@ -468,25 +319,19 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.resume_reading()
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, err: RouterError) -> None:
         """Answer a request that no handler will see, then close; read no more."""
         self.closing = True
         self._refused = True
         if self._transport is not None:
             self._transport.pause_reading()
         if self._task is None and not self._pending:
-            self._answer_and_close(status, message)
+            self.write(error_response(err, self.date_line()))
+            self.close()
         # else: the responses in progress finish first; the connection then closes
 
-    def _answer_and_close(self, status: int, message: str) -> None:
-        reason = _REASONS.get(status, b"Unknown")
-        body = error_body(status, message)
-        head = (
-            b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n%b\r\n"
-        ) % (status, reason, len(body), self.server.date_line())
-        self.write(head + body)
-        self.close()
+    def date_line(self) -> bytes:
+        return self.server.date_line()
 
     def write(self, data: bytes) -> None:
         if self._lost or self._transport is None:
@@ -537,7 +382,7 @@ class _Connection(asyncio.Protocol):
             self.close()
         elif self._receiving_since is not None:
             if now - self._receiving_since > self._limits.client_request:
-                self._refuse(408, "The request was not received in time.")
+                self._refuse(RequestTimeout("The request was not received in time."))
         elif now - self.last_active > self._limits.client_idle:
             self.close()
 

@@ -22,7 +22,7 @@ from factory_router.app.http import (
     request_id,
     send_error,
 )
-from factory_router.app.http_server import ClientGone, Request
+from factory_router.app.http_message import ClientGone, Request
 from factory_router.app.state import RouterState
 from factory_router.policy.affinity import prefix_key
 from factory_router.policy.errors import (

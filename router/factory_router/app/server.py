@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from factory_router.app import endpoints, proxy
-from factory_router.app.http_server import HttpServer, Request, ServerLimits
+from factory_router.app.http_message import Request
+from factory_router.app.http_server import HttpServer, ServerLimits
 from factory_router.app.probes import run_probes
 from factory_router.app.reload import FileWatcher
 from factory_router.app.state import RouterState

@@ -5,7 +5,9 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     RouterError                      (500, api_error)      base; never raised bare
     ├── BadRequest                   (400, invalid_request_error)
     │   └── InvalidResidency         (400, code=invalid_residency)   bad x-factory-residency
+    ├── RequestTimeout               (408, code=request_timeout)     request not received in time
     ├── PayloadTooLarge              (413, code=payload_too_large)
+    ├── HeadTooLarge                 (431, code=head_too_large)      request line + headers
     ├── Unauthenticated              (401, code=invalid_api_key)
     ├── Forbidden                    (403, permission_error)
     │   └── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
@@ -60,6 +62,18 @@ class BadRequest(RouterError):
 
 class InvalidResidency(BadRequest):
     code = "invalid_residency"
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadTooLarge(RouterError):
+    status = 431
+    type = "invalid_request_error"
+    code = "head_too_large"
 
 
 class PayloadTooLarge(RouterError):

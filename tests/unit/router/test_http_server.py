@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 import httptools
 import pytest
 
-from factory_router.app.http_server import ClientGone, HttpServer, Request, ServerLimits
+from factory_router.app.http_message import ClientGone, Request
+from factory_router.app.http_server import HttpServer, ServerLimits
 from tests.unit.router.router_testkit import wait_until
 
 LIMITS = ServerLimits(
@@ -362,7 +363,7 @@ async def test_an_endless_header_line_is_a_431() -> None:
     async with serving(echo) as (server, connect):
         c = await connect()
         await c.send(b"GET / HTTP/1.1\r\nx-endless: ")
-        await wait_until(lambda: any(conn._head_open for conn in server.connections), timeout=5)
+        await wait_until(lambda: any(conn.head_open for conn in server.connections), timeout=5)
         for _ in range(4):  # llhttp hands a header over only once it ends
             await c.send(b"a" * 1024)
         assert parse_one(await c.raw()).status == 431
