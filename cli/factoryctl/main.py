@@ -1,4 +1,4 @@
-"""The `factoryctl` command line (typer): `factoryctl dev tools|up|down|status|env`."""
+"""The `factoryctl` command line (typer): `factoryctl dev tools|vllm|up|down|status|env`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,23 @@ def tools(json_output: JsonOption = False) -> None:
     else:
         for name, path in toolchain.as_dict().items():
             print(f"{name:<24} {path}")
+
+
+@dev.command()
+def vllm(json_output: JsonOption = False) -> None:
+    """Install the pinned real vLLM (CPU build) and make the tiny model, into the cache."""
+    from factoryctl.vllm_env import ensure_tiny_model, ensure_vllm  # noqa: PLC0415
+
+    try:
+        env = ensure_vllm(_progress)
+        values = {**env.as_dict(), "tiny-model": str(ensure_tiny_model(env, _progress))}
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+    if json_output:
+        print(json.dumps(values, indent=2))
+    else:
+        for name, value in values.items():
+            print(f"{name:<24} {value}")
 
 
 @dev.command()

@@ -12,7 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Image table (re-check on upgrades; sources cited per line).
 # vllm/vllm-openai: vLLM's OpenAI server image, `vllm serve` on 8000, /health
 # (docs.vllm.ai "Using Docker"); pinned because `latest` would silently change the revision.
-DEFAULT_NVIDIA_IMAGE = "vllm/vllm-openai:v0.12.0"
+# The same vLLM version as requirements/vllm-cpu.txt, whose real parser validates every
+# command line the operator generates (tests/integration/vllm; a unit test checks they match).
+VLLM_VERSION = "0.32.0"
+DEFAULT_NVIDIA_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # Current AWS Neuron vLLM DLC (vLLM Neuron plugin, Neuron SDK 2.33): targets Trn2/Trn3 only
 # (awsdocs-neuron "Install PyTorch via Deep Learning Container", v2.33.0).
 NEURON_CURRENT_IMAGE = (
