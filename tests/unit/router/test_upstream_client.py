@@ -1,6 +1,7 @@
-"""The router's HTTP/1.1 upstream client against real sockets: scripted servers on
-127.0.0.1 that answer each request the way a test needs (keep-alive, chunked, close-
-delimited, idle close, malformed, slow), and a TLS server with a throw-away certificate."""
+"""The router's upstream client (aiohttp's, with `reuse_guard`) against real sockets:
+scripted servers on 127.0.0.1 that answer each request the way a test needs (keep-alive,
+chunked, close-delimited, idle close, malformed, slow), and a TLS server with a throw-away
+certificate. Misbehaving upstreams and tenant isolation: test_upstream_isolation.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import pytest
 from factory_router.policy.config import Limits, Timeouts
 from factory_router.policy.fleet import Backend
 from factory_router.upstream.client import AttemptFailed, UpstreamClient
-from factory_router.upstream.http1 import ConnectionPool, Origin, request_head
 from tests.unit.router.router_testkit import wait_until
 
 
@@ -103,7 +103,11 @@ def backend(url: str) -> Backend:
 
 @contextlib.asynccontextmanager
 async def client(**limits: float) -> AsyncIterator[UpstreamClient]:
-    timeouts = Timeouts(first_byte=float(limits.pop("first_byte", 5.0)), idle=2.0)
+    timeouts = Timeouts(
+        first_byte=float(limits.pop("first_byte", 5.0)),
+        pool_acquire=float(limits.pop("pool_acquire", 5.0)),
+        idle=float(limits.pop("idle", 2.0)),
+    )
     c = UpstreamClient(timeouts, Limits(**limits))  # type: ignore[arg-type]
     await c.start()
     try:
@@ -116,7 +120,7 @@ async def fetch(c: UpstreamClient, url: str, body: bytes = b"{}") -> tuple[int, 
     opened = await c.open(backend(url), "POST", "/v1/chat/completions", body, {})
     parts = [opened.first_chunk]
     try:
-        while chunk := await opened.response.read(2.0):
+        while chunk := await opened.response.read():
             parts.append(chunk)
     finally:
         opened.close()
@@ -143,20 +147,24 @@ async def test_request_carries_path_prefix_host_headers_and_body() -> None:
         )
         opened.close()
     head, _, body = srv.requests[0].partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"POST /eu/v1/completions HTTP/1.1"
+    lines = head.lower().split(b"\r\n")  # header names are case-insensitive
+    assert lines[0] == b"post /eu/v1/completions http/1.1"
     port = srv.url.rsplit(":", 1)[1]
     assert f"host: 127.0.0.1:{port}".encode() in lines
     assert b"x-request-id: r1" in lines and b"content-length: 7" in lines
     assert body == b'{"a":1}'
 
 
-def test_header_values_with_line_breaks_are_never_written() -> None:
-    origin = Origin.parse("http://engine:8000")
-    head = request_head("POST", origin, "/v1/x", {"a": "ok", "b": "x\r\nevil: 1"}, 0)
-    assert head == (
-        b"POST /v1/x HTTP/1.1\r\nhost: engine:8000\r\na: ok\r\ncontent-length: 0\r\n\r\n"
-    )
+async def test_header_values_with_line_breaks_are_never_written() -> None:
+    async def ok(conn: int, n: int, req: bytes) -> bytes:
+        return reply(b"{}")
+
+    async with scripted(ok) as srv, client() as c:
+        headers = {"a": "ok", "b": "x\r\nevil: 1", "c": "y\nevil: 2"}
+        opened = await c.open(backend(srv.url), "POST", "/v1/x", b"", headers)
+        opened.close()
+    head = srv.requests[0].split(b"\r\n\r\n")[0].lower()
+    assert b"\r\na: ok" in head and b"evil" not in head and b"\r\nb:" not in head
 
 
 async def test_chunked_and_close_delimited_bodies_arrive_whole() -> None:
@@ -259,11 +267,11 @@ async def test_stream_abandoned_midway_disconnects_the_engine() -> None:
             b"transfer-encoding: chunked\r\n\r\n4\r\nab\n\n\r\n"  # and never the end
         )
 
-    async with scripted(stream) as srv, client() as c:
+    async with scripted(stream) as srv, client(idle=0.2) as c:
         opened = await c.open(backend(srv.url), "POST", "/v1/chat/completions", b"{}", {})
         assert opened.first_chunk == b"ab\n\n" and opened.streamed
         with pytest.raises(TimeoutError):
-            await opened.response.read(0.1)  # the idle limit between chunks
+            await opened.response.read()  # the idle limit between chunks
         opened.close()
         assert c.connections == 0
         await wait_until(lambda: srv.open_now == 0, timeout=2, what="engine saw the close")
@@ -285,18 +293,15 @@ async def test_connection_limit_per_origin_queues_then_times_out() -> None:
         assert srv.connections == 1  # the second waited for the first's connection
 
     gate.clear()
-    async with scripted(gated) as srv:
-        pool = ConnectionPool(
-            max_connections=8, max_per_origin=1, keepalive_expiry=30,
-            connect_timeout=1, acquire_timeout=0.2,
-        )  # fmt: skip
-        origin = Origin.parse(srv.url)
-        held = await pool.acquire(origin)
-        with pytest.raises(TimeoutError, match="no free upstream connection"):
-            await pool.acquire(origin)
-        held.close()
-        (await pool.acquire(origin)).close()  # the slot came back
-        await pool.close()
+    async with scripted(gated) as srv, client(max_connections_per_host=1, pool_acquire=0.2) as c:
+        held = asyncio.create_task(fetch(c, srv.url))
+        await wait_until(lambda: len(srv.requests) == 1, timeout=2, what="first request")
+        with pytest.raises(AttemptFailed) as info:
+            await fetch(c, srv.url)
+        assert info.value.kind == "pool"  # the router's own limit, not the engine's fault
+        gate.set()
+        assert await held == (200, b"ok")
+        assert await fetch(c, srv.url) == (200, b"ok")  # the slot came back
 
 
 async def test_expired_idle_connections_are_not_reused() -> None:
@@ -324,27 +329,20 @@ async def test_https_origin_with_verified_certificate(tmp_path: Path) -> None:
         return reply(b"secret-free")
 
     async with scripted(ok, server_ctx) as srv:
-        trusting = ConnectionPool(
-            max_connections=4, max_per_origin=4, keepalive_expiry=30, connect_timeout=2,
-            acquire_timeout=1, ssl_context=ssl.create_default_context(cafile=str(cert)),
-        )  # fmt: skip
-        origin = Origin.parse(srv.url)
-        conn = await trusting.acquire(origin)
-        response = await conn.begin(request_head("GET", origin, "/health", {}, None))
-        assert response.status == 200 and await response.read(2) == b"secret-free"
-        response.release()
+        trusting = UpstreamClient(
+            Timeouts(), Limits(), ssl_context=ssl.create_default_context(cafile=str(cert))
+        )
+        await trusting.start()
+        assert await trusting.probe(backend(srv.url), {}) is not None
+        assert await fetch(trusting, srv.url) == (200, b"secret-free")
         await trusting.close()
 
         # The system trust store does not know this certificate: refused, not sent.
-        untrusting = ConnectionPool(
-            max_connections=4, max_per_origin=4, keepalive_expiry=30, connect_timeout=2,
-            acquire_timeout=1,
-        )  # fmt: skip
-        with pytest.raises(ssl.SSLCertVerificationError):
-            await untrusting.acquire(origin)
-        assert untrusting.connections == 0
-        await untrusting.close()
-        assert len(srv.requests) == 1
+        async with client() as untrusting:
+            with pytest.raises(AttemptFailed) as info:
+                await fetch(untrusting, srv.url)
+            assert info.value.kind == "connect" and untrusting.connections == 0
+        assert len(srv.requests) == 2
 
 
 async def test_a_reader_slower_than_the_engine_holds_a_bounded_buffer() -> None:
@@ -357,14 +355,16 @@ async def test_a_reader_slower_than_the_engine_holds_a_bounded_buffer() -> None:
     async with scripted(big) as srv, client() as c:
         opened = await c.open(backend(srv.url), "POST", "/v1/chat/completions", b"{}", {})
         writers.extend(srv.writers)
-        # Not reading: the client stops reading the socket (white-box: its own flag and
-        # buffer) and the rest of the answer waits at the engine, not in the router.
-        conn = opened.response._conn
-        await wait_until(lambda: conn._paused, timeout=5, what="the client paused reading")
-        assert conn._buffered <= 2 * 1024 * 1024, conn._buffered
-        assert writers[0].transport.get_write_buffer_size() > 0  # backpressure on the engine
+        # Not reading: the client stops reading the socket and the rest of the answer
+        # waits at the engine, not in the router (white-box: aiohttp's StreamReader).
+        transport = writers[0].transport
+        await wait_until(
+            lambda: transport.get_write_buffer_size() > 0, timeout=5, what="backpressure"
+        )
+        received_so_far = opened.response._raw.content.total_bytes
+        assert received_so_far <= 4 * 1024 * 1024, received_so_far
         received = len(opened.first_chunk)
-        while chunk := await opened.response.read(5.0):
+        while chunk := await opened.response.read():
             received += len(chunk)
         opened.close()
         assert received == size
