@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from factory_operator.api.accelerators import NODE_LABEL_SCHEMES
 from factory_operator.handlers import build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client
 from factory_operator.plan import OperatorSettings
@@ -74,9 +75,34 @@ def parse_args(argv: list[str] | None = None) -> OperatorSettings:
     parser.add_argument("--metrics-port", type=int, help="/metrics port; 0 disables")
     parser.add_argument("--metrics-address", help="/metrics listen address (default 0.0.0.0)")
     parser.add_argument("--log-format", choices=["json", "plain"])
+    parser.add_argument(
+        "--node-label-scheme",
+        choices=NODE_LABEL_SCHEMES,
+        help="node labels that tell accelerator types apart, for FleetRegions that do not "
+        "set spec.nodeLabelScheme (default gfd)",
+    )
+    parser.add_argument(
+        "--neuron-scheduler-name",
+        help="schedulerName of pods with more than one Neuron device (default my-scheduler); "
+        "'' for the default scheduler",
+    )
+    parser.add_argument(
+        "--podmonitor-label",
+        action="append",
+        dest="podmonitor_labels",
+        metavar="KEY=VALUE",
+        help="label added to every PodMonitor (repeatable), e.g. release=kube-prometheus-stack",
+    )
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if given.get("liveness_endpoint") == "":
-        given["liveness_endpoint"] = None
+    for key in ("liveness_endpoint", "neuron_scheduler_name"):
+        if given.get(key) == "":
+            given[key] = None
+    if "podmonitor_labels" in given:
+        pairs = [item.partition("=") for item in given["podmonitor_labels"]]
+        bad = [k for k, sep, _ in pairs if not k or not sep]
+        if bad:
+            parser.error(f"--podmonitor-label takes KEY=VALUE, got {bad[0]!r}")
+        given["podmonitor_labels"] = {k: v for k, _, v in pairs}
     return OperatorSettings(**given)
 
 

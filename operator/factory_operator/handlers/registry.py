@@ -149,7 +149,9 @@ def build_registry(
             try:
                 obj = await read_region(kube(), name)
                 if obj is not None:
-                    await refresh_region_status(kube(), region_model(obj))
+                    await refresh_region_status(
+                        kube(), region_model(obj), settings.node_label_scheme
+                    )
             except TransientError as err:
                 index.mark_region_stale(name)  # the next change or event tries again
                 log.warning("region status: %s", err, extra={"region": name})
@@ -193,10 +195,12 @@ def region_model(obj: Any) -> FleetRegion:
     )
 
 
-async def refresh_region_status(kube: Kube, region: FleetRegion) -> None:
+async def refresh_region_status(
+    kube: Kube, region: FleetRegion, default_scheme: str = "gfd"
+) -> None:
     """Patch a FleetRegion's status from its nodes, only when it changed."""
     nodes = [node_info(n) for n in await kube.list("v1", "Node")]
-    status = plan_region_status(region, nodes, utc_now())
+    status = plan_region_status(region, nodes, utc_now(), default_scheme)
     current = region.status.to_wire() if region.status else None
     if status.to_wire() != current:
         await kube.patch_status(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from factory_operator.api import FleetRegion, InferenceFactory
-from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.accelerators import ACCELERATOR_RESOURCES
 from factory_operator.plan import (
     ChildRef,
     DeploymentInfo,
@@ -56,9 +56,7 @@ def node_info(obj: Obj) -> NodeInfo:
     return NodeInfo(
         name=obj["metadata"]["name"],
         labels=_labels(obj),
-        allocatable={
-            r: _int(allocatable[r]) for r in RESOURCE_BY_KIND.values() if r in allocatable
-        },
+        allocatable={r: _int(allocatable[r]) for r in ACCELERATOR_RESOURCES if r in allocatable},
         ready=ready,
         schedulable=not (obj.get("spec") or {}).get("unschedulable"),
     )

@@ -139,9 +139,20 @@ def _neuron_config(args: EngineArgs | None) -> dict[str, Any]:
 
 
 def vllm_args(
-    factory: InferenceFactory, pool: Pool, engine: EngineSpec, profile: EngineProfile, tp: int
+    factory: InferenceFactory,
+    pool: Pool,
+    engine: EngineSpec,
+    profile: EngineProfile,
+    tp: int,
+    *,
+    shutdown_timeout: int,
 ) -> list[str]:
-    """The argument list of vLLM's OpenAI server for this pool."""
+    """The argument list of vLLM's OpenAI server for this pool.
+
+    ``shutdown_timeout``: seconds vLLM lets in-flight requests finish after SIGTERM
+    (``--shutdown-timeout``, vLLM 0.18+; its default 0 aborts them at once). Not passed to
+    the NxD Inference DLC (vLLM 0.16, which does not know the flag), nor when extraArgs set it.
+    """
     model = factory.spec.model
     out = [
         "--model",
@@ -171,18 +182,22 @@ def vllm_args(
         if profile.neuron is None:
             flags.append(("--gpu-memory-utilization", args.gpu_memory_utilization))
         out += [item for flag, value in flags if value is not None for item in (flag, str(value))]
-        if args.enable_prefix_caching is not None:
-            out.append(
-                "--enable-prefix-caching"
-                if args.enable_prefix_caching
-                else "--no-enable-prefix-caching"
-            )
+    prefix_caching = args.enable_prefix_caching if args is not None else None
+    if prefix_caching is None and profile.neuron is not None:
+        # vLLM V1 turns prefix caching on by default, and the Neuron plugin then asserts an
+        # explicit block size: on Neuron it is off unless asked for (and then configured).
+        prefix_caching = False
+    if prefix_caching is not None:
+        out.append("--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching")
+    extra = list(engine.extra_args or [])
+    if profile.neuron != "nxdi" and not any(a.startswith("--shutdown-timeout") for a in extra):
+        out += ["--shutdown-timeout", str(shutdown_timeout)]
     if profile.neuron is not None:
         out += _neuron_args(args, profile.neuron)
     if engine.speculative is not None:
         spec = engine.speculative.model_dump(exclude_none=True)
         out += ["--speculative-config", json.dumps(spec, sort_keys=True, separators=(",", ":"))]
-    return out + list(engine.extra_args or [])
+    return out + extra
 
 
 def _neuron_args(args: EngineArgs | None, generation: NeuronGeneration) -> list[str]:

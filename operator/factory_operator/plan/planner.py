@@ -17,11 +17,11 @@ from factory_operator.api import (
     Pool,
     PoolStatus,
 )
-from factory_operator.api.accelerators import RESOURCE_BY_KIND, type_requirement
 from factory_operator.api.errors import SpecError
 
 from .engine import merge_engine, resolve_profile, revision_hash, tensor_parallel_size, vllm_args
 from .observed import ChildRef, Observed, PodProblem
+from .placement import Placement, ambiguity, candidate_nodes, place, region_scheme
 from .settings import OperatorSettings
 from .status import summarize
 from .workload import (
@@ -34,7 +34,7 @@ from .workload import (
     service_endpoint,
 )
 
-STOP_REASONS = {"ResidencyViolation", "UnknownRegion"}
+STOP_REASONS = {"ResidencyViolation", "UnknownRegion", "AcceleratorTypeAmbiguous"}
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,15 @@ def _blocked(
     )
 
 
-def _capacity_gap(pool: Pool, selector: dict[str, str], observed: Observed) -> str | None:
+def _capacity_gap(
+    pool: Pool, selector: dict[str, str], placement: Placement, observed: Observed
+) -> str | None:
     """Why no node can host one replica, or None when one can."""
-    resource = RESOURCE_BY_KIND[pool.accelerator.kind]
+    resource = placement.resource
     wanted = {**selector, **(pool.node_selector or {})}
-    required = type_requirement(pool.accelerator.kind, pool.accelerator.type)
-    best = max((n.allocatable.get(resource, 0) for n in observed.nodes
-                if n.ready and n.schedulable
-                and all(n.labels.get(k) == v for k, v in wanted.items())
-                and (required is None or n.labels.get(required[0]) in required[1])),
-               default=0)  # fmt: skip
+    best = max((n.allocatable.get(resource, 0)
+                for n in candidate_nodes(observed.nodes, wanted, placement.requirement)
+                if n.ready and n.schedulable), default=0)  # fmt: skip
     if best >= pool.accelerator.count:
         return None
     return (
@@ -141,6 +140,10 @@ def _plan_pool(
             ),
             f"reconciled by the operator of region {pool.region}",
         )
+    scheme = region_scheme(region, settings)
+    unclear = ambiguity(pool, region, scheme)
+    if unclear is not None:
+        return _blocked(pool, jurisdiction, "AcceleratorTypeAmbiguous", unclear, ready)
     engine = merge_engine(factory.spec.engine, pool.engine)
     profile = resolve_profile(pool, engine, settings)
     if profile is None:
@@ -156,11 +159,14 @@ def _plan_pool(
     except SpecError as err:
         return _blocked(pool, jurisdiction, "InvalidSpec", str(err), ready)
 
-    args = vllm_args(factory, pool, engine, profile, tp)
+    args = vllm_args(
+        factory, pool, engine, profile, tp, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
     env = {e.name: e.value for e in (engine.env or [])}
     revision = revision_hash(
         profile.image, factory.spec.model.uri, factory.spec.model.revision, args, env
     )
+    selector = region.spec.selector(region.name)
     ctx = PoolContext(
         factory,
         pool,
@@ -169,8 +175,9 @@ def _plan_pool(
         args,
         revision,
         jurisdiction,
-        region.spec.selector(region.name),
+        selector,
         settings,
+        place(pool, scheme, selector, observed.nodes),
     )
     children = [deployment(ctx), service(ctx), pod_disruption_budget(ctx)]
     if observed.podmonitor_crd:
@@ -197,7 +204,7 @@ def _plan_pool(
             or "aws.amazon.com/neuron" in p.message
         )
     ]
-    gap = _capacity_gap(pool, ctx.region_selector, observed) if desired else None
+    gap = _capacity_gap(pool, selector, ctx.placement, observed) if desired else None
     reason: str | None = None
     message = ""
     if rejected:

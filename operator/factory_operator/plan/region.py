@@ -5,29 +5,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from factory_operator.api import FleetRegion, FleetRegionStatus
-from factory_operator.api.accelerators import RESOURCE_BY_KIND
+from factory_operator.api.accelerators import (
+    NEURON_DEVICE_RESOURCE,
+    NEURON_LEGACY_RESOURCE,
+    type_label,
+)
 from factory_operator.api.region import AcceleratorCapacity
 
 from .observed import NodeInfo
 from .status import condition
 
-PRODUCT_LABELS = ("nvidia.com/gpu.product", "node.kubernetes.io/instance-type")
+# One resource per kind and node: the Neuron device plugin advertises the same devices under
+# neurondevice and its alias neuron, which must not be counted twice.
+_KINDS = (
+    ("nvidia", ("nvidia.com/gpu",)),
+    ("neuron", (NEURON_DEVICE_RESOURCE, NEURON_LEGACY_RESOURCE)),
+)
 
 
 def plan_region_status(
-    region: FleetRegion, nodes: Sequence[NodeInfo], now: str
+    region: FleetRegion, nodes: Sequence[NodeInfo], now: str, default_scheme: str = "gfd"
 ) -> FleetRegionStatus:
-    """Nodes, ready nodes and accelerator capacity of one region."""
+    """Nodes, ready nodes and accelerator capacity of one region; the product is the value
+    of the label that names the accelerator type under the region's nodeLabelScheme."""
+    scheme = region.spec.node_label_scheme or default_scheme
     selector = region.spec.selector(region.name)
     mine = [n for n in nodes if all(n.labels.get(k) == v for k, v in selector.items())]
     usable = [n for n in mine if n.ready and n.schedulable]
     groups: dict[tuple[str, str | None], list[int]] = {}
     for node in usable:
-        product = next((node.labels[k] for k in PRODUCT_LABELS if k in node.labels), None)
-        for resource in RESOURCE_BY_KIND.values():
-            count = node.allocatable.get(resource, 0)
-            if count > 0:
-                groups.setdefault((resource, product), []).append(count)
+        for kind, resources in _KINDS:
+            resource = next((r for r in resources if node.allocatable.get(r, 0) > 0), None)
+            if resource is None:
+                continue
+            label = type_label(scheme, kind)
+            product = node.labels.get(label) if label else None
+            groups.setdefault((resource, product), []).append(node.allocatable[resource])
     capacity = [
         AcceleratorCapacity(
             resource=r, product=p, nodes=len(c), allocatable=sum(c), max_per_node=max(c)

@@ -6,8 +6,12 @@ read the same object; it does no I/O.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from factory_operator.api.accelerators import NodeLabelScheme
 
 # Image table (re-check on upgrades; sources cited per line).
 # vllm/vllm-openai: vLLM's OpenAI server image, `vllm serve` on 8000, /health
@@ -29,6 +33,11 @@ NEURON_LEGACY_IMAGE = (
     "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:"
     "0.16.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
 )
+# Seconds vLLM keeps after its --shutdown-timeout to exit (engine core and workers torn down)
+# before the kubelet's SIGKILL at the end of the grace period.
+EXIT_MARGIN_SECONDS = 10
+# A rollout's progress deadline allows the startup budget plus this (image pull, scheduling).
+PROGRESS_MARGIN_SECONDS = 600
 
 
 class OperatorSettings(BaseSettings):
@@ -94,3 +103,43 @@ class OperatorSettings(BaseSettings):
         description="Startup ceiling (download + Neuron compile, ~15 min for 8B, + load).",
     )
     shm_size: str = Field(default="8Gi", description="Memory-backed /dev/shm size.")
+    node_label_scheme: NodeLabelScheme = Field(
+        default="gfd",
+        description="Node labels that tell accelerator types apart, for FleetRegions that do "
+        "not set spec.nodeLabelScheme: gfd, karpenter, eks-auto, gke, instance-type or none.",
+    )
+    neuron_scheduler_name: str | None = Field(
+        default="my-scheduler",
+        description="schedulerName of pods that take more than one Neuron device: the "
+        "scheduler that runs the Neuron scheduler extension (the Neuron Helm chart's "
+        "scheduler.enabled=true installs it as my-scheduler). None or '': the default "
+        "scheduler (when the extension is wired into it).",
+        max_length=253,
+    )
+    karpenter_do_not_disrupt: bool = Field(
+        default=True,
+        description="Annotate engine pods in Karpenter-run regions (nodeLabelScheme karpenter "
+        "or eks-auto) with karpenter.sh/do-not-disrupt, so consolidation does not evict a "
+        "model server that takes minutes to load; drains, expiry and rollouts still move it.",
+    )
+    podmonitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on the PodMonitors, e.g. {release: kube-prometheus-stack} "
+        "to match that chart's default podMonitorSelector.",
+    )
+
+    @model_validator(mode="after")
+    def _drain_fits_grace(self) -> Self:
+        needed = self.prestop_sleep_seconds + EXIT_MARGIN_SECONDS
+        if self.termination_grace_seconds <= needed:
+            raise ValueError(
+                f"termination_grace_seconds must exceed prestop_sleep_seconds + "
+                f"{EXIT_MARGIN_SECONDS} ({needed}): vLLM needs time to drain after the preStop"
+            )
+        return self
+
+    @property
+    def shutdown_timeout_seconds(self) -> int:
+        """vLLM's --shutdown-timeout: what is left of the grace period after the preStop
+        sleep (SIGTERM comes after it), less the time vLLM needs to exit."""
+        return self.termination_grace_seconds - self.prestop_sleep_seconds - EXIT_MARGIN_SECONDS

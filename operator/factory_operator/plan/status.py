@@ -8,7 +8,13 @@ from typing import Literal
 from factory_operator.api import Condition, PoolStatus
 
 # Most specific first: the first reason present among the pools names the condition.
-BLOCKING_REASONS = ("InvalidSpec", "NoDefaultImage", "ResidencyViolation", "UnknownRegion")
+BLOCKING_REASONS = (
+    "InvalidSpec",
+    "NoDefaultImage",
+    "ResidencyViolation",
+    "UnknownRegion",
+    "AcceleratorTypeAmbiguous",
+)
 DEGRADING_REASONS = ("PodsRejected", "InsufficientAccelerators")
 Status = Literal["True", "False", "Unknown"]
 

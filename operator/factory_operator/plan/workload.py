@@ -2,7 +2,7 @@
 
 Deployment, Service, PodDisruptionBudget and (when its CRD exists) a PodMonitor, all named
 ``<factory>-<pool>``, labelled and owned by the factory (garbage collection removes them
-with it).
+with it). Where the pods go and what they request comes from ``placement``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from factory_operator.api import EngineSpec, InferenceFactory, Pool
-from factory_operator.api.accelerators import RESOURCE_BY_KIND, type_requirement
+from factory_operator.api.accelerators import RESOURCE_BY_KIND
 
 from .engine import MODEL_MOUNT, NEURON_CACHE, EngineProfile
-from .settings import OperatorSettings
+from .placement import Placement, default_requests, topology_spread
+from .settings import PROGRESS_MARGIN_SECONDS, OperatorSettings
 
 MANAGED_BY = "inference-factory"
 SERVICE_PORT = 8000
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 Manifest = dict[str, Any]
 
 
@@ -34,6 +36,7 @@ class PoolContext:
     jurisdiction: str
     region_selector: dict[str, str]
     settings: OperatorSettings
+    placement: Placement
 
     @property
     def name(self) -> str:
@@ -150,13 +153,17 @@ def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return volumes, mounts
 
 
-def _probes(ctx: PoolContext) -> dict[str, Any]:
-    get = {"path": ctx.profile.health_path, "port": "http"}
-    ceiling = (
+def _startup_budget(ctx: PoolContext) -> int:
+    return (
         ctx.settings.neuron_startup_seconds
         if ctx.profile.neuron
         else ctx.settings.nvidia_startup_seconds
     )
+
+
+def _probes(ctx: PoolContext) -> dict[str, Any]:
+    get = {"path": ctx.profile.health_path, "port": "http"}
+    ceiling = _startup_budget(ctx)
     return {
         # Model download + load (+ Neuron compilation) happen before /health answers.
         "startupProbe": {
@@ -181,10 +188,10 @@ def _probes(ctx: PoolContext) -> dict[str, Any]:
 
 
 def _resources(ctx: PoolContext) -> dict[str, Any]:
-    key = RESOURCE_BY_KIND[ctx.pool.accelerator.kind]
+    key = ctx.placement.resource
     count = str(ctx.pool.accelerator.count)
     extra = ctx.pool.resources
-    requests = dict(extra.requests or {}) if extra else {}
+    requests = {**default_requests(ctx.pool.accelerator), **(extra.requests or {} if extra else {})}
     limits = dict(extra.limits or {}) if extra else {}
     return {"requests": {**requests, key: count}, "limits": {**limits, key: count}}
 
@@ -226,6 +233,11 @@ def deployment(ctx: PoolContext) -> Manifest:
         container["envFrom"] = env_from
     node_selector = {**ctx.region_selector, **(ctx.pool.node_selector or {})}
     labels = pool_labels(ctx)
+    template_meta: dict[str, Any] = {"labels": labels}
+    if ctx.placement.karpenter and ctx.settings.karpenter_do_not_disrupt:
+        # Karpenter's consolidation would otherwise evict a replica whose restart costs a
+        # model load (minutes) just to pack nodes tighter; drains and expiry still apply.
+        template_meta["annotations"] = {DO_NOT_DISRUPT: "true"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -233,17 +245,22 @@ def deployment(ctx: PoolContext) -> Manifest:
         "spec": {
             "replicas": ctx.pool.replicas.min,
             "selector": {"matchLabels": selector_labels(ctx)},
+            # Above the startup budget: a model that loads within it is a normal rollout, not
+            # ProgressDeadlineExceeded (which Argo CD and kubectl rollout status report).
+            "progressDeadlineSeconds": _startup_budget(ctx) + PROGRESS_MARGIN_SECONDS,
             # Accelerators are scarce: replace pods one at a time without a surge pod.
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": template_meta,
                 "spec": {
                     "containers": [container],
                     "nodeSelector": node_selector,
                     **_type_affinity(ctx),
+                    **_scheduler(ctx),
+                    "topologySpreadConstraints": topology_spread(selector_labels(ctx)),
                     "tolerations": _tolerations(ctx),
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": ctx.settings.termination_grace_seconds,
@@ -256,10 +273,19 @@ def deployment(ctx: PoolContext) -> Manifest:
     }
 
 
+def _scheduler(ctx: PoolContext) -> dict[str, str]:
+    """A pod with more than one Neuron device needs the Neuron scheduler extension: it picks
+    directly connected devices (the default scheduler would take any free ones)."""
+    name = ctx.settings.neuron_scheduler_name
+    if ctx.pool.accelerator.kind == "neuron" and ctx.pool.accelerator.count > 1 and name:
+        return {"schedulerName": name}
+    return {}
+
+
 def _type_affinity(ctx: PoolContext) -> dict[str, object]:
-    """Node affinity to the pool's accelerator type (H100 vs L4, inf2 vs trn1)."""
-    accel = ctx.pool.accelerator
-    required = type_requirement(accel.kind, accel.type)
+    """Node affinity to the pool's accelerator type (H100 vs L4, inf2 vs trn1), on the
+    label of the region's node-labelling scheme."""
+    required = ctx.placement.requirement
     if required is None:
         return {}
     key, values = required
@@ -290,12 +316,18 @@ def service(ctx: PoolContext) -> Manifest:
 
 
 def pod_disruption_budget(ctx: PoolContext) -> Manifest:
-    """At most one pod of the pool evicted at a time (drains, upgrades)."""
+    """At most one pod of the pool evicted at a time (drains, upgrades). maxUnavailable, not
+    minAvailable, so a pool of one replica never blocks its node's drain; a pod that is not
+    ready (crash-looping, still loading) may always be evicted."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(ctx),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ctx)}},
+        "spec": {
+            "maxUnavailable": 1,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            "selector": {"matchLabels": selector_labels(ctx)},
+        },
     }
 
 
@@ -306,10 +338,13 @@ def pod_monitor(ctx: PoolContext) -> Manifest:
         {"sourceLabels": [source + _meta(label_key(ctx.settings, k))], "targetLabel": k}
         for k in ("factory", "pool", "region", "jurisdiction")
     ]
+    metadata = _metadata(ctx)
+    # Prometheus Operator selects monitors by label (kube-prometheus-stack: release=<name>).
+    metadata["labels"] = {**ctx.settings.podmonitor_labels, **metadata["labels"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": _metadata(ctx),
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(ctx)},
             "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "relabelings": relabel}],

@@ -135,6 +135,26 @@ CASES = [
         False,
     ),
     ("accelerator resources come from", {"limits": {"nvidia.com/gpu": "1"}}, False),
+    ("accelerator resources come from", {"requests": {"aws.amazon.com/neurondevice": "1"}}, False),
+    ("a trn1/trn1n replica takes", {"kind": "neuron", "type": "trn1", "count": 4}, True),
+    ("a trn1/trn1n replica takes", {"kind": "neuron", "type": "trn1", "count": 2}, False),
+    ("a trn1/trn1n replica takes", {"kind": "neuron", "type": "trn1n", "count": 12}, False),
+    ("a trn1/trn1n replica takes", {"kind": "neuron", "type": "inf2", "count": 3}, True),
+    (
+        "an s3:// model cannot be served by neuron pools",
+        {"model": {"uri": "s3://b/p"}, "pools": [{"accelerator": {"kind": "neuron"}}]},
+        False,
+    ),
+    (
+        "an s3:// model cannot be served by neuron pools",
+        {"model": {"uri": "s3://b/p"}, "pools": [{"accelerator": {"kind": "nvidia"}}]},
+        True,
+    ),
+    (
+        "an s3:// model cannot be served by neuron pools",
+        {"model": {"uri": "hf://o/m"}, "pools": [{"accelerator": {"kind": "neuron"}}]},
+        True,
+    ),
     ("accelerator resources come from", {"limits": {"memory": "64Gi"}}, True),
     ("metadata.name must be a DNS-1035", {"metadata": {"name": "9lives"}}, False),
     (
@@ -167,6 +187,39 @@ def test_model_refuses_unknown_fields_and_bad_values() -> None:
     with pytest.raises(ValidationError):
         factory([pool("a", "eu-west-1")], residency=["eu"])
     assert isinstance(factory([pool("a", "eu-west-1")]), InferenceFactory)
+
+
+@pytest.mark.parametrize(
+    ("args", "valid"),
+    [
+        ({"kvCacheDtype": "fp8_e4m3"}, True),
+        ({"kvCacheDtype": "nvfp4"}, True),
+        ({"kvCacheDtype": "int8"}, False),
+        ({"quantization": "compressed-tensors"}, True),
+        ({"quantization": "awq_marlin"}, True),
+        ({"quantization": "gguf"}, False),  # a plugin method in vLLM 0.32
+        ({"quantization": "squeezellm"}, False),
+    ],
+)
+def test_engine_enums_follow_vllm_032(args: dict[str, Any], valid: bool) -> None:
+    schema = _schema("inferencefactories")["properties"]["spec"]["properties"]["engine"]
+    enums = schema["properties"]["args"]["properties"]
+    key, value = next(iter(args.items()))
+    assert (value in enums[key]["enum"]) is valid
+    if valid:
+        factory([pool("a", "eu-west-1")], engine={"args": args})
+    else:
+        with pytest.raises(ValidationError):
+            factory([pool("a", "eu-west-1")], engine={"args": args})
+
+
+def test_region_node_label_scheme_is_an_enum() -> None:
+    scheme = _schema("fleetregions")["properties"]["spec"]["properties"]["nodeLabelScheme"]
+    assert scheme["enum"] == ["gfd", "karpenter", "eks-auto", "gke", "instance-type", "none"]
+    with pytest.raises(ValidationError):
+        FleetRegion.model_validate(
+            {"metadata": {"name": "r"}, "spec": {"jurisdiction": "EU", "nodeLabelScheme": "gpu"}}
+        )
 
 
 def test_examples_validate() -> None:
