@@ -1,14 +1,29 @@
 """The local fleet's topology file, and the Node objects it describes.
 
 The file (`deploy/local/topology.yaml`) names regions, their jurisdictions, node pools by AWS
-instance type, and inter-region round trips. `node_manifests()` turns it into kwok-managed
-`v1.Node` objects with the labels, capacity and taints that real clusters carry.
+(or GCE) instance type, and inter-region round trips. `node_manifests()` turns it into
+kwok-managed `v1.Node` objects with the labels, capacity and taints that real clusters carry.
+
+Real clusters differ in who labels the nodes, so each region says how its nodes are labelled
+(`nodeLabelScheme`, the same names as the FleetRegion field):
+
+- `gfd` (default): NVIDIA GPU feature discovery's `nvidia.com/gpu.*` labels;
+- `karpenter`: Karpenter's `karpenter.k8s.aws/instance-*` and `karpenter.sh/*` labels, no GFD;
+- `eks-auto`: EKS Auto Mode's `eks.amazonaws.com/*` labels, no GFD;
+- `gke`: GKE's `cloud.google.com/gke-accelerator` and `cloud.google.com/gke-nodepool`;
+- `instance-type`: only the cloud provider's labels (an EKS managed node group on the GPU AMI
+  with the device plugin and no GFD);
+- `none`: no label that names the hardware, not even the instance type (nodes joined without
+  a cloud provider, such as EKS hybrid nodes or bare metal).
+
+The values are written out here from each provider's documentation, not derived from the
+operator's tables, so that tests of placement compare two independent sources.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +45,11 @@ class InstanceShape(BaseModel):
     neuron_cores: int = 0
     labels: dict[str, str] = Field(default_factory=dict)
     taint_value: str | None = None
+    # EC2's GPU name in lower case, as Karpenter (karpenter.k8s.aws/instance-gpu-name) and EKS
+    # Auto Mode (eks.amazonaws.com/instance-gpu-name) label it: "h100", "l4".
+    ec2_gpu_name: str | None = None
+    # GKE's accelerator name (cloud.google.com/gke-accelerator): "nvidia-h100-80gb".
+    gke_accelerator: str | None = None
 
 
 # NVIDIA labels are those GPU feature discovery sets (product, count, memory in MiB, family,
@@ -55,6 +75,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
             "nvidia.com/gpu.compute.minor": "0",
             "nvidia.com/gpu.machine": "p5.48xlarge",
         },
+        ec2_gpu_name="h100",
     ),
     "g6.12xlarge": InstanceShape(
         cpu=48,
@@ -73,6 +94,27 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
             "nvidia.com/gpu.compute.minor": "9",
             "nvidia.com/gpu.machine": "g6.12xlarge",
         },
+        ec2_gpu_name="l4",
+    ),
+    # GCE accelerator-optimized machine types (cloud.google.com "GPU machine types"):
+    # a3-highgpu-8g 208 vCPU, 1872 GB, 8 x H100 80GB; g2-standard-48 48 vCPU, 192 GB, 4 x L4.
+    "a3-highgpu-8g": InstanceShape(
+        cpu=208,
+        memory_gi=1743,
+        accelerator_kind="nvidia",
+        accelerator_type="H100",
+        accelerators=8,
+        taint_value="present",
+        gke_accelerator="nvidia-h100-80gb",
+    ),
+    "g2-standard-48": InstanceShape(
+        cpu=48,
+        memory_gi=178,
+        accelerator_kind="nvidia",
+        accelerator_type="L4",
+        accelerators=4,
+        taint_value="present",
+        gke_accelerator="nvidia-l4",
     ),
     "inf2.48xlarge": InstanceShape(
         cpu=192,
@@ -119,14 +161,23 @@ class NodePool(BaseModel):
     count: int = Field(ge=0, le=50)
 
 
+NodeLabelScheme = Literal["gfd", "karpenter", "eks-auto", "gke", "instance-type", "none"]
+
+
 class Region(BaseModel):
     """One region of the local fleet."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     jurisdiction: str = Field(pattern=r"^[A-Z]{2,8}$")
+    nodeLabelScheme: NodeLabelScheme | None = None
     zones: list[str] = Field(min_length=1)
     nodePools: list[NodePool]
+
+    @property
+    def scheme(self) -> str:
+        """How this region's nodes are labelled (gfd unless the file says otherwise)."""
+        return self.nodeLabelScheme or "gfd"
 
 
 class Topology(BaseModel):
@@ -168,6 +219,12 @@ def load_topology(path: Path | None = None) -> Topology:
                 raise TopologyError(
                     f"{path}: region {region.name} pool {pool.name}: unknown instance type "
                     f"{pool.instance_type!r}; known: {', '.join(sorted(INSTANCE_SHAPES))}"
+                )
+            missing = _missing_type_label(region.scheme, INSTANCE_SHAPES[pool.instance_type])
+            if missing:
+                raise TopologyError(
+                    f"{path}: region {region.name} pool {pool.name}: {pool.instance_type} "
+                    f"has no {missing} for nodeLabelScheme {region.scheme}"
                 )
     names = [r.name for r in topology.regions]
     for a in names:
@@ -211,8 +268,10 @@ def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> d
         "topology.kubernetes.io/zone": zone,
         "inference.factory.dev/node-pool": pool.name,
         "type": "kwok",
-        **shape.labels,
+        **scheme_labels(region.scheme, pool, shape),
     }
+    if region.scheme == "none":
+        del labels["node.kubernetes.io/instance-type"]
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -227,3 +286,58 @@ def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> d
             "allocatable": dict(capacity),
         },
     }
+
+
+def _missing_type_label(scheme: str, shape: InstanceShape) -> str | None:
+    """What a node of this shape would lack to be labelled under the scheme, if anything."""
+    if shape.accelerator_kind != "nvidia":
+        return None
+    if scheme in {"karpenter", "eks-auto"} and shape.ec2_gpu_name is None:
+        return "EC2 GPU name (not an EC2 instance type)"
+    if scheme == "gke" and shape.gke_accelerator is None:
+        return "GKE accelerator name (not a GCE machine type)"
+    if scheme == "gfd" and "nvidia.com/gpu.product" not in shape.labels:
+        return "GPU feature discovery labels"
+    return None
+
+
+def scheme_labels(scheme: str, pool: NodePool, shape: InstanceShape) -> dict[str, str]:
+    """The provisioner's own labels of one node under a labelling scheme (beyond the
+    well-known Kubernetes ones)."""
+    family, _, size = pool.instance_type.partition(".")
+    nvidia = shape.accelerator_kind == "nvidia"
+    if scheme == "gfd":
+        return dict(shape.labels)
+    if scheme == "karpenter":
+        labels = {
+            "karpenter.sh/nodepool": pool.name,
+            "karpenter.sh/capacity-type": "on-demand",
+            "karpenter.k8s.aws/instance-family": family,
+            "karpenter.k8s.aws/instance-size": size,
+            "karpenter.k8s.aws/instance-category": family[0],
+        }
+        if nvidia:
+            labels["karpenter.k8s.aws/instance-gpu-name"] = str(shape.ec2_gpu_name)
+            labels["karpenter.k8s.aws/instance-gpu-manufacturer"] = "nvidia"
+            labels["karpenter.k8s.aws/instance-gpu-count"] = str(shape.accelerators)
+        else:
+            labels |= {k: v for k, v in shape.labels.items() if k.startswith("karpenter.")}
+        return labels
+    if scheme == "eks-auto":
+        labels = {
+            "eks.amazonaws.com/compute-type": "auto",
+            "karpenter.sh/nodepool": pool.name,
+            "eks.amazonaws.com/instance-family": family,
+            "eks.amazonaws.com/instance-size": size,
+        }
+        if nvidia:
+            labels["eks.amazonaws.com/instance-gpu-name"] = str(shape.ec2_gpu_name)
+            labels["eks.amazonaws.com/instance-gpu-manufacturer"] = "nvidia"
+            labels["eks.amazonaws.com/instance-gpu-count"] = str(shape.accelerators)
+        return labels
+    if scheme == "gke":
+        labels = {"cloud.google.com/gke-nodepool": pool.name}
+        if shape.gke_accelerator:
+            labels["cloud.google.com/gke-accelerator"] = shape.gke_accelerator
+        return labels
+    return {}  # instance-type: only the cloud provider's labels; none: not even those

@@ -1,9 +1,9 @@
 """Components `crds` and `samples`: the API of Inference Factory and the local fleet's objects.
 
 `crds` applies `crds/` server-side and waits until the API server serves them. `samples`
-applies one FleetRegion per region of the local topology (jurisdiction from the topology;
-pricing and power from `deploy/examples/fleetregions.yaml` where it names the same region)
-and the sample InferenceFactories of `deploy/examples/`, creating their namespaces.
+applies one FleetRegion per region of the local topology (jurisdiction and nodeLabelScheme from
+the topology; pricing and power from `deploy/examples/fleetregions.yaml` where it names the
+same region) and the sample InferenceFactories of `deploy/examples/`, creating their namespaces.
 
 FleetRegions follow the topology on every `up`. A sample factory is created only when it is
 missing: once it exists it is the user's to change (`kubectl edit`, a bench's patch), and a
@@ -63,6 +63,8 @@ def fleet_regions(ctx: FleetContext) -> list[dict[str, Any]]:
     regions = []
     for region in ctx.topology.regions:
         spec: dict[str, Any] = {"jurisdiction": region.jurisdiction}
+        if region.nodeLabelScheme:
+            spec["nodeLabelScheme"] = region.nodeLabelScheme
         for key in ("pricing", "power"):
             if key in examples.get(region.name, {}):
                 spec[key] = examples[region.name][key]

@@ -92,9 +92,14 @@ def ambiguity(pool: Pool, region: FleetRegion, scheme: str) -> str | None:
     if labels_types(scheme) or pool.node_selector:
         return None
     acc = pool.accelerator
+    # The types the region prices are the ones it has; else the common ones of the kind.
     named = {*(region.spec.pricing or {}), *(region.spec.power or {})}
     same_kind = sorted(t for t in named if t != acc.type and _kind_of(t) == acc.kind)
-    others = ", ".join(same_kind) or f"other {acc.kind} types"
+    if same_kind:
+        others = ", ".join(same_kind)
+    else:
+        common = [t for t in _COMMON[acc.kind] if t != acc.type]
+        others = f"{', '.join(common)} or other {acc.kind} types"
     resource = RESOURCE_BY_KIND[acc.kind]
     return (
         f"cannot tell {acc.type} from {others} in region {region.name}: its "
@@ -103,6 +108,9 @@ def ambiguity(pool: Pool, region: FleetRegion, scheme: str) -> str | None:
         f"spec.nodeLabelScheme to the labels its nodes carry (gfd, karpenter, eks-auto, gke, "
         f"instance-type), or pin the pool's nodes with pool.nodeSelector"
     )
+
+
+_COMMON = {"nvidia": ("H100", "L4", "A10G"), "neuron": ("inf2", "trn1", "trn2")}
 
 
 def _kind_of(accelerator_type: str) -> str:

@@ -65,3 +65,34 @@ def test_invalid_topology_is_refused_with_a_clear_message(
     path.write_text(text)
     with pytest.raises(TopologyError, match=message):
         load_topology(path)
+
+
+def test_regions_label_their_nodes_as_their_provisioner_would() -> None:
+    nodes = {
+        n["metadata"]["name"]: n["metadata"]["labels"] for n in node_manifests(load_topology())
+    }
+    karpenter = nodes["us-west-2-h100-0"]
+    assert karpenter["karpenter.k8s.aws/instance-gpu-name"] == "h100"
+    assert nodes["us-west-2-l4-0"]["karpenter.k8s.aws/instance-gpu-name"] == "l4"
+    assert nodes["us-west-2-inf2-0"]["karpenter.k8s.aws/instance-family"] == "inf2"
+    assert nodes["us-east-2-l4-0"]["eks.amazonaws.com/instance-gpu-name"] == "l4"
+    assert nodes["europe-west4-h100-0"]["cloud.google.com/gke-accelerator"] == "nvidia-h100-80gb"
+    assert nodes["europe-west4-h100-0"]["node.kubernetes.io/instance-type"] == "a3-highgpu-8g"
+    assert nodes["eu-north-1-l4-0"]["node.kubernetes.io/instance-type"] == "g6.12xlarge"
+    # Only GFD sets nvidia.com/gpu.*: none of the other schemes' nodes carry it.
+    for name, labels in nodes.items():
+        if not name.startswith(("eu-west-1", "eu-central-1", "us-east-1-", "ap-south-1")):
+            assert not any(k.startswith("nvidia.com/gpu.") for k in labels), name
+    bare = nodes["eu-west-2-h100-0"]
+    assert "node.kubernetes.io/instance-type" not in bare
+    assert not any(k.startswith(("karpenter.", "eks.", "cloud.google.com/")) for k in bare)
+
+
+def test_a_scheme_the_instance_type_cannot_express_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_text(
+        "regions: [{name: x, jurisdiction: EU, nodeLabelScheme: gke, zones: [a], nodePools: "
+        "[{name: a, instanceType: p5.48xlarge, count: 1}]}]"
+    )
+    with pytest.raises(TopologyError, match="GKE accelerator name"):
+        load_topology(path)

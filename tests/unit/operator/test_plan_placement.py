@@ -116,7 +116,10 @@ def test_unlabelled_region_reports_ambiguity_instead_of_guessing() -> None:
     ready = next(c for c in plan.status.conditions if c.type == "Ready")
     assert ready.status == "False" and ready.reason == "AcceleratorTypeAmbiguous"
     assert "cannot tell H100 from L4" in ready.message
-    assert "cannot tell inf2 from other neuron types" in ready.message
+    assert "cannot tell inf2 from trn1, trn2 or other neuron types" in ready.message
+    unpriced = _plan([pool("h100", "r")], scheme_region("r", "none"), nodes)
+    message = next(c for c in unpriced.status.conditions if c.type == "Ready").message
+    assert "cannot tell H100 from L4, A10G or other nvidia types" in message
     assert "spec.nodeLabelScheme" in ready.message and "pool.nodeSelector" in ready.message
     assert plan.permanent_error is None  # depends on the region: re-evaluated, not parked
 
