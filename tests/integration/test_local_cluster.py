@@ -90,7 +90,7 @@ def test_nodes_carry_regions_accelerators_and_taints(cluster: KubectlCluster) ->
     inf2 = [
         n
         for n in nodes
-        if n["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "inf2.48xlarge"
+        if n["metadata"]["labels"].get("node.kubernetes.io/instance-type") == "inf2.48xlarge"
     ]
     assert inf2 and all(n["status"]["allocatable"]["aws.amazon.com/neuron"] == "12" for n in inf2)
     assert all(

@@ -49,11 +49,6 @@ class ModelSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                "!self.uri.startsWith('s3://') || has(self.credentialsSecretRef)",
-                "an s3:// model needs credentialsSecretRef (AWS_* keys for vLLM's streamer)",
-                ".credentialsSecretRef",
-            ),
-            cel(
                 "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
                 "a pvc:// model is mounted, it takes no credentialsSecretRef",
                 ".credentialsSecretRef",
@@ -83,7 +78,8 @@ class ModelSource(ApiModel):
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID, "
-        "AWS_SECRET_ACCESS_KEY and optionally AWS_REGION/AWS_ENDPOINT_URL (s3://).",
+        "AWS_SECRET_ACCESS_KEY and optionally AWS_REGION/AWS_ENDPOINT_URL (s3://). For s3:// "
+        "prefer spec.serviceAccountName (no static keys); keys here are the fallback.",
     )
 
 
@@ -278,6 +274,14 @@ class InferenceFactorySpec(ApiModel):
                 ".engine.args.tensorParallelSize",
             ),
             cel(
+                "!self.model.uri.startsWith('s3://') || has(self.model.credentialsSecretRef) || "
+                "has(self.serviceAccountName)",
+                "an s3:// model needs credentialsSecretRef (AWS_* keys for vLLM's streamer) or "
+                "spec.serviceAccountName (a ServiceAccount bound to a cloud role: IRSA, EKS Pod "
+                "Identity, GKE Workload Identity)",
+                ".model.credentialsSecretRef",
+            ),
+            cel(
                 "!self.model.uri.startsWith('s3://') || "
                 "self.pools.all(p, p.accelerator.kind != 'neuron')",
                 "an s3:// model cannot be served by neuron pools: the Neuron loader reads "
@@ -289,6 +293,15 @@ class InferenceFactorySpec(ApiModel):
     )
 
     model: ModelSource = Field(description="The model served.")
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount (in the factory's namespace) the engine pods run as. Bound "
+        "to a cloud role (IRSA's eks.amazonaws.com/role-arn annotation, an EKS Pod Identity "
+        "association, GKE Workload Identity) it gives vLLM s3:// access without static keys. "
+        "Default: the namespace's default ServiceAccount.",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
     engine: EngineSpec | None = Field(default=None, description="Engine settings for all pools.")
     residency: Residency | None = Field(
         default=None,

@@ -265,12 +265,21 @@ def deployment(ctx: PoolContext) -> Manifest:
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": ctx.settings.termination_grace_seconds,
                     "enableServiceLinks": False,
+                    **_service_account(ctx),
+                    # The API token is not needed: IRSA and EKS Pod Identity project their own
+                    # tokens (their webhooks add the volume), GKE Workload Identity uses the
+                    # metadata server.
                     "automountServiceAccountToken": False,
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                 },
             },
         },
     }
+
+
+def _service_account(ctx: PoolContext) -> dict[str, str]:
+    name = ctx.factory.spec.service_account_name
+    return {"serviceAccountName": name} if name else {}
 
 
 def _scheduler(ctx: PoolContext) -> dict[str, str]:

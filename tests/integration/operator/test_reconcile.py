@@ -43,7 +43,8 @@ def test_two_eu_regions_on_h100_and_inf2_become_ready(
     assert set(deployments) == {"llama-h100-dub", "llama-inf2-fra"}
     for pool, region, resource, instance in (
         ("h100-dub", "eu-west-1", "nvidia.com/gpu", "p5.48xlarge"),
-        ("inf2-fra", "eu-central-1", "aws.amazon.com/neuron", "inf2.48xlarge"),
+        # The local fleet's Neuron nodes offer the device plugin's neurondevice (preferred).
+        ("inf2-fra", "eu-central-1", "aws.amazon.com/neurondevice", "inf2.48xlarge"),
     ):
         pods = _pods(cluster, namespace, f"inference.factory.dev/pool={pool}")
         assert pods

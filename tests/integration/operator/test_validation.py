@@ -75,6 +75,19 @@ REFUSED: list[tuple[str, Mutation, list[str]]] = [
      [".spec.engine.args.maxBatch: field not declared in schema"]),
     ("gpu-memory-on-neuron", _set("spec.pools.1.engine.args.gpuMemoryUtilization", 0.9),
      ["gpuMemoryUtilization does not apply to neuron pools"]),
+    ("trn1-with-two-devices", _set("spec.pools.1.accelerator", {"kind": "neuron",
+                                                                "type": "trn1", "count": 2}),
+     ["a trn1/trn1n replica takes 1, 4, 8 or 16 Neuron devices"]),
+    ("s3-model-on-neuron", _set("spec.model", {"name": "llama", "uri": "s3://models/llama",
+                                               "credentialsSecretRef": {"name": "aws"}}),
+     ["an s3:// model cannot be served by neuron pools", "use hf:// or a pvc://"]),
+    ("kv-cache-dtype-unknown-to-vllm", _set("spec.engine.args.kvCacheDtype", "int8"),
+     ["spec.engine.args.kvCacheDtype", "Unsupported value"]),
+    ("quantization-unknown-to-vllm", _set("spec.engine.args.quantization", "gguf"),
+     ["spec.engine.args.quantization", "Unsupported value"]),
+    ("neurondevice-in-resources", _set(f"{POOL0}.resources",
+                                       {"requests": {"aws.amazon.com/neurondevice": "1"}}),
+     ["accelerator resources come from pool.accelerator"]),
 ]  # fmt: skip
 
 
@@ -126,3 +139,25 @@ def test_pool_needing_more_accelerators_than_any_node_is_degraded(
     cond = wait_condition(operator_cluster, namespace, "llama", "Degraded", "True",
                           "InsufficientAccelerators")  # fmt: skip
     assert "nvidia.com/gpu" in cond["message"] and "h100-dub" in cond["message"]
+
+
+def test_api_server_refuses_an_unknown_node_label_scheme(operator_cluster: KubectlCluster) -> None:
+    region = {"apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
+              "metadata": {"name": "validation-scheme"},
+              "spec": {"jurisdiction": "EU", "nodeLabelScheme": "nfd"}}  # fmt: skip
+    done = operator_cluster.run("apply", "--server-side", "-f", "-", input=as_json(region))
+    assert done.returncode != 0, "the API server accepted an unknown nodeLabelScheme"
+    assert "spec.nodeLabelScheme" in done.stderr and "Unsupported value" in done.stderr
+    assert "gke" in done.stderr and "instance-type" in done.stderr  # the allowed values
+
+
+def test_api_server_accepts_s3_through_a_service_account(
+    operator_cluster: KubectlCluster, namespace: str
+) -> None:
+    obj = factory()
+    obj["spec"]["pools"] = obj["spec"]["pools"][:1]  # nvidia only: Neuron cannot read s3://
+    obj["spec"]["model"] = {"name": "llama", "uri": "s3://models/llama"}
+    obj["spec"]["serviceAccountName"] = "llama-s3-reader"
+    done = operator_cluster.run("apply", "--server-side", "--dry-run=server", "-n", namespace,
+                                "-f", "-", input=as_json(obj))  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -102,7 +102,13 @@ CASES = [
     ("a neuron accelerator type", {"kind": "neuron", "type": "inf1", "count": 1}, False),
     ("speculative.model is required", {"method": "eagle", "numSpeculativeTokens": 2}, False),
     ("speculative.model is required", {"method": "ngram", "numSpeculativeTokens": 2}, True),
-    ("an s3:// model needs", {"name": "m", "uri": "s3://b/p"}, False),
+    ("an s3:// model needs", {"model": {"name": "m", "uri": "s3://b/p"}}, False),
+    (
+        "an s3:// model needs",
+        {"model": {"uri": "s3://b/p", "credentialsSecretRef": {"name": "aws"}}},
+        True,
+    ),
+    ("an s3:// model needs", {"model": {"uri": "s3://b/p"}, "serviceAccountName": "llm"}, True),
     (
         "a pvc:// model is mounted",
         {"name": "m", "uri": "pvc://c/p", "credentialsSecretRef": {"name": "s"}},

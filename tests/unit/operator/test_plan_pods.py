@@ -173,3 +173,21 @@ def test_command_line_sets_the_new_settings() -> None:
         parse_args(["--podmonitor-label", "release"])
     with pytest.raises(SystemExit):
         parse_args(["--node-label-scheme", "gfd2"])
+
+
+def test_s3_model_through_a_service_account_needs_no_static_keys(
+    settings: OperatorSettings,
+) -> None:
+    from factory_operator.api import InferenceFactory  # noqa: PLC0415
+
+    body = factory([pool("a", "eu-west-1")], uri="s3://models/llama/8b").to_wire()
+    body["metadata"] = {"name": "llama", "namespace": "ml", "uid": "u-1"}
+    body["spec"]["serviceAccountName"] = "llama-s3-reader"
+    dep = _dep(InferenceFactory.model_validate(body), settings)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "llama-s3-reader"
+    container = pod["containers"][0]
+    assert "envFrom" not in container
+    assert _value(container["args"], "--load-format") == "runai_streamer"
+    default = _dep(factory([pool("a", "eu-west-1")]), settings)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in default
