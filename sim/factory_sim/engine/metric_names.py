@@ -7,7 +7,9 @@ vLLM 0.12/0.13 line: read from a fork that tracks vLLM main (1CatAI/1Cat-vLLM, c
 vllm-project/vllm commits a6f0308c and 005a810b for the older families. Finish reasons from
 ``vllm/v1/engine/__init__.py`` (``FINISH_REASON_STRINGS``). Every family carries the labels
 ``model_name`` and ``engine``; prometheus_client appends ``_total`` to counter samples, so
-``vllm:prompt_tokens`` is scraped as ``vllm:prompt_tokens_total``.
+``vllm:prompt_tokens`` is scraped as ``vllm:prompt_tokens_total``. Every family here is also
+compared with a live vLLM 0.32 (the pinned CPU build) by
+``tests/integration/vllm/test_sim_conformance.py``: same name, type, labels and buckets.
 
 Names here are family names as ``prometheus_client.parser`` reports them (no ``_total``).
 """

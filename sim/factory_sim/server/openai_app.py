@@ -132,13 +132,22 @@ def _sampling(
 ) -> SamplingRequest | web.Response:
     limit = engine.limits.max_model_len
     prompt_len = len(prompt_ids)
-    if max_tokens is None:
-        max_tokens = limit - prompt_len
-    if prompt_len + max_tokens > limit or max_tokens < 1:
+    # As vLLM 0.32 does: a prompt over the limit is refused (its tokenizer stops counting at
+    # limit + 1, hence "at least"); a completion that would overflow is cut to what fits.
+    if prompt_len > limit:
         return errors.bad_request(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in "
-            "the completion). Please reduce the length of the messages or completion.",
+            f"This model's maximum context length is {limit} tokens. However, your prompt "
+            f"contains at least {limit + 1} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt. "
+            f"(parameter=input_tokens, value={limit + 1})",
+            "input_tokens",
+        )
+    room = limit - prompt_len
+    max_tokens = room if max_tokens is None else min(max_tokens, room)
+    if max_tokens < 1:
+        return errors.bad_request(
+            f"max_tokens must be at least 1, got {max_tokens}. "
+            f"(parameter=max_tokens, value={max_tokens})",
             "max_tokens",
         )
     return SamplingRequest(
@@ -157,7 +166,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return body
     engine = request.app[ENGINE_KEY]
     prompt_ids = encode(render_chat(m.model_dump() for m in body.messages))
-    sampling = _sampling(engine, body, prompt_ids, body.max_completion_tokens or body.max_tokens)
+    wanted = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+    sampling = _sampling(engine, body, prompt_ids, wanted)
     if isinstance(sampling, web.Response):
         return sampling
     model = body.model or engine.config.served_model_names[0]
@@ -219,7 +229,7 @@ async def _stream(
     include_usage: bool,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
     first = True
     while True:

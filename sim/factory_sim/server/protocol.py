@@ -18,7 +18,8 @@ class StreamOptions(_Open):
 
 class _Sampling(_Open):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    # No lower bound here: the server refuses max_tokens < 1 with vLLM's own message.
+    max_tokens: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM extension
@@ -40,12 +41,12 @@ class ChatMessage(_Open):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI/vLLM completions default
+    max_tokens: int | None = 16  # OpenAI/vLLM completions default
 
 
 class EmbeddingRequest(_Open):

@@ -69,7 +69,9 @@ class ChatChunks:
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         body = self._chunk([])
-        body["usage"] = usage(prompt_tokens, completion_tokens)
+        # vLLM's usage chunk carries the three counts only (no prompt_tokens_details).
+        counts = usage(prompt_tokens, completion_tokens)
+        body["usage"] = {k: v for k, v in counts.items() if k != "prompt_tokens_details"}
         return body
 
 
@@ -108,7 +110,9 @@ class CompletionChunks:
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         body = self._chunk([])
-        body["usage"] = usage(prompt_tokens, completion_tokens)
+        # vLLM's usage chunk carries the three counts only (no prompt_tokens_details).
+        counts = usage(prompt_tokens, completion_tokens)
+        body["usage"] = {k: v for k, v in counts.items() if k != "prompt_tokens_details"}
         return body
 
 
@@ -126,8 +130,13 @@ def chat_completion(
                 "message": {
                     "role": "assistant",
                     "content": text,
-                    "tool_calls": [],
-                    "reasoning_content": None,
+                    # vLLM 0.32's message fields (no empty tool_calls any more;
+                    # reasoning_content became reasoning).
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "reasoning": None,
                 },
                 "logprobs": None,
                 "finish_reason": finish_reason,

@@ -49,14 +49,30 @@ async def test_malformed_requests_are_400(
         assert body["error"]["param"] == param
 
 
-async def test_context_too_long_is_400(http: aiohttp.ClientSession, engine: EngineHandle) -> None:
+async def test_prompt_over_the_limit_is_400(
+    http: aiohttp.ClientSession, engine: EngineHandle
+) -> None:
     limit = engine.engine.limits.max_model_len
-    body = {"model": "llama-8b", "prompt": "x", "max_tokens": limit}
+    body = {"model": "llama-8b", "prompt": "abcd" * (limit + 10), "max_tokens": 1}
     async with http.post(f"{engine.url}/v1/completions", json=body) as resp:
         assert resp.status == 400
         err = await resp.json()
     _assert_vllm_error(err, 400, "BadRequestError")
-    assert "maximum context length" in err["error"]["message"]
+    assert err["error"]["param"] == "input_tokens"
+    assert f"maximum context length is {limit} tokens" in err["error"]["message"]
+
+
+async def test_a_completion_that_would_overflow_is_cut_to_fit(
+    http: aiohttp.ClientSession, engine: EngineHandle
+) -> None:
+    # As vLLM 0.32: prompt + max_tokens over the limit is not refused; max_tokens shrinks.
+    limit = engine.engine.limits.max_model_len
+    body = {"model": "llama-8b", "prompt": [7] * (limit - 3), "max_tokens": 50, "ignore_eos": True}
+    async with http.post(f"{engine.url}/v1/completions", json=body) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["usage"]["completion_tokens"] == 3
+    assert answer["choices"][0]["finish_reason"] == "length"
 
 
 async def test_unknown_model_is_404(http: aiohttp.ClientSession, engine: EngineHandle) -> None:
