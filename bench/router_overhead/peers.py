@@ -14,8 +14,8 @@ results/peers.md next to this file.
 
 `stack-minimal` is not a peer but a reference: the smallest pass-through proxy on the
 router's own stack (an asyncio-protocol server parsing with httptools + the router's
-HTTP/1.1 upstream client, uvloop; `stack_compare.py proxy protocol+http1`), with no
-authentication, policy, metrics, logs or limits.
+upstream client, aiohttp's behind the reuse guard, uvloop; `stack_compare.py proxy
+protocol+router-client`), with no authentication, policy, metrics, logs or limits.
 What it adds is what this stack costs on this machine before the router does anything of
 its own.
 """
@@ -134,8 +134,8 @@ def start_stack_minimal(tmp: Path, upstream: str) -> Target:
     log = tmp / "stack-minimal.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "router")}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "protocol+http1", str(port),
-         upstream, "uvloop"],
+        [sys.executable, str(HERE / "stack_compare.py"), "proxy", "protocol+router-client",
+         str(port), upstream, "uvloop"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp, env=env,
     )  # fmt: skip
     return Target("stack-minimal", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc, log)
@@ -305,6 +305,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "load_avg_at_start": args.load_avg_at_start,
                     "load_avg_at_end": os.getloadavg()},
         "versions": {"factory-router (httptools)": version_of(Path(py), "httptools"),
+                     "factory-router client (aiohttp)": version_of(Path(py), "aiohttp"),
                      "vllm-router": version_of(bench_py, "vllm-router"),
                      "litellm": version_of(bench_py, "litellm")},
         "requests_per_point": args.requests,
@@ -387,13 +388,20 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if not closed:
                 continue
             best = max(closed, key=lambda t: t["rps"])
+            cpu = best["proxy_cpu_ms_per_request"]
             s["throughput"][name] = {
                 "max_rps": best["rps"],
-                "cpu_ms_per_request_at_max": best["proxy_cpu_ms_per_request"],
-                "requests_per_cpu_second": 1e3 / best["proxy_cpu_ms_per_request"],
+                "cpu_ms_per_request_at_max": cpu,
+                # None: less CPU than one clock tick was seen (a point with few requests)
+                "requests_per_cpu_second": 1e3 / cpu if cpu > 0 else None,
             }
         tp = s["throughput"]
-        if "litellm" in tp and "factory-router" in tp:
+        if (
+            "litellm" in tp
+            and "factory-router" in tp
+            and tp["litellm"]["requests_per_cpu_second"] is not None
+            and tp["factory-router"]["requests_per_cpu_second"] is not None
+        ):
             s["per_core_ratio_vs_litellm"] = (
                 tp["factory-router"]["requests_per_cpu_second"]
                 / tp["litellm"]["requests_per_cpu_second"]
@@ -457,7 +465,7 @@ def markdown(result: dict[str, Any]) -> str:
         for name, tp in s["throughput"].items():
             lines.append(
                 f"| {name} | {tp['max_rps']:.0f} | {tp['cpu_ms_per_request_at_max']:.3f} | "
-                f"{tp['requests_per_cpu_second']:.0f} |"
+                f"{fmt(tp['requests_per_cpu_second'], '.0f')} |"
             )
         if "per_core_ratio_vs_litellm" in s:
             lines.append("")

@@ -134,7 +134,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_at_start": os.getloadavg()},
+                    "load_avg_at_start": args.load_avg_at_start,
+                    "load_avg_at_end": os.getloadavg()},
         "requests_per_point": args.requests,
         "policy": args.policy,
         "router_args": args.router_arg,
@@ -145,7 +146,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Router overhead, {result['when']}, {result['machine']['cpus']} CPUs, "
-        f"load average at start {result['machine']['load_avg_at_start'][0]:.1f}, "
+        f"load average {result['machine']['load_avg_at_start'][0]:.1f} at start, "
+        f"{result['machine']['load_avg_at_end'][0]:.1f} at end, "
         f"{result['requests_per_point']} requests per point, policy {result['policy']}.",
         "",
         "| mode | load | direct p50 ms | router p50 ms | added p50 ms | added p99 ms "
@@ -182,6 +184,7 @@ def main() -> None:
         help="extra factory-router flag, e.g. --router-arg=--event-loop=asyncio",
     )
     args = ap.parse_args()
+    args.load_avg_at_start = os.getloadavg()
     result = asyncio.run(measure(args))
     args_out: Path = args.out
     (args_out / "results.json").write_text(json.dumps(result, indent=2))

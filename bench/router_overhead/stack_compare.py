@@ -7,13 +7,18 @@ the results are ratios on this machine rather than absolute numbers.
 
     PYTHONPATH=router python bench/router_overhead/stack_compare.py --requests 2000
     PYTHONPATH=router python bench/router_overhead/stack_compare.py --rate 100 \
-        --requests 2400 --variants protocol+http1 uvicorn-asgi+http1 aiohttp+http1
+        --requests 2400 --variants protocol+router-client uvicorn-asgi+router-client \
+        aiohttp+router-client
+
+`router-client` is the router's upstream client as the router uses it
+(`factory_router.upstream.client.UpstreamClient`: aiohttp's client behind the reuse guard
+and the router's connection slots; `open()` up to the first body bytes, then `read()`).
 
 Closed loop (`--concurrency`, the default) shows CPU per request and throughput when the
 proxy is busy; a fixed arrival rate (`--rate`, open loop) shows the added latency at a
 moderate load, where a proxy's code runs on cold caches between requests. Writes
 stack_compare.json/.md (closed loop) or results/stack_compare-rate<N>.json/.md next to
-this file.
+this file, or `--out PATH`.json/.md.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ REPLY = json.dumps(
     {"id": "x", "object": "chat.completion", "choices": [{"message": {"content": "w " * 60}}]}
 ).encode()
 VARIANTS = [
-    "protocol+http1",
-    "uvicorn-asgi+http1",
-    "aiohttp+http1",
+    "protocol+router-client",
+    "uvicorn-asgi+router-client",
+    "aiohttp+router-client",
     "aiohttp+aiohttp",
     "aiohttp+httpx",
     "aiohttp+httpx-aiohttp",
@@ -90,7 +95,7 @@ def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -
 
         uvloop.install()
     target = upstream + "/v1/chat/completions"
-    if server == "aiohttp" and client in ("http1", "aiosonic", "blacksheep"):
+    if server == "aiohttp" and client in ("router-client", "aiosonic", "blacksheep"):
         serve_aiohttp_other_client(client, port, upstream)
         return
     if server in ("protocol", "uvicorn-asgi"):
@@ -159,19 +164,13 @@ def serve_proxy(variant: str, port: int, upstream: str, loop: str = "asyncio") -
 
 
 def serve_aiohttp_other_client(client: str, port: int, upstream: str) -> None:
-    """aiohttp's server with the router's own HTTP/1.1 client (`http1`), or with aiosonic
-    or BlackSheep's client, relaying JSON whole and SSE chunk by chunk."""
+    """aiohttp's server with the router's upstream client (`router-client`), or with
+    aiosonic or BlackSheep's client, relaying JSON whole and SSE chunk by chunk."""
     target = upstream + "/v1/chat/completions"
 
     async def on_start(app: web.Application) -> None:
-        if client == "http1":
-            from factory_router.upstream.http1 import ConnectionPool, Origin  # noqa: PLC0415
-
-            app["origin"] = Origin.parse(upstream)
-            app["c"] = ConnectionPool(
-                max_connections=256, max_per_origin=256, keepalive_expiry=30,
-                connect_timeout=5, acquire_timeout=5,
-            )  # fmt: skip
+        if client == "router-client":
+            app["c"] = RouterClient(upstream)
         elif client == "aiosonic":
             import aiosonic  # noqa: PLC0415
 
@@ -197,25 +196,13 @@ def serve_aiohttp_other_client(client: str, port: int, upstream: str) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         c = request.app["c"]
-        if client == "http1":
-            from factory_router.upstream.http1 import request_head  # noqa: PLC0415
-
-            origin = request.app["origin"]
-            conn = await c.acquire(origin)
-            head = request_head(
-                "POST", origin, "/v1/chat/completions",
-                {"content-type": "application/json"}, len(body),
-            )  # fmt: skip
-            up = await conn.begin(head + body)
-
-            async def body_chunks() -> Any:
-                while chunk := await up.read(30):
-                    yield chunk
-
+        if client == "router-client":
+            up = await c.post(request.path, body)
             try:
-                return await relay(request, up.status, up.headers["content-type"], body_chunks())
+                ctype = up.response.headers["content-type"]
+                return await relay(request, up.status, ctype, _chunks(up))
             finally:
-                up.release()
+                up.close()
         if client == "aiosonic":
             r = await c.post(target, data=body, headers={"content-type": "application/json"})
             ctype = r.headers["content-type"]
@@ -238,27 +225,17 @@ def serve_aiohttp_other_client(client: str, port: int, upstream: str) -> None:
 
 
 def serve_without_framework(server: str, port: int, upstream: str) -> None:
-    """The router's HTTP/1.1 client behind no web framework: a bare ASGI app on uvicorn
-    (httptools), or an asyncio protocol parsing requests with httptools itself. Neither
-    is a usable server (no limits, errors, or shutdown): they show what is left when the
-    server side costs as little as Python allows."""
+    """The router's upstream client behind no web framework: a bare ASGI app on uvicorn
+    (httptools), or an asyncio protocol parsing requests with httptools itself (the
+    router's server is such a protocol). Neither is a usable server (no limits, errors,
+    or shutdown): they show what is left when the server side costs as little as Python
+    allows."""
     import httptools  # noqa: PLC0415
 
-    from factory_router.upstream.http1 import ConnectionPool, Origin, request_head  # noqa: PLC0415
-
-    origin = Origin.parse(upstream)
-    pools: list[ConnectionPool] = []
-
-    def pool() -> ConnectionPool:
-        if not pools:
-            limits = {"max_connections": 256, "max_per_origin": 256, "keepalive_expiry": 30.0}
-            pools.append(ConnectionPool(**limits, connect_timeout=5, acquire_timeout=5))
-        return pools[0]
+    client = RouterClient(upstream)
 
     async def exchange(path: bytes, body: bytes) -> Any:
-        conn = await pool().acquire(origin)
-        head = {"content-type": "application/json"}
-        return await conn.begin(request_head("POST", origin, path.decode(), head, len(body)) + body)
+        return await client.post(path.decode(), body)
 
     if server == "uvicorn-asgi":
 
@@ -270,12 +247,12 @@ def serve_without_framework(server: str, port: int, upstream: str) -> None:
                 if not message.get("more_body"):
                     break
             up = await exchange(scope["path"].encode(), body)
-            ctype = up.headers["content-type"].encode()
+            ctype = up.response.headers["content-type"].encode()
             try:
                 if ctype.startswith(b"text/event-stream"):
                     start = {"type": "http.response.start", "status": up.status}
                     await send({**start, "headers": [(b"content-type", ctype)]})
-                    while chunk := await up.read(30):
+                    async for chunk in _chunks(up):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b""})
                     return
@@ -284,7 +261,7 @@ def serve_without_framework(server: str, port: int, upstream: str) -> None:
                 await send({"type": "http.response.start", "status": up.status, "headers": headers})
                 await send({"type": "http.response.body", "body": data})
             finally:
-                up.release()
+                up.close()
 
         uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
                     access_log=False, lifespan="off")  # fmt: skip
@@ -314,13 +291,13 @@ def serve_without_framework(server: str, port: int, upstream: str) -> None:
 
         async def answer(self, url: bytes, body: bytes) -> None:
             up = await exchange(url, body)
-            ctype = up.headers["content-type"].encode()
+            ctype = up.response.headers["content-type"].encode()
             write = self.transport.write
             try:
                 if ctype.startswith(b"text/event-stream"):
                     write(b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\n"
                           b"transfer-encoding: chunked\r\n\r\n" % (up.status, ctype))  # fmt: skip
-                    while chunk := await up.read(30):
+                    async for chunk in _chunks(up):
                         write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     write(b"0\r\n\r\n")
                     return
@@ -328,7 +305,7 @@ def serve_without_framework(server: str, port: int, upstream: str) -> None:
                 write(b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
                       % (up.status, ctype, len(data), data))  # fmt: skip
             finally:
-                up.release()
+                up.close()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -338,9 +315,38 @@ def serve_without_framework(server: str, port: int, upstream: str) -> None:
     asyncio.run(main())
 
 
+class RouterClient:
+    """The router's upstream client against one backend, as the router's proxy uses it:
+    `UpstreamClient.open()` returns once the first body bytes are in (`Opened`), the rest
+    comes from `Response.read()`. The router's default timeouts; 256 connections, as the
+    other clients here get."""
+
+    def __init__(self, upstream: str) -> None:
+        from factory_router.policy.config import Limits, Timeouts  # noqa: PLC0415
+        from factory_router.policy.fleet import Backend  # noqa: PLC0415
+        from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
+
+        self.backend = Backend(id="bench/upstream", model="m", pool="bench", region=None,
+                               url=upstream)  # fmt: skip
+        limits = Limits(max_connections=256, max_connections_per_host=256, keepalive_expiry=30)
+        self.client = UpstreamClient(Timeouts(), limits)
+        self.started = False
+
+    async def post(self, path: str, body: bytes) -> Any:
+        """An `Opened` response; the caller reads it with `_chunks()` and closes it."""
+        if not self.started:  # the client's session needs the running loop
+            await self.client.start()
+            self.started = True
+        headers = {"content-type": "application/json"}
+        return await self.client.open(self.backend, "POST", path, body, headers)
+
+
 async def _chunks(up: Any) -> Any:
-    while chunk := await up.read(30):
+    """The body of an `Opened` response: its first bytes, then `read()` until b""."""
+    chunk = up.first_chunk
+    while chunk:
         yield chunk
+        chunk = await up.response.read()
 
 
 def versions() -> dict[str, str]:
@@ -444,11 +450,12 @@ async def run(args: argparse.Namespace) -> None:
             p.terminate()
         for p in procs:
             p.wait(10)
-    out = (
-        HERE / "results" / f"stack_compare-rate{args.rate:g}"
-        if args.rate
-        else (HERE / "stack_compare")
-    )
+    if args.out is not None:
+        out = args.out
+    elif args.rate:
+        out = HERE / "results" / f"stack_compare-rate{args.rate:g}"
+    else:
+        out = HERE / "stack_compare"
     out.with_suffix(".json").write_text(
         json.dumps(
             {
@@ -491,10 +498,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--variants", nargs="*", default=VARIANTS)
+    ap.add_argument("--variants", nargs="*", choices=VARIANTS, default=VARIANTS)
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0, help="req/s, open loop (0: closed loop)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output path without suffix (default: stack_compare or "
+        "results/stack_compare-rate<N> next to this file)",
+    )
     asyncio.run(run(ap.parse_args()))
 
 
