@@ -43,6 +43,9 @@ class InstanceShape(BaseModel):
     accelerator_type: str | None = None  # "H100", "L4", "inf2", "trn1"
     accelerators: int = 0
     neuron_cores: int = 0
+    # Node-local disk the kubelet offers as ephemeral-storage: the instance-store NVMe where
+    # the type has it (as EKS nodes use it with instance-store RAID0), else an EBS root volume.
+    disk_gi: int = 100
     labels: dict[str, str] = Field(default_factory=dict)
     taint_value: str | None = None
     # EC2's GPU name in lower case, as Karpenter (karpenter.k8s.aws/instance-gpu-name) and EKS
@@ -60,6 +63,7 @@ class InstanceShape(BaseModel):
 INSTANCE_SHAPES: dict[str, InstanceShape] = {
     "p5.48xlarge": InstanceShape(
         cpu=192,
+        disk_gi=28000,
         memory_gi=2048,
         accelerator_kind="nvidia",
         accelerator_type="H100",
@@ -79,6 +83,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
     ),
     "g6.12xlarge": InstanceShape(
         cpu=48,
+        disk_gi=3500,
         memory_gi=192,
         accelerator_kind="nvidia",
         accelerator_type="L4",
@@ -100,6 +105,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
     # a3-highgpu-8g 208 vCPU, 1872 GB, 8 x H100 80GB; g2-standard-48 48 vCPU, 192 GB, 4 x L4.
     "a3-highgpu-8g": InstanceShape(
         cpu=208,
+        disk_gi=5500,
         memory_gi=1743,
         accelerator_kind="nvidia",
         accelerator_type="H100",
@@ -109,6 +115,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
     ),
     "g2-standard-48": InstanceShape(
         cpu=48,
+        disk_gi=1400,
         memory_gi=178,
         accelerator_kind="nvidia",
         accelerator_type="L4",
@@ -118,6 +125,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
     ),
     "inf2.48xlarge": InstanceShape(
         cpu=192,
+        disk_gi=2048,
         memory_gi=768,
         accelerator_kind="neuron",
         accelerator_type="inf2",
@@ -133,6 +141,7 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
     ),
     "trn1.32xlarge": InstanceShape(
         cpu=128,
+        disk_gi=7000,
         memory_gi=512,
         accelerator_kind="neuron",
         accelerator_type="trn1",
@@ -247,7 +256,12 @@ def node_manifests(topology: Topology) -> list[dict[str, Any]]:
 def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> dict[str, Any]:
     name = f"{region.name}-{pool.name}-{index}"
     zone = region.zones[index % len(region.zones)]
-    capacity = {"cpu": str(shape.cpu), "memory": f"{shape.memory_gi}Gi", "pods": "110"}
+    capacity = {
+        "cpu": str(shape.cpu),
+        "memory": f"{shape.memory_gi}Gi",
+        "ephemeral-storage": f"{shape.disk_gi}Gi",
+        "pods": "110",
+    }
     taints: list[dict[str, str]] = []
     if shape.accelerator_kind is not None:
         resource = RESOURCE_BY_KIND[shape.accelerator_kind]

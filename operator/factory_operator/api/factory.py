@@ -83,6 +83,35 @@ class ModelSource(ApiModel):
     )
 
 
+class CacheVolume(ApiModel):
+    """Where the engine keeps downloaded weights (the Hugging Face cache) and compiled Neuron
+    graphs, so that restarts and scale-ups neither download nor compile again. One of the two."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "has(self.persistentVolumeClaim) != has(self.hostPath)",
+                "cache takes exactly one of persistentVolumeClaim and hostPath",
+            )
+        )
+    )
+
+    persistent_volume_claim: str | None = Field(
+        default=None,
+        description="A claim in the factory's namespace, mounted read-write by every replica: "
+        "ReadWriteMany (EFS, Filestore, FSx) when replicas run on several nodes.",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    host_path: str | None = Field(
+        default=None,
+        description="A directory on the node (e.g. the instance-store NVMe of GPU instances), "
+        "created if missing; shared by the replicas of that node.",
+        max_length=MAX_STRING,
+        pattern=r"^/[^\s]*$",
+    )
+
+
 class Accelerator(ApiModel):
     """The accelerators each replica of a pool gets."""
 
@@ -239,6 +268,14 @@ class Pool(ApiModel):
         description="Extra tolerations (the accelerator's is added).",
         max_length=MAX_LABELS,
     )
+    startup_seconds: int | None = Field(
+        default=None,
+        description="Start-up budget of one replica (download, load, Neuron compilation) before "
+        "its startup probe fails; the rollout's progress deadline is above it. Default: the "
+        "operator's (30 min NVIDIA, 60 min Neuron).",
+        ge=60,
+        le=14_400,
+    )
     resources: PoolResources | None = Field(
         default=None,
         description="CPU/memory requests and limits, key by key over the defaults per "
@@ -303,6 +340,12 @@ class InferenceFactorySpec(ApiModel):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
     )
     engine: EngineSpec | None = Field(default=None, description="Engine settings for all pools.")
+    cache: CacheVolume | None = Field(
+        default=None,
+        description="A volume for downloaded weights and compiled Neuron graphs. Default: a "
+        "size-limited emptyDir per replica (lost on restart), with a matching "
+        "ephemeral-storage request.",
+    )
     residency: Residency | None = Field(
         default=None,
         description="Where traffic may be processed. Absent: no placement limit "

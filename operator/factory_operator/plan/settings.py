@@ -103,6 +103,18 @@ class OperatorSettings(BaseSettings):
         description="Startup ceiling (download + Neuron compile, ~15 min for 8B, + load).",
     )
     shm_size: str = Field(default="8Gi", description="Memory-backed /dev/shm size.")
+    model_cache_gi: int = Field(
+        default=64,
+        ge=1,
+        description="GiB of the per-replica emptyDir for downloaded weights (and its "
+        "ephemeral-storage request) when a factory sets no spec.cache.",
+    )
+    neuron_cache_gi: int = Field(
+        default=32,
+        ge=1,
+        description="GiB of the per-replica emptyDir for compiled Neuron graphs (and its "
+        "ephemeral-storage request) when a factory sets no spec.cache.",
+    )
     node_label_scheme: NodeLabelScheme = Field(
         default="gfd",
         description="Node labels that tell accelerator types apart, for FleetRegions that do "

@@ -127,13 +127,31 @@ def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return env, env_from
 
 
+def _cache_source(ctx: PoolContext) -> dict[str, Any]:
+    """The cache volume's source: the factory's spec.cache, else a size-limited emptyDir."""
+    cache = ctx.factory.spec.cache
+    if cache is not None and cache.persistent_volume_claim:
+        return {"persistentVolumeClaim": {"claimName": cache.persistent_volume_claim}}
+    if cache is not None and cache.host_path:
+        return {"hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    return {"emptyDir": {"sizeLimit": f"{ctx.settings.model_cache_gi}Gi"}}
+
+
+def _ephemeral_gi(ctx: PoolContext) -> int:
+    """Node disk the pod's emptyDirs may fill (none when spec.cache holds the caches)."""
+    if ctx.factory.spec.cache is not None:
+        return 0
+    neuron = ctx.settings.neuron_cache_gi if ctx.profile.neuron is not None else 0
+    return ctx.settings.model_cache_gi + neuron
+
+
 def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): /dev/shm, a writable cache, the model PVC, the Neuron cache."""
+    """(volumes, mounts): /dev/shm, the weights cache, the model PVC, the Neuron cache."""
     volumes: list[dict[str, Any]] = [
         # vLLM's Kubernetes guide mounts a memory-backed /dev/shm: tensor-parallel workers
         # exchange tensors through shared memory and the container default is 64Mi.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.settings.shm_size}},
-        {"name": "cache", "emptyDir": {}},
+        {"name": "cache", **_cache_source(ctx)},
     ]
     shm = "/dev/shm"  # noqa: S108 (a mount point, not a temp file)
     mounts: list[dict[str, Any]] = [
@@ -147,13 +165,19 @@ def _volumes(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
-    if ctx.profile.neuron is not None:
-        volumes.append({"name": "neuron-cache", "emptyDir": {}})
+    if ctx.profile.neuron is not None and ctx.factory.spec.cache is not None:
+        # Compiled graphs beside the weights, keyed by revision (NEURON_COMPILED_ARTIFACTS).
+        mounts.append({"name": "cache", "mountPath": NEURON_CACHE, "subPath": "neuron"})
+    elif ctx.profile.neuron is not None:
+        size = f"{ctx.settings.neuron_cache_gi}Gi"
+        volumes.append({"name": "neuron-cache", "emptyDir": {"sizeLimit": size}})
         mounts.append({"name": "neuron-cache", "mountPath": NEURON_CACHE})
     return volumes, mounts
 
 
 def _startup_budget(ctx: PoolContext) -> int:
+    if ctx.pool.startup_seconds is not None:
+        return ctx.pool.startup_seconds
     return (
         ctx.settings.neuron_startup_seconds
         if ctx.profile.neuron
@@ -191,7 +215,10 @@ def _resources(ctx: PoolContext) -> dict[str, Any]:
     key = ctx.placement.resource
     count = str(ctx.pool.accelerator.count)
     extra = ctx.pool.resources
-    requests = {**default_requests(ctx.pool.accelerator), **(extra.requests or {} if extra else {})}
+    requests = default_requests(ctx.pool.accelerator)
+    if disk := _ephemeral_gi(ctx):
+        requests["ephemeral-storage"] = f"{disk}Gi"
+    requests |= extra.requests or {} if extra else {}
     limits = dict(extra.limits or {}) if extra else {}
     return {"requests": {**requests, key: count}, "limits": {**limits, key: count}}
 

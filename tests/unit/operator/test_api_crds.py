@@ -109,6 +109,9 @@ CASES = [
         True,
     ),
     ("an s3:// model needs", {"model": {"uri": "s3://b/p"}, "serviceAccountName": "llm"}, True),
+    ("cache takes exactly one", {"persistentVolumeClaim": "c"}, True),
+    ("cache takes exactly one", {"persistentVolumeClaim": "c", "hostPath": "/d"}, False),
+    ("cache takes exactly one", {}, False),
     (
         "a pvc:// model is mounted",
         {"name": "m", "uri": "pvc://c/p", "credentialsSecretRef": {"name": "s"}},

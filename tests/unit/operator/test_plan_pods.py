@@ -191,3 +191,63 @@ def test_s3_model_through_a_service_account_needs_no_static_keys(
     assert _value(container["args"], "--load-format") == "runai_streamer"
     default = _dep(factory([pool("a", "eu-west-1")]), settings)["spec"]["template"]["spec"]
     assert "serviceAccountName" not in default
+
+
+def _with_spec(f: Any, **spec: Any) -> Any:
+    from factory_operator.api import InferenceFactory  # noqa: PLC0415
+
+    body = f.to_wire()
+    body["metadata"] = {"name": "llama", "namespace": "ml", "uid": "u-1"}
+    body["spec"].update(spec)
+    return InferenceFactory.model_validate(body)
+
+
+def test_caches_are_bounded_and_requested_on_node_disk(settings: OperatorSettings) -> None:
+    dep = _dep(factory([pool("a", "eu-west-1", "neuron", "inf2")]), settings)
+    pod = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["emptyDir"] == {"sizeLimit": "64Gi"}
+    assert volumes["neuron-cache"]["emptyDir"] == {"sizeLimit": "32Gi"}
+    requests = pod["containers"][0]["resources"]["requests"]
+    assert requests["ephemeral-storage"] == "96Gi"
+    gpu = _dep(factory([pool("a", "eu-west-1")]), settings)["spec"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "64Gi"
+
+
+@pytest.mark.parametrize(
+    ("cache", "source"),
+    [
+        ({"persistentVolumeClaim": "llama-cache"},
+         {"persistentVolumeClaim": {"claimName": "llama-cache"}}),
+        ({"hostPath": "/mnt/k8s-disks/0/cache"},
+         {"hostPath": {"path": "/mnt/k8s-disks/0/cache", "type": "DirectoryOrCreate"}}),
+    ],
+)  # fmt: skip
+def test_a_cache_volume_keeps_weights_and_compiled_graphs(
+    settings: OperatorSettings, cache: dict[str, str], source: dict[str, Any]
+) -> None:
+    f = _with_spec(factory([pool("a", "eu-west-1", "neuron", "inf2")]), cache=cache)
+    pod = _dep(f, settings)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {k: v for k, v in volumes["cache"].items() if k != "name"} == source
+    assert "neuron-cache" not in volumes
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/root/.cache"]["name"] == "cache"
+    assert mounts["/var/cache/neuron"] == {
+        "name": "cache",
+        "mountPath": "/var/cache/neuron",
+        "subPath": "neuron",
+    }
+    assert "ephemeral-storage" not in pod["containers"][0]["resources"]["requests"]
+
+
+def test_cache_takes_exactly_one_source() -> None:
+    with pytest.raises(ValidationError):
+        _with_spec(factory([pool("a", "eu-west-1")]), cache={"hostPath": "relative/dir"})
+
+
+def test_startup_budget_per_pool(settings: OperatorSettings) -> None:
+    dep = _dep(factory([pool("a", "eu-west-1", "neuron", "inf2", startupSeconds=5400)]), settings)
+    probe = dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 5400
+    assert dep["spec"]["progressDeadlineSeconds"] > 5400
