@@ -10,14 +10,31 @@ Ejection, per endpoint:
     ejected --(time passes)--> probation            (k = ejections in a row)
     probation --(success)--> healthy (k decays by one per success after probation)
     probation --(one failure)--> ejected (k + 1: the backoff grows, capped at max)
+
+LatencyEjector, per subject (a replica, or a region's replicas of one model), in the manner
+of Envoy's outlier detection but on the latency clients observe (`signals.latency`),
+compared with the subject's peers (the other replicas of its pool among the request's
+candidates; the other regions serving the model):
+
+    fine --(figure > max(ratio * peers, peers + margin))--> degraded(until = now + backoff)
+    degraded --(figure <= max((1+ratio)/2 * peers, peers + margin/2))--> fine  (early)
+    degraded --(time passes)--> fine, re-judged at once (k + 1 if still an outlier)
+    k (degradations in a row) goes back to 0 after `max_seconds` without one
+
+A degraded subject is not removed (a slow answer beats none): it is ranked after every
+other candidate, and one request per `probe_interval_seconds` is sent to it anyway, so
+that its figure follows a recovery. Only first bytes that arrived are latency samples: a
+failed attempt is the error-based Ejector's, and the router's own waits (pool, timeouts)
+are never a backend's latency.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
-from factory_router.policy.config import EjectionConfig, RetryBudgetConfig
+from factory_router.policy.config import EjectionConfig, LatencyEjectionConfig, RetryBudgetConfig
 
 
 class RetryBudget:
@@ -104,3 +121,73 @@ class Ejector:
         for key in list(self._state):
             if key not in keep:
                 del self._state[key]
+
+
+@dataclass
+class _Degraded:
+    degradations: int = 0  # in a row; drives the backoff
+    until: float = -math.inf
+    reason: str = ""
+
+
+class LatencyEjector:
+    """Latency-outlier state of every subject, and when each backend was last probed."""
+
+    def __init__(self, cfg: LatencyEjectionConfig) -> None:
+        self.cfg = cfg
+        self._state: dict[str, _Degraded] = {}
+        self._probed_at: dict[str, float] = {}
+
+    def bound(self, peers_ms: float, scale: float = 1.0) -> float:
+        """The figure above which a subject is an outlier (scale 1) or, once degraded,
+        below which it has recovered (scale 0.5: hysteresis, no flapping at the edge)."""
+        cfg = self.cfg
+        return max(
+            peers_ms * (1 + (cfg.outlier_ratio - 1) * scale),
+            peers_ms + cfg.outlier_margin_ms * scale,
+        )
+
+    def judge(self, subject: str, figure: float | None, peers: float | None, now: float) -> None:
+        """Update one subject from its figure and its peers' (None: no evidence, no change;
+        a degradation then ends when its time is up)."""
+        st = self._state.get(subject)
+        if st is not None and now - st.until > self.cfg.max_seconds:
+            del self._state[subject]  # long quiet: the backoff starts over
+            st = None
+        if figure is None or peers is None:
+            return
+        if st is not None and st.until > now:
+            if figure <= self.bound(peers, 0.5):
+                st.until = now  # recovered, seen by the probes
+            return
+        if figure > self.bound(peers):
+            st = self._state.setdefault(subject, _Degraded())
+            st.degradations += 1
+            backoff = self.cfg.base_seconds * 2 ** (st.degradations - 1)
+            st.until = now + min(backoff, self.cfg.max_seconds)
+            st.reason = f"latency {figure:.0f}ms, peers {peers:.0f}ms"
+
+    def degraded(self, subject: str, now: float) -> bool:
+        st = self._state.get(subject)
+        return st is not None and st.until > now
+
+    def describe(self, subject: str, now: float) -> str | None:
+        """Why and until when the subject is degraded; None when it is not."""
+        st = self._state.get(subject)
+        if st is None or st.until <= now:
+            return None
+        return f"{st.reason}, degraded until t={st.until:.1f}"
+
+    def probe_due(self, backend_id: str, now: float) -> bool:
+        last = self._probed_at.get(backend_id)
+        return last is None or now - last >= self.cfg.probe_interval_seconds
+
+    def probed(self, backend_id: str, now: float) -> None:
+        self._probed_at[backend_id] = now
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop state of replicas that left the fleet (region subjects are few; kept)."""
+        for table in (self._state, self._probed_at):
+            for key in list(table):
+                if key not in keep and not key.startswith("region:"):
+                    del table[key]

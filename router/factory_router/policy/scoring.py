@@ -4,7 +4,9 @@
                                               first bytes) when the client is in its own
                                               region, else the configured matrix
               + ttft                          engine-side TTFT: Prometheus (1 min mean), else
-                                              observed by the router minus RTT, else a default
+                                              observed by the router minus RTT, else a default;
+                                              the client-observed figure instead when it is
+                                              materially higher (see below)
               + queue                         see below
               + kv_penalty                    KV-cache above the knee: preemption risk
     score     = predicted - affinity_bonus + cost_weight * cost
@@ -28,6 +30,14 @@
                                    (charging the whole batch again sent clients 190 ms
                                    away from a replica 100 ms faster); 0 otherwise
 
+Client-observed TTFT (`Observed`): the windowed median of the replica's streamed first
+bytes (else of its region's replicas of the model) minus the router's RTT to the region.
+When it exceeds the engine's figure by more than `observed_wins_ratio` and
+`observed_wins_margin_ms`, the replica is slow in front of the engine (network, a sidecar,
+a throttled tokenizer) and clients wait for what they observe, not for what the engine
+reports: the observed figure is the `ttft` part (`ttft_source` = "observed"). It is
+never used to make a replica look faster than its engine says.
+
 `outstanding` blends the snapshot with the router's own in-flight count: the snapshot's
 running+waiting, plus what this router added or finished since the snapshot was taken
 (so a few-seconds-old snapshot does not send everyone to the replica that *was* idle),
@@ -41,6 +51,15 @@ from typing import Protocol
 
 from factory_router.policy.config import ScoringConfig
 from factory_router.policy.fleet import Backend, Fleet
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Client-observed time to first byte (router -> first byte, RTT included), ms."""
+
+    replica_ms: float | None = None  # this replica, None without enough recent samples
+    region_ms: float | None = None  # its region's replicas of the same model
+    samples: int = 0  # recent samples of the replica
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,9 @@ class LoadView(Protocol):
     def measured_rtt_ms(self, region: str) -> float | None:
         """Round trip from this router to `region`, measured lately; None if not."""
 
+    def client_observed(self, backend: Backend) -> Observed:
+        """Client-observed first-byte times of the backend and of its region, recent."""
+
     @property
     def router_region(self) -> str | None:
         """The region this router runs in (where its RTT measurements start)."""
@@ -95,6 +117,11 @@ class ScoreParts:
     capacity: float | None
     rtt_source: str  # "measured" or "matrix"
     load_source: str  # "prometheus+inflight" or "inflight-only"
+    engine_ttft_ms: float | None = None  # the engine's own (Prometheus)
+    observed_ttft_ms: float | None = None  # client-observed minus the router's RTT
+    observed_region_ttft_ms: float | None = None  # the same for the region's replicas
+    observed_samples: int = 0
+    ttft_source: str = "default"  # "engine", "passive", "observed" or "default"
 
     @property
     def predicted_ttft_ms(self) -> float:
@@ -138,6 +165,10 @@ def predict(
     sample = view.sample(backend)
     observed = view.observed_ttft_ms(backend.id)
     passive_ttft = max(observed - rtt, 0.0) if observed is not None else None
+    seen = view.client_observed(backend)
+    own_rtt, _ = rtt_to(backend, view.router_region, fleet, view, cfg)  # router -> backend
+    seen_replica = max(seen.replica_ms - own_rtt, 0.0) if seen.replica_ms is not None else None
+    seen_region = max(seen.region_ms - own_rtt, 0.0) if seen.region_ms is not None else None
     kv_penalty = 0.0
     ttft: float | None
     reflected = 0.0  # requests whose slowing effect the base TTFT already includes
@@ -154,7 +185,16 @@ def predict(
         source = "prometheus+inflight"
     else:
         outstanding, waiting, ttft, source = float(inflight), 0.0, passive_ttft, "inflight-only"
+    if sample is not None and sample.ttft_ms is not None:
+        ttft_source = "engine"
+    else:
+        ttft_source = "passive" if ttft is not None else "default"
     base = ttft if ttft is not None else cfg.default_ttft_ms
+    client = seen_replica if seen_replica is not None else seen_region
+    if client is not None and client > base * (1 + cfg.observed_wins_ratio) + (
+        cfg.observed_wins_margin_ms
+    ):
+        base, ttft_source = client, "observed"
     capacity = view.capacity(backend)
     slot_wait = 0.0
     if capacity is not None and capacity > 0:
@@ -181,4 +221,9 @@ def predict(
         capacity=capacity,
         rtt_source=rtt_source,
         load_source=source,
+        engine_ttft_ms=sample.ttft_ms if sample is not None else None,
+        observed_ttft_ms=seen_replica,
+        observed_region_ttft_ms=seen_region,
+        observed_samples=seen.samples,
+        ttft_source=ttft_source,
     )

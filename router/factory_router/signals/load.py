@@ -8,6 +8,9 @@ had requests waiting in two snapshots in a row is full at the `running` count se
 request that just arrived waits for the next scheduler step even in an idle engine, and a
 capacity of 1 learned from that would starve the replica. A replica seen running more than
 its learned capacity raises it.
+
+Client-observed latency (`signals.latency`) is kept beside the engine's own figures: the
+policy compares the two (`policy.scoring`) and finds latency outliers (`policy.health`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import replace
 
 from factory_router.policy.config import ScoringConfig
 from factory_router.policy.fleet import Backend
-from factory_router.policy.scoring import LoadSample
+from factory_router.policy.scoring import LoadSample, Observed
+from factory_router.signals.latency import ObservedLatency
 from factory_router.signals.passive import PassiveSignals
 from factory_router.signals.prometheus import Snapshot
 from factory_router.signals.rtt import RttEstimates
@@ -33,12 +37,20 @@ class LoadState:
         *,
         router_region: str | None = None,
         rtt_window_seconds: float = ScoringConfig.rtt_window_seconds,
+        scoring: ScoringConfig | None = None,
     ) -> None:
+        cfg = scoring or ScoringConfig()
         self.stale_after = stale_after
         self.passive = passive or PassiveSignals()
         self.snapshot: Snapshot | None = None
         self.router_region = router_region
         self.rtt = RttEstimates(rtt_window_seconds, clock)
+        self.observed = ObservedLatency(
+            cfg.observed_window_seconds,
+            cfg.observed_max_samples,
+            cfg.observed_min_samples,
+            clock,
+        )
         self._learned_capacity: dict[str, float] = {}  # pod -> running while others waited
         self._clock = clock
 
@@ -63,10 +75,18 @@ class LoadState:
         return age is not None and age <= self.stale_after
 
     # Passive observations (called by the proxy)
-    def observe_first_byte(self, backend: Backend, ttfb_ms: float) -> None:
-        self.passive.observe_ttft(backend.id, ttfb_ms)
+    def observe_first_byte(
+        self, backend: Backend, ttfb_ms: float, *, streamed: bool, router_wait_ms: float = 0.0
+    ) -> None:
+        """A first byte arrived `ttfb_ms` after the request was handed to the upstream
+        client, `router_wait_ms` of which it waited inside the router for a connection
+        (not the backend's doing, so not counted against it)."""
+        ms = max(ttfb_ms - router_wait_ms, 0.0)
+        self.passive.observe_ttft(backend.id, ms)
         if backend.region:
-            self.rtt.observe(backend.region, ttfb_ms)
+            self.rtt.observe(backend.region, ms)
+        if streamed:
+            self.observed.observe(backend, ms)
 
     def observe_completion(
         self, backend: Backend, *, duration_ms: float, ttfb_ms: float, streamed: bool
@@ -106,3 +126,6 @@ class LoadState:
 
     def measured_rtt_ms(self, region: str) -> float | None:
         return self.rtt.rtt_ms(region)
+
+    def client_observed(self, backend: Backend) -> Observed:
+        return self.observed.of(backend)

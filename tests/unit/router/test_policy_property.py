@@ -17,7 +17,7 @@ from factory_router.policy.fleet import Backend, Region, build_fleet
 from factory_router.policy.health import Ejector
 from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
 from factory_router.policy.route import plan
-from factory_router.policy.scoring import LoadSample
+from factory_router.policy.scoring import LoadSample, Observed
 from factory_router.policy.tenants import Tenant, allowed_jurisdictions
 
 JURISDICTIONS = ["EU", "US", "UK", "IN"]
@@ -76,6 +76,9 @@ class RandomView:
 
     def measured_rtt_ms(self, region: str) -> float | None:
         return None
+
+    def client_observed(self, backend: Backend) -> Observed:
+        return Observed()
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,7 +13,7 @@ from factory_router.policy.fleet import Backend, Fleet, Region, RttMatrix, build
 from factory_router.policy.health import Ejector, RetryBudget
 from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
 from factory_router.policy.route import plan
-from factory_router.policy.scoring import LoadSample, predict
+from factory_router.policy.scoring import LoadSample, Observed, predict
 
 CFG = ScoringConfig()
 
@@ -27,6 +27,7 @@ class View:
     durations: dict[str, float] = field(default_factory=dict)
     capacities: dict[str, float] = field(default_factory=dict)
     rtts: dict[str, float] = field(default_factory=dict)  # measured, by backend region
+    observed: dict[str, Observed] = field(default_factory=dict)  # client-observed
     router_region: str | None = None
 
     def sample(self, backend: Backend) -> LoadSample | None:
@@ -49,6 +50,9 @@ class View:
 
     def measured_rtt_ms(self, region: str) -> float | None:
         return self.rtts.get(region)
+
+    def client_observed(self, backend: Backend) -> Observed:
+        return self.observed.get(backend.id, Observed())
 
 
 def b(bid: str, region: str | None, model: str = "m", pool: str | None = None) -> Backend:
