@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from factory_operator.api import FleetRegion, InferenceFactory
 from factory_operator.api.accelerators import ACCELERATOR_RESOURCES
 from factory_operator.plan import (
@@ -16,6 +18,7 @@ from factory_operator.plan import (
     OperatorSettings,
     PodProblem,
 )
+from factory_operator.plan.storage import claim_names
 
 from .client import Kube, Obj
 
@@ -113,6 +116,24 @@ def _pod_problems(pods: list[Obj], rsets: list[Obj], pool_key: str) -> list[PodP
     return problems
 
 
+async def read_claims(kube: Kube, namespace: str, names: list[str]) -> dict[str, list[str]] | None:
+    """Access modes of the named claims (missing ones left out); None when the operator may
+    not read claims (its role predates the check): the check is skipped, nothing fails."""
+    claims: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            found = await kube.list(
+                "v1", "PersistentVolumeClaim", namespace, field_selector=f"metadata.name={name}"
+            )
+        except ApiException as err:
+            if err.status in (401, 403):
+                return None
+            raise
+        for claim in found:
+            claims[name] = list((claim.get("spec") or {}).get("accessModes") or [])
+    return claims
+
+
 async def read_factory(kube: Kube, namespace: str, name: str) -> Obj | None:
     """The factory as the API server holds it now, or None once it is gone.
 
@@ -165,6 +186,8 @@ async def observe(
         "v1", "Pod", namespace, label_selector=selector, field_selector="status.phase=Pending"
     )
     rsets = await kube.list("apps/v1", "ReplicaSet", namespace, label_selector=selector)
+    names = claim_names(factory)
+    claims = await read_claims(kube, namespace, names) if names else None
     observed = Observed(
         now=now,
         nodes=nodes,
@@ -172,5 +195,6 @@ async def observe(
         problems=_pod_problems(pods, rsets, pool_key),
         children=children,
         podmonitor_crd=has_podmonitor,
+        claims=claims,
     )
     return World(regions=regions, observed=observed, live=live)

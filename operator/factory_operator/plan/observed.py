@@ -62,3 +62,6 @@ class Observed:
     problems: Sequence[PodProblem] = ()
     children: Sequence[ChildRef] = ()
     podmonitor_crd: bool = False
+    # Access modes of the claims the factory mounts, by claim name (a missing claim is
+    # absent); None when they could not be read (no RBAC for claims): not checked then.
+    claims: Mapping[str, Sequence[str]] | None = None

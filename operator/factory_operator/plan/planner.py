@@ -24,6 +24,7 @@ from .observed import ChildRef, Observed, PodProblem
 from .placement import Placement, ambiguity, candidate_nodes, place, region_scheme
 from .settings import OperatorSettings
 from .status import summarize
+from .storage import shared_volume_problem
 from .workload import (
     Manifest,
     PoolContext,
@@ -104,6 +105,8 @@ def _plan_pool(
     regions: Mapping[str, FleetRegion],
     observed: Observed,
     settings: OperatorSettings,
+    *,
+    volume_problem: str | None = None,
 ) -> _Outcome:
     running = observed.deployments.get(pool.name)
     ready = running.ready_replicas if running else 0
@@ -212,6 +215,8 @@ def _plan_pool(
     elif unschedulable or (gap and ready < desired):
         reason = "InsufficientAccelerators"
         message = gap or unschedulable[0].message
+    elif volume_problem and desired:
+        reason, message = "VolumeNotShared", volume_problem
     if reason:
         state = "Degraded"
     elif current and ready >= desired:
@@ -242,8 +247,17 @@ def plan_factory(
     settings: OperatorSettings,
 ) -> Plan:
     """Desired children, deletions, status and events for one factory."""
+    local = [
+        p
+        for p in factory.spec.pools
+        if p.region in regions and (settings.region is None or p.region == settings.region)
+    ]
+    volume_problem = shared_volume_problem(
+        factory, observed.claims, sum(p.replicas.min for p in local)
+    )
     outcomes = [
-        _plan_pool(factory, pool, regions, observed, settings) for pool in factory.spec.pools
+        _plan_pool(factory, pool, regions, observed, settings, volume_problem=volume_problem)
+        for pool in factory.spec.pools
     ]
     apply = [child for o in outcomes for child in o.children]
     wanted = {(c["kind"], c["metadata"]["name"]) for c in apply}

@@ -15,7 +15,7 @@ BLOCKING_REASONS = (
     "UnknownRegion",
     "AcceleratorTypeAmbiguous",
 )
-DEGRADING_REASONS = ("PodsRejected", "InsufficientAccelerators")
+DEGRADING_REASONS = ("PodsRejected", "InsufficientAccelerators", "VolumeNotShared")
 Status = Literal["True", "False", "Unknown"]
 
 
