@@ -3,10 +3,12 @@
 Which image serves which accelerator (defaults in ``settings``; ``engine.image`` overrides):
 
 - nvidia (any type): ``vllm/vllm-openai``; vLLM listens on 8000, health on ``/health``.
-- neuron ``trn2``/``trn3``: the current AWS Neuron vLLM DLC (vLLM Neuron plugin). Neuron
-  overrides go through ``--additional-config '{"neuron_config": {...}}'`` and compiled graphs
-  are cached under ``$VLLM_CACHE_ROOT/neuron/compile_cache`` (awsdocs-neuron, vLLM Neuron
-  "Additional Configuration Options" and "Compilation Cache").
+- neuron ``trn2``/``trn3``: the current AWS Neuron vLLM DLC (vLLM Neuron plugin on
+  torch.compile). Prefix caching takes vLLM's own flags, ``--block-size`` and
+  ``--num-gpu-blocks-override``, and no ``neuron_config`` key (vllm-neuron features guide,
+  "Prefix caching"; ``--additional-config '{"neuron_config": {...}}'`` carries only
+  Neuron-specific options such as ``ep_degree``); compiled graphs are cached under
+  ``$VLLM_CACHE_ROOT/neuron/compile_cache`` (awsdocs-neuron, "Compilation Cache").
 - neuron ``inf2``/``trn1``/``trn1n``: the older DLC (vLLM 0.16, vllm-neuron 0.5 on NxD
   Inference). Overrides go through ``--additional-config '{"override_neuron_config": {...}}'``;
   compiled artifacts are saved to and reloaded from ``NEURON_COMPILED_ARTIFACTS`` (vllm-neuron
@@ -211,11 +213,10 @@ def _neuron_args(args: EngineArgs | None, generation: NeuronGeneration) -> list[
         # Without prefix caching NxDI uses one contiguous block per sequence and needs the
         # block count pinned to max_num_seqs (vllm-neuron 0.5.0 README, Known Issues 2).
         out += ["--num-gpu-blocks-override", str(args.max_num_seqs)]
-    if config:
-        key = "override_neuron_config" if generation == "nxdi" else "neuron_config"
+    if config and generation == "nxdi":
         out += [
             "--additional-config",
-            json.dumps({key: config}, sort_keys=True, separators=(",", ":")),
+            json.dumps({"override_neuron_config": config}, sort_keys=True, separators=(",", ":")),
         ]
     return out
 

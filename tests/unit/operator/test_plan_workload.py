@@ -139,6 +139,8 @@ def test_neuron_inf2_pool(settings: OperatorSettings) -> None:
 
 
 def test_trn2_uses_current_plugin_config(settings: OperatorSettings) -> None:
+    # The current plugin sizes prefix caching with vLLM's own flags, not neuron_config keys
+    # (vllm-neuron features guide, "Prefix caching"): behaviour changed with issue 15.
     f = factory(
         [
             pool(
@@ -147,13 +149,17 @@ def test_trn2_uses_current_plugin_config(settings: OperatorSettings) -> None:
                 "neuron",
                 "trn2",
                 count=1,
-                engine={"args": {"enablePrefixCaching": True}},
+                engine={
+                    "args": {"enablePrefixCaching": True, "maxModelLen": 4096, "maxNumSeqs": 8}
+                },
             )
         ]
     )
     c = _container(_children(f, settings)[("Deployment", "llama-trn2")])
-    extra = json.loads(c["args"][c["args"].index("--additional-config") + 1])
-    assert "neuron_config" in extra
+    args = c["args"]
+    assert "--additional-config" not in args
+    assert args[args.index("--block-size") + 1] == "32"
+    assert args[args.index("--num-gpu-blocks-override") + 1] == str(4096 // 32 * 8)
     assert any(e["name"] == "VLLM_CACHE_ROOT" for e in c["env"])
 
 
