@@ -4,7 +4,8 @@ Usage: `<vllm python> vllm_argcheck.py CASES.json RESULTS.json`. CASES is a list
 `{"id": ..., "args": [...], "module": "..." | null}`; every case goes through the same steps
 as `vllm serve`: vLLM's FlexibleArgumentParser with `make_arg_parser`, then
 `validate_parsed_serve_args`, then `AsyncEngineArgs.from_cli_args`. RESULTS maps each id to
-`{"ok": true, "parsed": {...}}` or `{"ok": false, "error": "..."}`. One process for all cases:
+`{"ok": true, "parsed": {...}}` or `{"ok": false, "error": "..."}`, and the key `vllm` to the
+version of vLLM that parsed them. One process for all cases:
 importing vLLM takes about 30 s on 2 cores. Results go to a file because vLLM logs to stdout.
 Only the standard library is imported at module level (tests import `__file__` from here).
 """
@@ -12,6 +13,7 @@ Only the standard library is imported at module level (tests import `__file__` f
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -81,6 +83,7 @@ def main(cases_path: str, results_path: str) -> None:
             continue
         parsed = {name: _plain(getattr(engine_args, name, None)) for name in FIELDS}
         results[case["id"]] = {"ok": True, "parsed": parsed}
+    results["vllm"] = importlib.metadata.version("vllm")
     with open(results_path, "w") as f:
         json.dump(results, f)
 

@@ -20,6 +20,7 @@ import yaml
 
 from factory_operator.api import FleetRegion, InferenceFactory
 from factory_operator.plan import Observed, OperatorSettings, plan_factory
+from factory_operator.plan.settings import VLLM_VERSION
 from factoryctl.vllm_env import VllmEnv
 from tests.support import vllm_argcheck
 
@@ -270,6 +271,11 @@ def verdicts(vllm_env: VllmEnv, tmp_path_factory: pytest.TempPathFactory) -> dic
     assert done.returncode == 0, done.stderr[-3000:]
     verdicts: dict[str, Any] = json.loads(results.read_text())
     return verdicts
+
+
+def test_the_parser_is_the_vllm_of_the_default_nvidia_image(verdicts: dict[str, Any]) -> None:
+    assert verdicts["vllm"] == f"{VLLM_VERSION}+cpu"
+    assert OperatorSettings().nvidia_image == f"vllm/vllm-openai:v{VLLM_VERSION}"
 
 
 def test_every_example_deployment_parses(verdicts: dict[str, Any]) -> None:
