@@ -1,10 +1,12 @@
 """What a handler of the router's HTTP/1.1 server sees: a request, and the means to
-answer it (`Request`), with the framing of responses. The connection underneath is
-`http_server`'s; this module needs of it only the `Wire` below."""
+answer it (`Request`), with the rules of request framing beyond llhttp's (`framing_error`)
+and the framing of responses. The connection underneath is `http_server`'s; this module
+needs of it only the `Wire` below."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import parse_qsl
@@ -58,6 +60,28 @@ def response_head(
     lines.append(date_line)
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def framing_error(
+    http_version: str, headers: Mapping[str, str], repeated: Collection[str]
+) -> str | None:
+    """Why a request head that llhttp accepted is refused all the same (400), else None.
+
+    llhttp already refuses Content-Length with Transfer-Encoding, a Content-Length repeated
+    or not a number, a Transfer-Encoding whose last coding is not chunked, obs-fold, bare
+    CR or LF, and control characters. Where uvicorn goes on, the router does not, since no
+    OpenAI client goes there: only HTTP/1.0 and 1.1 (llhttp serves 0.9 and "2.0" heads);
+    a Transfer-Encoding other than exactly `chunked` (`identity, chunked`; any coding at
+    all in HTTP/1.0); and, as RFC 9112 section 3.2 asks, an HTTP/1.1 request with no Host
+    or with several. `repeated`: the names of headers given more than once."""
+    if http_version not in ("1.0", "1.1"):
+        return f"HTTP/{http_version} is not served; use HTTP/1.1."
+    coding = headers.get("transfer-encoding")
+    if coding is not None and (http_version == "1.0" or coding.strip().lower() != "chunked"):
+        return "Transfer-Encoding other than 'chunked' (in HTTP/1.1) is not accepted."
+    if http_version == "1.1" and ("host" not in headers or "host" in repeated):
+        return "An HTTP/1.1 request needs exactly one Host header."
+    return None
 
 
 def error_response(err: RouterError, date_line: bytes) -> bytes:
