@@ -7,7 +7,11 @@
   about a tenth of the router's CPU per request; see bench/router_overhead).
 - Everything else goes through `logging` with `JsonFormatter`.
 
-Only routing facts are logged: never prompts, completions, request bodies or keys.
+Only routing facts are logged: never prompts, completions, request bodies or keys. What
+a client chose (`model`, `path` of an access line) is clipped to `ECHO_MAX_CHARS` here,
+whoever writes the line, and every line of `logging`
+goes through `redact()`: no URL's user:password (e.g. in `--prometheus-url`, or in an
+error a library raised about it) reaches a log, nor, through `redact()`, an endpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +19,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, BinaryIO
 
+from factory_router.policy.errors import ECHO_MAX_CHARS, clip
+
 _ACCESS_BUFFER = 64 * 1024
+_CLIENT_CHOSEN = ("model", "path")  # access-line fields whose value a client picked
+# scheme://userinfo@ (RFC 3986): from "//" to the last "@" of the authority, as urllib
+# splits it (a password with a raw "@" in it is still hidden whole).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'\\]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the userinfo (user:password) of every URL in it replaced by `***`."""
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,13 +48,13 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            out.update(fields)
+            out.update({k: redact(v) if isinstance(v, str) else v for k, v in fields.items()})
         if record.exc_info and record.levelno >= logging.ERROR:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
@@ -62,6 +80,10 @@ class AccessLog:
         if not self.enabled:
             return
         line = {"ts": round(time.time(), 3), "logger": "factory_router.access", **fields}
+        for key in _CLIENT_CHOSEN:
+            value = line.get(key)
+            if isinstance(value, str) and len(value) > ECHO_MAX_CHARS:
+                line[key] = clip(value)
         self._stream.write(self._encoder.encode(line).encode() + b"\n")
 
     def flush(self) -> None:

@@ -1,6 +1,14 @@
 """Reload the tenants and static backends files when they change (key rotation without a
 restart). A file that fails to parse is rejected and the previous good one kept: a broken
-edit must never turn into allow-all, nor into an outage."""
+edit must never turn into allow-all, nor into an outage.
+
+Nothing stops a watcher but its cancellation: a file that is missing for a moment (a
+Secret volume swaps a symlink; an editor writes a new file and renames it), unreadable,
+or that a loader or an `apply` fails on for any reason is logged and counted
+(`on_error`, behind `factory_router_config_reload_errors_total`), the previous value stays
+and the file is read again on its next change. A missing file is counted once, not once
+per check, and its return is a change.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from factory_router.app.logs import redact
 from factory_router.policy.errors import PolicyError
 
 log = logging.getLogger("factory_router.reload")
@@ -49,15 +58,25 @@ class FileWatcher(Generic[T]):
         self._stamp = stamp
         try:
             value = self._load(self.path)
+            self._apply(value)
         except PolicyError as exc:
-            log.error("rejected %s reload, keeping the previous one: %s", self.name, exc)
-            self._on_error(str(exc))
+            self._failed(str(exc))
             return False
-        self._apply(value)
+        except Exception as exc:  # any failure: keep the previous value
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return False
         log.info("reloaded %s from %s", self.name, self.path)
         return True
+
+    def _failed(self, message: str) -> None:
+        message = redact(message)
+        log.error("rejected %s reload, keeping the previous one: %s", self.name, message)
+        self._on_error(message)
 
     async def run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a failing on_error must not end the watcher either
+                log.exception("%s watcher: check failed; watching on", self.name)

@@ -12,6 +12,7 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     ├── Forbidden                    (403, permission_error)
     │   └── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
     ├── NotFound                     (404, code=not_found)           unknown path
+    ├── TooManyRequests              (429, code=rate_limit_exceeded) tenant's concurrency limit
     ├── ModelNotFound                (404, code=model_not_found)     nothing allowed serves it
     ├── NoCompliantBackend           (503, code=no_compliant_backend)
     ├── UpstreamFailed               (502, code=upstream_error)      every attempt failed
@@ -19,11 +20,25 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
 
     PolicyError (not an HTTP error): a tenant or fleet configuration that cannot be used;
     raised at start-up or on reload, where the previous good policy is kept.
+
+Whatever a client sent and a message repeats (a model name, a header value, a path) goes
+through `clip()` first, and a message is cut at `MAX_MESSAGE_CHARS` whatever it holds: a
+client cannot make the router write megabytes into an answer or a log line.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+ECHO_MAX_CHARS = 128  # a client's value repeated in a message or a log line
+MAX_MESSAGE_CHARS = 512  # a whole error message (values clipped or not)
+
+
+def clip(value: str, limit: int = ECHO_MAX_CHARS) -> str:
+    """`value` cut to `limit` characters, marked when cut (`...` and the full length)."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...({len(value)} chars)"
 
 
 class PolicyError(ValueError):
@@ -38,6 +53,7 @@ class RouterError(Exception):
     code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -108,6 +124,14 @@ class ModelNotFound(RouterError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class TooManyRequests(RouterError):
+    """A tenant at its limit of concurrent requests (checked before any engine is asked)."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
 
 
 class NoCompliantBackend(RouterError):

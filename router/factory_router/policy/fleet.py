@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from factory_router.policy.config import ScoringConfig
-from factory_router.policy.errors import ModelNotFound
+from factory_router.policy.errors import ModelNotFound, clip
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Fleet:
         ]
         if not out:
             raise ModelNotFound(
-                f"The model '{model}' does not exist or you do not have access to it.",
+                f"The model '{clip(model)}' does not exist or you do not have access to it.",
                 param="model",
             )
         return out

@@ -7,11 +7,16 @@ Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
       - name: acme-eu
         jurisdictions: [EU]                # non-empty; no wildcard
         api_keys_sha256: [<64 hex>, ...]   # several during a rotation
+        max_concurrent_requests: 64        # optional; else the router's default
 
 Fail closed everywhere: an empty, missing or unparseable file is a `PolicyError` (the
 router refuses to start, or keeps the previous good table on reload); an unknown key is
 401; a residency header that is malformed, uses `*` or names an unknown jurisdiction is
 400; one that narrows the tenant's set to nothing is 403. The header only narrows.
+
+`max_concurrent_requests` bounds the requests one tenant has in the router at a time, so
+that one tenant cannot take every engine slot; beyond it the answer is 429 before any
+engine is asked (`TenantLimits`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from factory_router.policy.errors import (
     InvalidResidency,
     PolicyError,
     ResidencyDenied,
+    TooManyRequests,
     Unauthenticated,
+    clip,
 )
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -57,6 +64,7 @@ class _TenantDoc(BaseModel):
     name: str = Field(min_length=1)
     jurisdictions: list[str] = Field(min_length=1)
     api_keys_sha256: list[str] = Field(min_length=1)
+    max_concurrent_requests: int | None = Field(None, ge=1)
 
     @field_validator("jurisdictions")
     @classmethod
@@ -91,6 +99,7 @@ class Tenant:
 
     name: str
     jurisdictions: frozenset[str]
+    max_concurrent_requests: int | None = None  # None: the router's default
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,7 @@ def parse_tenants(doc: Any) -> TenantTable:
         if t.name in names:
             raise PolicyError(f"duplicate tenant name {t.name!r}")
         names.add(t.name)
-        tenant = Tenant(t.name, frozenset(t.jurisdictions))
+        tenant = Tenant(t.name, frozenset(t.jurisdictions), t.max_concurrent_requests)
         for h in t.api_keys_sha256:
             if h in by_hash:
                 raise PolicyError(f"API key hash {h[:8]}... is assigned to two tenants")
@@ -187,7 +196,7 @@ def parse_residency(header: str | None, known: Iterable[str]) -> frozenset[str] 
             code = normalise_jurisdiction(part)
         except ValueError:
             raise InvalidResidency(
-                f"x-factory-residency: malformed element {part!r}", param="residency"
+                f"x-factory-residency: malformed element {clip(part)!r}", param="residency"
             ) from None
         if code not in known_set:
             raise InvalidResidency(
@@ -208,6 +217,40 @@ def allowed_jurisdictions(
             "x-factory-residency leaves no jurisdiction this tenant may use", param="residency"
         )
     return allowed
+
+
+class TenantLimits:
+    """Requests each tenant has in flight, against its `max_concurrent_requests` (or
+    `default`; 0 = no limit). Counted by tenant name, so a reload that changes a limit
+    applies at once to the requests that follow."""
+
+    def __init__(self, default: int) -> None:
+        self.default = default
+        self._inflight: dict[str, int] = {}
+
+    def limit_of(self, tenant: Tenant) -> int:
+        return tenant.max_concurrent_requests or self.default
+
+    def inflight(self, name: str) -> int:
+        return self._inflight.get(name, 0)
+
+    def acquire(self, tenant: Tenant) -> None:
+        """Count one more request of `tenant`; TooManyRequests (nothing counted) at its limit."""
+        limit = self.limit_of(tenant)
+        held = self._inflight.get(tenant.name, 0)
+        if limit and held >= limit:
+            raise TooManyRequests(
+                f"Tenant {tenant.name!r} has {held} requests in flight, its limit; "
+                "retry when one has finished."
+            )
+        self._inflight[tenant.name] = held + 1
+
+    def release(self, tenant: Tenant) -> None:
+        held = self._inflight.get(tenant.name, 0) - 1
+        if held > 0:
+            self._inflight[tenant.name] = held
+        else:
+            self._inflight.pop(tenant.name, None)
 
 
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
