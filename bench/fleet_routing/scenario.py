@@ -69,6 +69,7 @@ class Record:
     pool: str | None = None
     region: str | None = None
     jurisdiction: str | None = None
+    engine: str | None = None  # the simulated engine's id (x-factory-sim-engine), peers too
     tokens: int = 0
 
 
@@ -106,8 +107,12 @@ async def run(
     scenario: Scenario,
     routers: dict[str, str],
     keys: dict[str, str],
+    stream_headers: dict[str, dict[str, str]] | None = None,
 ) -> tuple[list[Record], float]:
-    """Run the scenario against one router per client region; records of the measured part."""
+    """Run the scenario against one router per client region (`routers` keyed by region),
+    or one per stream (keyed by stream name, e.g. peers that know no residency and so get
+    one tenant's compliant backends each); records of the measured part. `stream_headers`
+    replace a stream's request headers (a peer's own key)."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
     timeout = httpx.Timeout(60.0, connect=5.0)
     rng = random.Random(scenario.seed)
@@ -127,8 +132,13 @@ async def run(
             rec = Record(stream.name, stream.tenant, time.monotonic())
             if t >= 0:
                 records.append(rec)
-            url, key = routers[stream.client_region], keys[stream.tenant]
-            task = asyncio.create_task(_one(http, url, key, stream, rec, scenario.max_tokens))
+            url = routers.get(stream.name) or routers[stream.client_region]
+            headers = {
+                "authorization": f"Bearer {keys[stream.tenant]}",
+                "x-factory-client-region": stream.client_region,
+                **(stream_headers or {}).get(stream.name, {}),
+            }
+            task = asyncio.create_task(_one(http, url, headers, stream, rec, scenario.max_tokens))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -137,7 +147,12 @@ async def run(
 
 
 async def _one(
-    http: httpx.AsyncClient, url: str, key: str, stream: Stream, rec: Record, max_tokens: int
+    http: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    stream: Stream,
+    rec: Record,
+    max_tokens: int,
 ) -> None:
     body = {
         "model": stream.model,
@@ -146,7 +161,6 @@ async def _one(
         "ignore_eos": True,
         "stream": True,
     }
-    headers = {"authorization": f"Bearer {key}", "x-factory-client-region": stream.client_region}
     try:
         async with http.stream(
             "POST", f"{url}/v1/chat/completions", json=body, headers=headers
@@ -155,6 +169,12 @@ async def _one(
             rec.pool = reply.headers.get("x-factory-pool")
             rec.region = reply.headers.get("x-factory-region")
             rec.jurisdiction = reply.headers.get("x-factory-jurisdiction")
+            # What the engine itself says (a peer router relays it, LiteLLM as
+            # llm_provider-*): where the answer was really made, whoever routed it.
+            h = reply.headers
+            rec.engine = h.get("x-factory-sim-engine") or h.get("llm_provider-x-factory-sim-engine")
+            sim_region = h.get("x-factory-sim-region") or h.get("llm_provider-x-factory-sim-region")
+            rec.region = rec.region or sim_region
             if reply.status_code != 200:
                 rec.error = (await reply.aread())[:200].decode(errors="replace")
                 return
@@ -208,13 +228,18 @@ def summarise(
     ttft_ms = sorted(r.ttft_s * 1000 for r in ok if r.ttft_s is not None)
     good = [r for r in ok if r.ttft_s is not None and r.ttft_s * 1000 <= slo_ms]
     violations = []
+    region_jurisdiction = {p.region: p.jurisdiction for p in pools.values()}
     for r in records:
-        if r.jurisdiction is None or r.status != 200:
+        if r.status != 200:
             continue
         pool = pools.get(r.pool or "")
-        claimed_ok = r.jurisdiction in allowed[r.tenant]
-        pool_ok = pool is not None and pool.jurisdiction in allowed[r.tenant]
-        if not (claimed_ok and pool_ok):
+        # The router's claim (absent for peers), the pool's FleetRegion and the engine's own
+        # region: every one that is known must be allowed; an answer of unknown origin
+        # counts as a violation.
+        known = [r.jurisdiction, pool.jurisdiction if pool else None,
+                 region_jurisdiction.get(r.region or "")]  # fmt: skip
+        seen = [j for j in known if j is not None]
+        if not seen or any(j not in allowed[r.tenant] for j in seen):
             violations.append(asdict(r))
     tokens = sum(r.tokens for r in ok)
     provisioned = sum(p.price_per_replica_hour * p.replicas for p in pools.values())

@@ -17,7 +17,6 @@ import math
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -37,7 +36,6 @@ REGION_HEADER = "x-factory-router-region"
 ENGINE_KEY = web.AppKey("engine", SimEngine)
 FAULTS_KEY = web.AppKey("faults", Faults)
 _Body = TypeVar("_Body", bound=BaseModel)
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(engine: SimEngine, faults: Faults, engine_id: str) -> web.Application:
@@ -64,14 +62,13 @@ def build_app(engine: SimEngine, faults: Faults, engine_id: str) -> web.Applicat
     async def version(_: web.Request) -> web.Response:
         return web.json_response({"version": "0.12.0+factory-sim"})
 
-    @web.middleware
-    async def tag(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        response = await handler(request)
+    async def tag(_: web.Request, response: web.StreamResponse) -> None:
+        # As the head is sent (a middleware would be too late for a stream): which engine
+        # answered and where, whoever routed the request there (bench/fleet_routing).
         response.headers["x-factory-sim-engine"] = engine_id
         response.headers["x-factory-sim-region"] = engine.config.region
-        return response
 
-    app.middlewares.append(tag)
+    app.on_response_prepare.append(tag)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/embeddings", _embeddings)
