@@ -50,6 +50,10 @@ LEFT_OUT = frozenset({"torch", "torchaudio", "torchvision", "torchcodec", "intel
 # Bump when the recipe below changes in a way the pins do not show; it re-keys the cache.
 RECIPE = "1"
 PIP_TIMEOUT_SECONDS = 60  # per network operation, not per install
+# A cold `pip install` of the requirements takes 3-7 minutes on 2 busy cores; an hour means
+# something hangs.
+STEP_DEADLINE_SECONDS = 3600
+TICK_SECONDS = 30
 MODEL_DEADLINE_SECONDS = 600  # making the tiny model takes seconds; importing torch, more
 
 Progress = Callable[[str], None]
@@ -192,17 +196,31 @@ class _Installer:
         self.env = env
         self.progress = progress
 
-    def run(self, step: str, args: list[str]) -> None:
+    def run(self, step: str, args: list[str], deadline: float = STEP_DEADLINE_SECONDS) -> None:
+        """Run one step, saying every TICK_SECONDS where it is; raise naming the log."""
         started = time.monotonic()
         self.progress(f"vllm {step}")
         with self.env.log.open("a") as log:
             log.write(f"\n### {step}: {' '.join(args)}\n")
             log.flush()
-            code = subprocess.run(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
-            ).returncode
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            code: int | None = None
+            while code is None:
+                try:
+                    code = proc.wait(timeout=TICK_SECONDS)
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if elapsed > deadline:
+                        proc.kill()
+                        proc.wait()
+                        code = -9
+                        log.write(f"\n### {step}: killed after {elapsed:.0f}s\n")
+                    else:
+                        self.progress(f"vllm {step}: {elapsed:.0f}s, {self._last_line()}")
         if code != 0:
-            lines = self.env.log.read_text().splitlines()[-15:]
+            lines = self.env.log.read_text(errors="replace").splitlines()[-15:]
             raise ToolchainError(
                 f"vLLM install step '{step}' failed (exit {code}); full log: {self.env.log}\n"
                 + "\n".join(lines),
@@ -210,6 +228,12 @@ class _Installer:
                 "(pip keeps what it already installed)",
             )
         self.progress(f"vllm {step}: done in {time.monotonic() - started:.0f}s")
+
+    def _last_line(self) -> str:
+        with self.env.log.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1].strip()[:100] if lines else ""
 
     def pip(self, step: str, *args: str) -> None:
         self.run(

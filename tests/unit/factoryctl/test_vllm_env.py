@@ -84,3 +84,16 @@ def test_a_failed_install_step_names_its_log(tmp_path: Path) -> None:
 
 def test_shim_answers_the_cpu_version() -> None:
     assert "Name: vllm\nVersion: 0.32.0+cpu\n" in vllm_env.shim_metadata("0.32.0")
+
+
+def test_a_step_past_its_deadline_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vllm_env, "TICK_SECONDS", 0.1)
+    env = vllm_env.VllmEnv(tmp_path, "0.32.0")
+    said: list[str] = []
+    step = vllm_env._Installer(env, said.append)
+    hanging = [sys.executable, "-c", "print('resolving', flush=True); import time; time.sleep(60)"]
+    with pytest.raises(ToolchainError, match="exit -9"):
+        step.run("requirements", hanging, deadline=0.5)
+    assert any("resolving" in line for line in said)  # progress shows the log's last line
