@@ -132,7 +132,8 @@ class OperatorSettings(BaseSettings):
         default=True,
         description="Annotate engine pods in Karpenter-run regions (nodeLabelScheme karpenter "
         "or eks-auto) with karpenter.sh/do-not-disrupt, so consolidation does not evict a "
-        "model server that takes minutes to load; drains, expiry and rollouts still move it.",
+        "model server that takes minutes to load; drains, expiry, the NodePool's "
+        "terminationGracePeriod and rollouts still move it.",
     )
     podmonitor_labels: dict[str, str] = Field(
         default_factory=dict,

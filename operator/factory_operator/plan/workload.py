@@ -218,7 +218,8 @@ def _resources(ctx: PoolContext) -> dict[str, Any]:
     requests = default_requests(ctx.pool.accelerator)
     if disk := _ephemeral_gi(ctx):
         requests["ephemeral-storage"] = f"{disk}Gi"
-    requests |= extra.requests or {} if extra else {}
+    if extra is not None and extra.requests:
+        requests |= extra.requests
     limits = dict(extra.limits or {}) if extra else {}
     return {"requests": {**requests, key: count}, "limits": {**limits, key: count}}
 
@@ -262,8 +263,9 @@ def deployment(ctx: PoolContext) -> Manifest:
     labels = pool_labels(ctx)
     template_meta: dict[str, Any] = {"labels": labels}
     if ctx.placement.karpenter and ctx.settings.karpenter_do_not_disrupt:
-        # Karpenter's consolidation would otherwise evict a replica whose restart costs a
-        # model load (minutes) just to pack nodes tighter; drains and expiry still apply.
+        # Karpenter's consolidation and drift would otherwise evict a replica whose restart
+        # costs a model load (minutes) just to repack nodes; kubectl drain, expiry and the
+        # NodePool's terminationGracePeriod still move it.
         template_meta["annotations"] = {DO_NOT_DISRUPT: "true"}
     return {
         "apiVersion": "apps/v1",
