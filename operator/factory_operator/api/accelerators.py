@@ -84,6 +84,11 @@ _GFD_PRODUCTS: Final[dict[str, tuple[str, ...]]] = {
     "L40": ("NVIDIA-L40",),
     "L4": ("NVIDIA-L4",),
     "T4": ("Tesla-T4",),
+    "V100": ("Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB", "Tesla-V100-PCIE-16GB",
+             "Tesla-V100-PCIE-32GB"),
+    "B200": ("NVIDIA-B200",),
+    "GB200": ("NVIDIA-GB200",),
+    "H20": ("NVIDIA-H20",),
 }  # fmt: skip
 # Karpenter (karpenter.k8s.aws/instance-gpu-name) and EKS Auto Mode
 # (eks.amazonaws.com/instance-gpu-name): EC2's GPU name in lower case (Karpenter's and EKS's

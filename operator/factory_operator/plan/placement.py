@@ -25,6 +25,7 @@ from factory_operator.api.accelerators import (
     NEURON_LEGACY_RESOURCE,
     RESOURCE_BY_KIND,
     labels_types,
+    type_label,
     type_requirement,
 )
 
@@ -89,9 +90,20 @@ def candidate_nodes(
 
 def ambiguity(pool: Pool, region: FleetRegion, scheme: str) -> str | None:
     """Why the pool's accelerator type cannot be told apart in this region, or None."""
-    if labels_types(scheme) or pool.node_selector:
-        return None
+    if pool.node_selector:
+        return None  # the user pinned the nodes
     acc = pool.accelerator
+    if labels_types(scheme):
+        if acc.kind != "nvidia" or type_requirement(scheme, acc.kind, acc.type) is not None:
+            return None
+        # GPU types the scheme has no label value for (an A10 under Karpenter: EC2 has none;
+        # an A10G under GKE): any GPU node would do for the scheduler, so do not place.
+        key = type_label(scheme, acc.kind)
+        return (
+            f"cannot tell {acc.type} nodes in region {region.name}: its nodeLabelScheme "
+            f"{scheme} has no known value of {key} for {acc.type}; pin the pool's nodes "
+            f"with pool.nodeSelector (e.g. {key}: <the value your {acc.type} nodes carry>)"
+        )
     # The types the region prices are the ones it has; else the common ones of the kind.
     named = {*(region.spec.pricing or {}), *(region.spec.power or {})}
     same_kind = sorted(t for t in named if t != acc.type and _kind_of(t) == acc.kind)

@@ -222,3 +222,17 @@ def test_pool_resources_override_the_defaults_key_by_key() -> None:
         "nvidia.com/gpu": "1",
     }
     assert resources["limits"] == {"memory": "220Gi", "nvidia.com/gpu": "1"}
+
+
+@pytest.mark.parametrize(
+    ("scheme", "type_"), [("karpenter", "A10"), ("gke", "A10G"), ("instance-type", "L40")]
+)
+def test_gpu_type_the_scheme_cannot_name_is_not_placed(scheme: str, type_: str) -> None:
+    plan = _plan([pool("p", "r", type_=type_)], scheme_region("r", scheme), [])
+    assert plan.apply == []
+    ready = next(c for c in plan.status.conditions if c.type == "Ready")
+    assert ready.reason == "AcceleratorTypeAmbiguous"
+    assert f"nodeLabelScheme {scheme} has no known value" in ready.message
+    assert "pool.nodeSelector" in ready.message
+    pinned = pool("p", "r", type_=type_, nodeSelector={"example.com/gpu": type_.lower()})
+    assert _deployment(_plan([pinned], scheme_region("r", scheme), []), "llama-p")
