@@ -6,6 +6,9 @@ Binaries live in a cache outside the repository, keyed by version:
     <cache>/etcd-v3.6.16/bin/etcd
     <cache>/kwok-v0.8.0/bin/{kwok,kwokctl}
     <cache>/helm-v3.21.4/bin/helm
+    <cache>/kubeconform-v0.8.0/bin/kubeconform      the validators CI runs on the chart, the
+    <cache>/kube-score-v1.20.0/bin/kube-score       GitOps overlays and the generated workloads
+    <cache>/kubernetes-schemas-v1.34-kv1.37.0/      kubeconform's schemas (factoryctl.kube_schemas)
     <cache>/go/{mod,build}        the Go module and build caches, so a rebuild is incremental
 
 A binary is reused when its `--version` matches the pin, from the cache or from PATH;
@@ -28,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factoryctl.errors import ToolchainError
+from factoryctl.kube_schemas import ensure_schemas, find_schemas
 
 KUBERNETES_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 HELM_VERSION = "3.21.4"
+KUBECONFORM_VERSION = "0.8.0"
+KUBE_SCORE_VERSION = "1.20.0"
 
 # Staging modules of k8s.io/kubernetes 1.34 (its go.mod `replace` block).
 K8S_STAGING_MODULES = (
@@ -96,6 +102,9 @@ class Toolchain:
     kwok: Path
     kwokctl: Path
     helm: Path
+    kubeconform: Path
+    kube_score: Path
+    kubernetes_schemas: Path
 
     def as_dict(self) -> dict[str, str]:
         return {name.replace("_", "-"): str(path) for name, path in self.__dict__.items()}
@@ -121,6 +130,8 @@ _PROBES: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "kwok": (("--version",), lambda: f"v{KWOK_VERSION}"),
     "kwokctl": (("--version",), lambda: f"v{KWOK_VERSION}"),
     "helm": (("version", "--short"), lambda: f"v{HELM_VERSION}"),
+    "kubeconform": (("-v",), lambda: f"v{KUBECONFORM_VERSION}"),
+    "kube-score": (("version",), lambda: f"kube-score version: v{KUBE_SCORE_VERSION}"),
 }
 
 
@@ -344,6 +355,18 @@ def _build_helm(builder: _Builder, root: Path) -> None:
     )
 
 
+def _build_kubeconform(builder: _Builder, root: Path) -> None:
+    ldflags = f"-s -w -X main.version=v{KUBECONFORM_VERSION}"
+    pkg = f"github.com/yannh/kubeconform/cmd/kubeconform@v{KUBECONFORM_VERSION}"
+    _go_install(builder, root, "kubeconform-install", [pkg], ldflags)
+
+
+def _build_kube_score(builder: _Builder, root: Path) -> None:
+    ldflags = f"-s -w -X main.version=v{KUBE_SCORE_VERSION}"
+    pkg = f"github.com/zegl/kube-score/cmd/kube-score@v{KUBE_SCORE_VERSION}"
+    _go_install(builder, root, "kube-score-install", [pkg], ldflags)
+
+
 @dataclass(frozen=True)
 class _Group:
     folder: str
@@ -356,6 +379,8 @@ GROUPS = (
     _Group(f"etcd-v{ETCD_VERSION}", ("etcd",), _build_etcd),
     _Group(f"kwok-v{KWOK_VERSION}", ("kwok", "kwokctl"), _build_kwok),
     _Group(f"helm-v{HELM_VERSION}", ("helm",), _build_helm),
+    _Group(f"kubeconform-v{KUBECONFORM_VERSION}", ("kubeconform",), _build_kubeconform),
+    _Group(f"kube-score-v{KUBE_SCORE_VERSION}", ("kube-score",), _build_kube_score),
 )
 
 
@@ -380,7 +405,10 @@ def find_tools(cache: Path | None = None) -> Toolchain | None:
             if path is None:
                 return None
             found[name.replace("-", "_")] = path
-    return Toolchain(**found)
+    schemas = find_schemas(cache, KUBERNETES_VERSION)
+    if schemas is None:
+        return None
+    return Toolchain(**found, kubernetes_schemas=schemas)
 
 
 def ensure_tools(progress: Progress, cache: Path | None = None) -> Toolchain:
@@ -407,4 +435,5 @@ def ensure_tools(progress: Progress, cache: Path | None = None) -> Toolchain:
         for name, path in located.items():
             if path is not None:
                 found[name.replace("-", "_")] = path
-    return Toolchain(**found)
+    schemas = ensure_schemas(progress, cache, KUBERNETES_VERSION)
+    return Toolchain(**found, kubernetes_schemas=schemas)
