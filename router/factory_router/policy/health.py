@@ -22,8 +22,11 @@ candidates; the other regions serving the model):
     k (degradations in a row) goes back to 0 after `max_seconds` without one
 
 A degraded subject is not removed (a slow answer beats none): it is ranked after every
-other candidate, and one request per `probe_interval_seconds` is sent to it anyway, so
-that its figure follows a recovery. Only first bytes that arrived are latency samples: a
+other candidate, and probe requests are sent to it anyway, so that its figure follows a
+recovery: every routed request earns `probe_share` of a probe (credit capped at one), and
+a backend gets at most one per `probe_interval_seconds`. Probes are client requests, so
+they cost those clients the brownout; the share bounds that cost (1%: p99 is spared
+unless the brownout is long). Only first bytes that arrived are latency samples: a
 failed attempt is the error-based Ejector's, and the router's own waits (pool, timeouts)
 are never a backend's latency.
 """
@@ -137,6 +140,7 @@ class LatencyEjector:
         self.cfg = cfg
         self._state: dict[str, _Degraded] = {}
         self._probed_at: dict[str, float] = {}
+        self._credit = 1.0  # probes that may be sent now; the first suspect is probed at once
 
     def bound(self, peers_ms: float, scale: float = 1.0) -> float:
         """The figure above which a subject is an outlier (scale 1) or, once degraded,
@@ -178,12 +182,19 @@ class LatencyEjector:
             return None
         return f"{st.reason}, degraded until t={st.until:.1f}"
 
+    def earn(self) -> None:
+        """One request routed: `probe_share` more of a probe."""
+        self._credit = min(1.0, self._credit + self.cfg.probe_share)
+
     def probe_due(self, backend_id: str, now: float) -> bool:
+        if self._credit < 1.0 - 1e-9:  # a share such as 0.01 adds up to 0.9999...
+            return False
         last = self._probed_at.get(backend_id)
         return last is None or now - last >= self.cfg.probe_interval_seconds
 
     def probed(self, backend_id: str, now: float) -> None:
         self._probed_at[backend_id] = now
+        self._credit -= 1.0
 
     def forget(self, keep: set[str]) -> None:
         """Drop state of replicas that left the fleet (region subjects are few; kept)."""

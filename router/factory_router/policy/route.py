@@ -90,7 +90,7 @@ def plan(
     if latency is not None and ranker.policy is PolicyName.SCORE and ordered:
         if not explain:
             judge_latency(ordered, latency, now)
-        ordered, probe = latency_order(ordered, latency, now, probe=not explain)
+        ordered, probe = latency_order(ordered, latency, now, probe=not explain, view=view)
     explanation = (
         _explain(fleet, req, ordered, excluded, ranker=ranker, view=view, latency=latency, now=now)
         if explain
@@ -141,12 +141,23 @@ def degradation(backend: Backend, latency: LatencyEjector, now: float) -> str | 
     return f"region {region}" if region is not None else None
 
 
+def _probeable(r: Ranked, view: LoadView) -> bool:
+    """A probe measures what is in front of the engine, not a queue: nothing of this
+    router's in flight there (that request will report), and a free slot if the batch
+    capacity is known (a saturated replica is avoided for its load anyway, and a probe
+    sent there would only wait)."""
+    parts = r.parts
+    free = parts.capacity is None or parts.outstanding < parts.capacity
+    return free and view.inflight(r.backend.id) == 0
+
+
 def latency_order(
-    ordered: list[Ranked], latency: LatencyEjector, now: float, *, probe: bool
+    ordered: list[Ranked], latency: LatencyEjector, now: float, *, probe: bool, view: LoadView
 ) -> tuple[list[Ranked], bool]:
     """Degraded candidates after the others (stable); then, if `probe`, the first suspect
     (degraded, or whose client-observed figure outweighed its engine's) due for a probe
-    goes first for this request. Returns the order and whether the first is a probe."""
+    and probeable goes first for this request. Returns the order and whether the first is
+    a probe."""
     fine: list[Ranked] = []
     degraded: list[Ranked] = []
     for r in ordered:
@@ -154,9 +165,10 @@ def latency_order(
     out = fine + degraded
     if not probe:
         return out, False
+    latency.earn()
     suspects = [r for r in fine[1:] if r.parts.ttft_source == "observed"]
     for r in (*degraded, *suspects):
-        if r is out[0] or not latency.probe_due(r.backend.id, now):
+        if r is out[0] or not latency.probe_due(r.backend.id, now) or not _probeable(r, view):
             continue
         latency.probed(r.backend.id, now)
         out.remove(r)

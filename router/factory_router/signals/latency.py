@@ -9,16 +9,20 @@ are the error-based ejector's.
 
 The estimate of a key (a replica, or a region's replicas of one model) is the median of
 its last `max_samples` samples no older than `window_seconds`, and only with at least
-`min_samples` of them:
-- recent: a brownout shows after `max_samples // 2 + 1` slow answers, seconds at most;
-- robust: one long prefill (or a GC pause) among them does not move a median;
+`min_samples` of them; unless its last `recent_samples` samples are all below that, then
+the slowest of those:
+- quick to see a brownout: `max_samples // 2 + 1` slow answers in a row, under a second
+  at a few requests a second;
+- quick to see a recovery: `recent_samples` fast answers in a row, the few probes that a
+  replica the policy avoids still gets (`policy.health`);
+- robust: one long prefill (or a GC pause) moves neither a median nor "all of the last";
 - it ends: with no recent samples there is no estimate, and the engine's own figure is
-  used again (the policy probes a replica it avoids, so this is rare).
+  used again.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,10 +36,21 @@ _K = TypeVar("_K", str, tuple[str, str])
 
 
 class _Window:
-    __slots__ = ("samples",)
+    """One key's last samples, and its estimate cached until a sample arrives or leaves
+    the window (the policy reads every candidate's on every request)."""
+
+    __slots__ = ("cached", "samples", "valid_until")
 
     def __init__(self, max_samples: int) -> None:
         self.samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self.cached: tuple[float | None, int] = (None, 0)
+        self.valid_until = -math.inf
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
 class ObservedLatency:
@@ -47,12 +62,14 @@ class ObservedLatency:
         max_samples: int,
         min_samples: int,
         clock: Callable[[], float] = time.monotonic,
+        recent_samples: int = 2,
     ) -> None:
-        if not 1 <= min_samples <= max_samples:
-            raise ValueError("need 1 <= min_samples <= max_samples")
+        if not 1 <= min_samples <= max_samples or not 1 <= recent_samples <= max_samples:
+            raise ValueError("need 1 <= min_samples, recent_samples <= max_samples")
         self.window = window_seconds
         self.max_samples = max_samples
         self.min_samples = min_samples
+        self.recent_samples = recent_samples
         self._clock = clock
         self._replicas: dict[str, _Window] = {}
         self._regions: dict[tuple[str, str], _Window] = {}
@@ -64,19 +81,18 @@ class ObservedLatency:
             self._add(self._regions, (backend.region, backend.model), now, ms)
 
     def replica_ms(self, backend_id: str) -> float | None:
-        return self._estimate(self._replicas.get(backend_id))
+        return self._read(self._replicas.get(backend_id), self._clock())[0]
 
     def region_ms(self, region: str, model: str) -> float | None:
-        return self._estimate(self._regions.get((region, model)))
+        return self._read(self._regions.get((region, model)), self._clock())[0]
 
     def of(self, backend: Backend) -> Observed:
-        region = self.region_ms(backend.region, backend.model) if backend.region else None
-        window = self._replicas.get(backend.id)
-        return Observed(
-            replica_ms=self._estimate(window),
-            region_ms=region,
-            samples=self._recent(window),
-        )
+        now = self._clock()
+        replica, samples = self._read(self._replicas.get(backend.id), now)
+        region = None
+        if backend.region:
+            region = self._read(self._regions.get((backend.region, backend.model)), now)[0]
+        return Observed(replica_ms=replica, region_ms=region, samples=samples)
 
     def _add(self, table: dict[_K, _Window], key: _K, now: float, ms: float) -> None:
         window = table.get(key)
@@ -85,18 +101,20 @@ class ObservedLatency:
                 table.clear()
             window = table[key] = _Window(self.max_samples)
         window.samples.append((now, ms))
+        window.valid_until = -math.inf
 
-    def _recent(self, window: _Window | None) -> int:
+    def _read(self, window: _Window | None, now: float) -> tuple[float | None, int]:
+        """(estimate, recent samples) of one key."""
         if window is None:
-            return 0
-        horizon = self._clock() - self.window
-        return sum(1 for at, _ in window.samples if at >= horizon)
-
-    def _estimate(self, window: _Window | None) -> float | None:
-        if window is None:
-            return None
-        horizon = self._clock() - self.window
-        recent = [ms for at, ms in window.samples if at >= horizon]
-        if len(recent) < self.min_samples:
-            return None
-        return statistics.median(recent)
+            return None, 0
+        if now < window.valid_until:
+            return window.cached
+        horizon = now - self.window
+        recent = [(at, ms) for at, ms in window.samples if at >= horizon]
+        values = [ms for _, ms in recent]
+        estimate = None
+        if len(values) >= self.min_samples:
+            estimate = min(_median(values), max(values[-self.recent_samples :]))
+        window.cached = (estimate, len(values))
+        window.valid_until = recent[0][0] + self.window if recent else math.inf
+        return window.cached

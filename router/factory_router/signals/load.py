@@ -50,6 +50,7 @@ class LoadState:
             cfg.observed_max_samples,
             cfg.observed_min_samples,
             clock,
+            cfg.observed_recent_samples,
         )
         self._learned_capacity: dict[str, float] = {}  # pod -> running while others waited
         self._clock = clock

@@ -21,7 +21,7 @@ from factory_router.signals.load import LoadState
 from tests.unit.router.test_policy_routing import View
 
 CFG = ScoringConfig()
-LAT = LatencyEjectionConfig()
+LAT = LatencyEjectionConfig(probe_share=0.25)  # a probe every 4 requests at most
 
 
 def bk(bid: str, region: str, pool: str | None = None) -> Backend:
@@ -81,6 +81,10 @@ def test_estimate_is_the_median_of_the_last_samples_within_the_window() -> None:
     assert est.replica_ms("west") == 430.0
     assert est.region_ms("eu-west-1", "m") == 430.0
     assert est.of(WEST) == Observed(replica_ms=430.0, region_ms=430.0, samples=5)
+    est.observe(WEST, 35.0)  # one fast answer is not a recovery ...
+    assert est.replica_ms("west") == 430.0
+    est.observe(WEST, 36.0)  # ... two in a row are: the slower of them
+    assert est.replica_ms("west") == 36.0
     now[0] = 10.5  # nothing recent: no estimate, the engine's figure is used again
     assert est.replica_ms("west") is None and est.of(WEST).samples == 0
 
@@ -188,22 +192,38 @@ def test_outlier_degraded_with_growing_backoff_lifted_early_on_recovery() -> Non
     assert lat.degraded("west", 51.9) and not lat.degraded("west", 52.1)
 
 
-def test_probe_due_once_per_interval_and_departed_replicas_are_forgotten() -> None:
-    lat = LatencyEjector(LatencyEjectionConfig(probe_interval_seconds=1.0))
-    assert lat.probe_due("west", 0.0)
+def test_probes_are_a_share_of_requests_once_per_interval_at_most() -> None:
+    lat = LatencyEjector(LatencyEjectionConfig(probe_interval_seconds=1.0, probe_share=0.01))
+    assert lat.probe_due("west", 0.0)  # the credit starts full
     lat.probed("west", 0.0)
-    assert not lat.probe_due("west", 0.99) and lat.probe_due("west", 1.0)
+    for _ in range(99):
+        lat.earn()
+    assert not lat.probe_due("central", 5.0)  # 99 requests: not yet one probe's worth
+    lat.earn()
+    assert lat.probe_due("central", 5.0) and not lat.probe_due("west", 0.99)
+    assert lat.probe_due("west", 1.0)
+    for _ in range(500):  # the credit is capped: no burst of probes after a quiet spell
+        lat.earn()
+    lat.probed("central", 5.0)
+    assert not lat.probe_due("west", 5.0)
+
+
+def test_departed_replicas_are_forgotten() -> None:
+    lat = LatencyEjector(LatencyEjectionConfig(probe_interval_seconds=1.0, probe_share=1.0))
+    lat.probed("west", 0.0)
+    lat.earn()
     lat.judge("west", 430.0, 30.0, now=0.0)
     lat.judge("region:eu-west-1/m", 430.0, 30.0, now=0.0)
+    assert not lat.probe_due("west", 0.5)
     lat.forget({"central"})
     assert not lat.degraded("west", 0.5) and lat.probe_due("west", 0.5)
-    assert lat.degraded("region:eu-west-1/m", 0.5)
+    assert lat.degraded("region:eu-west-1/m", 0.5)  # regions are few: kept
 
 
 # The plan: demoted, probed, never widened
 
 
-def test_slow_region_loses_its_traffic_but_keeps_a_probe_per_interval() -> None:
+def test_slow_region_loses_its_traffic_but_keeps_a_share_of_probes() -> None:
     lat = LatencyEjector(LAT)
     slow = Observed(replica_ms=430.0, region_ms=430.0, samples=5)
     v = view(west=slow, west2=slow, central=Observed(replica_ms=56.0, region_ms=56.0, samples=5))
@@ -217,7 +237,8 @@ def test_slow_region_loses_its_traffic_but_keeps_a_probe_per_interval() -> None:
     probes = [b for b, probe in firsts if probe]
     assert sorted(probes) == ["west"] * 4 + ["west2"] * 4  # one each per second
     assert all(b == "central" for b, probe in firsts if not probe)
-    assert firsts[0][1] and firsts[1][1]  # the first requests probe at once
+    assert firsts[0][1] and not firsts[1][1]  # a probe at once, the next 4 requests later
+    assert firsts[4][1]
     rows = {r["backend"]: r for r in route(v, lat, 4.0, explain=True).explanation}
     assert rows["central"]["verdict"] == "chosen"
     assert (rows["west"]["latency_outlier"] or "").startswith("region latency 430ms")
@@ -243,6 +264,21 @@ def test_one_slow_replica_is_an_outlier_among_its_pool_peers() -> None:
     p = route(v, lat, now=0.1)
     assert [r.backend.id for r in p.ordered] == ["west2", "central", "west"]
     assert lat.degraded("west", 0.1) and not lat.degraded("region:eu-west-1/m", 0.1)
+
+
+def test_no_probe_while_one_is_in_flight_or_the_batch_is_full() -> None:
+    lat = LatencyEjector(LAT)
+    slow = Observed(replica_ms=430.0, region_ms=430.0, samples=5)
+    v = view(west=slow, west2=slow, central=Observed(replica_ms=56.0, region_ms=56.0, samples=5))
+    v.rtts = {"eu-west-1": 0.0, "eu-central-1": 25.0}
+    v.inflight_now = {"west": 1}  # its last probe has not answered yet
+    v.capacities = {"west2": 4.0}
+    v.samples["west2"] = LoadSample(waiting=2, running=4, ttft_ms=30.0)  # full: it would queue
+    p = route(v, lat, now=0.0)
+    assert not p.probe and p.ordered[0].backend.id == "central"
+    v.inflight_now = {}
+    p = route(v, lat, now=0.1)
+    assert p.probe and p.ordered[0].backend.id == "west"
 
 
 def test_explain_neither_judges_nor_consumes_probes() -> None:
@@ -277,3 +313,4 @@ def test_latency_only_reorders_the_compliant_candidates(
     for backend_id in compliant:  # at most one probe per backend per interval
         at = [t for t, b in probes if b == backend_id]
         assert all(b - a >= LAT.probe_interval_seconds for a, b in itertools.pairwise(at))
+    assert len(probes) <= 1 + LAT.probe_share * len(times)  # and a share of the requests
