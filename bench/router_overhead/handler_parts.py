@@ -63,7 +63,7 @@ async def main() -> None:
         ),
         "load bookkeeping": lambda: (
             state.load.passive.start(b.id),
-            state.load.observe_first_byte(b, 1.0),
+            state.load.observe_first_byte(b, 1.0, streamed=True),
             state.load.passive.finish(b.id),
             state.load.observe_completion(b, duration_ms=2.0, ttfb_ms=1.0, streamed=False),
             state.budget.record_request(state.now()),
