@@ -277,11 +277,7 @@ def deployment(ctx: PoolContext) -> Manifest:
             # Above the startup budget: a model that loads within it is a normal rollout, not
             # ProgressDeadlineExceeded (which Argo CD and kubectl rollout status report).
             "progressDeadlineSeconds": _startup_budget(ctx) + PROGRESS_MARGIN_SECONDS,
-            # Accelerators are scarce: replace pods one at a time without a surge pod.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
-            },
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rolling_update(ctx)},
             "template": {
                 "metadata": template_meta,
                 "spec": {
@@ -304,6 +300,18 @@ def deployment(ctx: PoolContext) -> Manifest:
             },
         },
     }
+
+
+def _rolling_update(ctx: PoolContext) -> dict[str, int]:
+    """Replace pods one at a time, and never below the replicas the pool runs when the spec
+    allows one more (replicas.max > replicas.min): a surge pod first, an old pod removed only
+    once the new one is Ready (maxSurge 1, maxUnavailable 0). With maxSurge 0 a one-replica
+    pool served nothing from the old pod's end to the new one's model load, minutes on a
+    real cluster (issue 18). A pool held at its max keeps within its accelerators: one pod
+    at a time without a surge pod."""
+    if ctx.pool.replicas.max > ctx.pool.replicas.min:
+        return {"maxSurge": 1, "maxUnavailable": 0}
+    return {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def _service_account(ctx: PoolContext) -> dict[str, str]:
