@@ -161,7 +161,9 @@ def latency_order(
     fine: list[Ranked] = []
     degraded: list[Ranked] = []
     for r in ordered:
-        (degraded if degradation(r.backend, latency, now) else fine).append(r)
+        b = r.backend
+        out_now = latency.degraded(b.id, now) or latency.degraded(region_subject(b), now)
+        (degraded if out_now else fine).append(r)
     out = fine + degraded
     if not probe:
         return out, False

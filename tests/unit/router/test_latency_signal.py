@@ -192,6 +192,28 @@ def test_outlier_degraded_with_growing_backoff_lifted_early_on_recovery() -> Non
     assert lat.degraded("west", 51.9) and not lat.degraded("west", 52.1)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 5), st.none() | st.floats(0, 5_000), st.floats(0, 1_000)),
+        max_size=40,
+    )
+)
+def test_only_a_figure_far_above_its_peers_degrades(
+    steps: list[tuple[float, float | None, float]],
+) -> None:
+    lat = LatencyEjector(LAT)
+    now = 0.0
+    for dt, figure, peers in steps:
+        now += dt
+        was = lat.degraded("x", now)
+        lat.judge("x", figure, peers, now)
+        if not was and lat.degraded("x", now):
+            assert figure is not None and figure > max(3 * peers, peers + 200)
+        if was and not lat.degraded("x", now):  # lifted early: well within the bounds
+            assert figure is not None and figure <= max(2 * peers, peers + 100)
+
+
 def test_probes_are_a_share_of_requests_once_per_interval_at_most() -> None:
     lat = LatencyEjector(LatencyEjectionConfig(probe_interval_seconds=1.0, probe_share=0.01))
     assert lat.probe_due("west", 0.0)  # the credit starts full
