@@ -4,6 +4,8 @@ Defaults come from the accelerator profile (``factory_sim.profiles``); any field
 ``None`` takes the profile's value, so ``EngineConfig(model_name="m", profile="l4")`` is a
 complete configuration. ``time_scale`` multiplies every simulated duration (1.0 = real
 time; tests use a small value to run fast, benchmarks a large one to leave CPU headroom).
+``behaviour`` lets one engine play a bad revision (slower, erroring, answering otherwise,
+slow to load); its defaults are a healthy engine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from factory_sim.profiles import AcceleratorProfile, ProfileName, get_profile
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class Behaviour(BaseModel):
+    """How an engine departs from a healthy one, so that a canary can be judged on it.
+
+    Answers are deterministic per revision: a greedy request (temperature 0) gets the same
+    text for the same prompt on every engine with the same ``answer_seed``, and a different
+    text (and length) under another seed; a request with a ``seed`` likewise.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slow: float = Field(
+        default=1.0, ge=1.0, le=100.0, description="every step and embedding takes this x longer"
+    )
+    error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of requests answered error_status"
+    )
+    error_status: int = Field(default=500, ge=400, le=599)
+    answer_seed: str = Field(
+        default="", max_length=128, description='"": the model\'s own answers; else others'
+    )
+    load_s: float = Field(
+        default=0.0, ge=0.0, le=3600.0, description="/health and /v1 answer 503 until loaded"
+    )
 
 
 class EngineConfig(BaseModel):
@@ -41,6 +68,7 @@ class EngineConfig(BaseModel):
     host: str = "127.0.0.1"
     name: str | None = Field(default=None, description="engine id; generated when absent")
     labels: dict[str, str] = Field(default_factory=dict, description="informational")
+    behaviour: Behaviour = Field(default_factory=Behaviour)
 
     @field_validator("host")
     @classmethod

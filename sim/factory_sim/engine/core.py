@@ -13,12 +13,16 @@ One background task runs steps while there is work:
    recently admitted one (recompute, as vLLM V1 does).
 
 Metrics are recorded in wall-clock time, as a scraper of a real engine would see them.
+The config's ``behaviour`` stretches every step (``slow``), draws the requests to fail
+(``error_rate``, from a seeded stream), seeds the answers (``answer_seed``) and holds the
+engine in loading for ``load_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import random
 
@@ -57,12 +61,32 @@ class SimEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preemptions = 0
+        self._errors = random.Random(f"{config.seed}:{config.name}:errors")
+        self._started_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-engine")
+            loop = asyncio.get_running_loop()
+            self._started_at = loop.time()
+            self._task = loop.create_task(self._run(), name="sim-engine")
+
+    @property
+    def loading(self) -> bool:
+        """Still "loading its model" (``behaviour.load_s``): not serving yet."""
+        load_s = self.config.behaviour.load_s * self.config.time_scale
+        if load_s <= 0:
+            return False
+        started = self._started_at
+        return started is None or asyncio.get_running_loop().time() - started < load_s
+
+    def draw_error(self) -> int | None:
+        """The status to fail the next request with (``behaviour.error_rate``), or None."""
+        behaviour = self.config.behaviour
+        if behaviour.error_rate > 0 and self._errors.random() < behaviour.error_rate:
+            return behaviour.error_status
+        return None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -78,8 +102,7 @@ class SimEngine:
     def submit(self, request: SamplingRequest) -> Sequence:
         """Queue a completion; read ``seq.events`` until an event has a finish_reason."""
         number = next(self._ids)
-        seed = request.seed if request.seed is not None else f"{self.config.seed}:{number}"
-        rng = random.Random(seed)
+        rng = random.Random(self._answer_seed(request, number))
         seq = Sequence(
             request_id=f"req-{number}",
             request=request,
@@ -95,6 +118,17 @@ class SimEngine:
         self._wake.set()
         return seq
 
+    def _answer_seed(self, request: SamplingRequest, number: int) -> int | str:
+        """What decides a request's answer: its seed, or for a greedy request its prompt
+        (so every engine of one revision answers it alike), each under ``answer_seed``."""
+        answers = self.config.behaviour.answer_seed
+        if request.seed is not None:
+            return f"{answers}:{request.seed}" if answers else request.seed
+        if request.greedy:
+            prompt = hashlib.sha256(",".join(map(str, request.prompt_ids)).encode()).hexdigest()
+            return f"{answers}:greedy:{prompt}"
+        return f"{self.config.seed}:{number}"
+
     def abort(self, seq: Sequence) -> None:
         """The client went away: free the request's slot and KV blocks."""
         if not seq.finished:
@@ -107,7 +141,7 @@ class SimEngine:
 
     @property
     def _scale(self) -> float:
-        return self.config.time_scale
+        return self.config.time_scale * self.config.behaviour.slow
 
     # -- the loop --------------------------------------------------------------------
 

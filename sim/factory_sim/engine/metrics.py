@@ -18,6 +18,7 @@ from factory_sim.engine.metric_names import (
 )
 
 ENGINE_INDEX = "0"
+COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class EngineMetrics:
@@ -87,6 +88,25 @@ class EngineMetrics:
 
     def count_request(self, path: str, model_name: str) -> None:
         self._sim_requests.labels(path, model_name).inc()
+
+    def totals(self) -> dict[str, int]:
+        """Completions received (chat and text) and finished, by reason: the counters a
+        test sums over engines that come and go."""
+        totals = {"received": 0}
+        for family in self.registry.collect():
+            if family.name == SIM_REQUESTS.name:
+                totals["received"] += sum(
+                    int(s.value)
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.labels["path"] in COMPLETION_PATHS
+                )
+        for reason in FINISH_REASONS:
+            labels = {"model_name": self.model_name, "engine": ENGINE_INDEX}
+            value = self.registry.get_sample_value(
+                "vllm:request_success_total", {**labels, "finished_reason": reason}
+            )
+            totals[reason] = int(value or 0)
+        return totals
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

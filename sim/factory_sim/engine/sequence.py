@@ -34,6 +34,7 @@ class SamplingRequest:
     min_tokens: int = 0
     seed: int | None = None
     max_tokens_param: int | None = None
+    greedy: bool = False  # temperature 0: the answer depends on the prompt alone
 
 
 def sample_output_len(rng: random.Random, req: SamplingRequest) -> int:

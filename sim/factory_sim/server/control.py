@@ -1,13 +1,15 @@
 """HTTP control API so another process can manage a SimHost's engines.
 
     POST   /engines               body: EngineConfig JSON   -> 201 {"id", "port", "url"}
-    GET    /engines                                         -> {"engines": [...]}
+    GET    /engines                                         -> {"engines", "retired"}
     DELETE /engines/{id}                                    -> 200 {"id"} | 404
     PUT    /engines/{id}/faults   body: FaultSpec JSON      -> 200 FaultSpec (POST too)
     DELETE /engines/{id}/faults                             -> 200 FaultSpec (cleared)
     GET    /healthz                                         -> 200 "ok"
 
-Errors use the same ``{"error": {...}}`` shape as the engines.
+Each engine is described with its config, behaviour and request counts; "retired" lists the
+engines removed lately, with their counts when they stopped. Errors use the same
+``{"error": {...}}`` shape as the engines.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ async def _add(request: web.Request) -> web.Response:
 
 async def _list(request: web.Request) -> web.Response:
     host = request.app[HOST_KEY]
-    return web.json_response({"engines": [h.describe() for h in host.engines.values()]})
+    engines = [h.describe() for h in host.engines.values()]
+    return web.json_response({"engines": engines, "retired": host.retired})
 
 
 async def _remove(request: web.Request) -> web.Response:

@@ -5,12 +5,15 @@
         ...  # handle.url, handle.port, handle.faults
         await host.remove(handle)
 
-Leaving the ``async with`` stops every engine still running.
+Leaving the ``async with`` stops every engine still running. The last ``RETIRED_KEPT``
+engines removed stay listed in ``retired`` with their final request counts, so that what an
+engine served is still known after a rollout replaced it.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -23,6 +26,7 @@ from factory_sim.server.openai_app import build_app
 # Seconds a removed engine's server waits for in-flight handlers; the engine is stopped
 # first, which ends its streams, so this is only a bound.
 SHUTDOWN_TIMEOUT_S = 2.0
+RETIRED_KEPT = 1000
 
 
 @dataclass
@@ -54,6 +58,8 @@ class EngineHandle:
             "profile": self.config.profile,
             "region": self.config.region,
             "labels": self.config.labels,
+            "behaviour": self.config.behaviour.model_dump(),
+            "requests": self.engine.metrics.totals(),
         }
 
 
@@ -63,10 +69,16 @@ class SimHost:
     def __init__(self) -> None:
         self._engines: dict[str, EngineHandle] = {}
         self._numbers = itertools.count(1)
+        self._retired: deque[dict[str, object]] = deque(maxlen=RETIRED_KEPT)
 
     @property
     def engines(self) -> dict[str, EngineHandle]:
         return dict(self._engines)
+
+    @property
+    def retired(self) -> list[dict[str, object]]:
+        """What removed engines were (``describe()``, as they were removed), oldest first."""
+        return list(self._retired)
 
     async def __aenter__(self) -> SimHost:
         return self
@@ -111,6 +123,7 @@ class SimHost:
         handle.faults.clear()  # release stalled requests
         await handle.engine.stop()  # ends every stream with finish_reason "abort"
         await handle._runner.cleanup()
+        self._retired.append(handle.describe())
 
     async def close(self) -> None:
         for engine_id in list(self._engines):

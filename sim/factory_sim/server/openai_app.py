@@ -5,6 +5,8 @@ Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/mode
 ``factory_sim_requests_total{path,model_name}``; then the request waits the round trip
 between the caller's region (header ``x-factory-router-region``) and the engine's, plus any
 injected stall, before the engine sees it: so the first byte is late by exactly that much.
+While the engine is loading (``behaviour.load_s``) /health and /v1 answer 503; a share
+``behaviour.error_rate`` of /v1 requests is answered ``behaviour.error_status``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from factory_sim.server.protocol import (
 )
 
 REGION_HEADER = "x-factory-router-region"
+GREEDY_BELOW = 1e-5  # vLLM samples greedily below this temperature
 ENGINE_KEY = web.AppKey("engine", SimEngine)
 FAULTS_KEY = web.AppKey("faults", Faults)
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -51,7 +54,7 @@ def build_app(engine: SimEngine, faults: Faults, engine_id: str) -> web.Applicat
 
     async def health(request: web.Request) -> web.Response:
         await _network_delay(request)  # a health probe crosses the same network
-        return web.Response(status=503 if faults.spec.unhealthy else 200)
+        return web.Response(status=503 if faults.spec.unhealthy or engine.loading else 200)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -103,9 +106,15 @@ async def _parse(request: web.Request, model: type[_Body]) -> _Body | web.Respon
 async def _before_engine(request: web.Request) -> web.Response | None:
     """Injected failure, stall and inter-region round trip: all before the first byte."""
     faults = request.app[FAULTS_KEY]
+    engine = request.app[ENGINE_KEY]
+    if engine.loading:
+        return errors.error_response(503, "the engine is loading its model")
     status = faults.take_error()
     if status is not None:
         return errors.error_response(status, f"injected fault: HTTP {status}")
+    status = engine.draw_error()
+    if status is not None:
+        return errors.error_response(status, f"simulated bad revision: HTTP {status}")
     await faults.stall()
     await _network_delay(request)
     return None
@@ -154,6 +163,7 @@ def _sampling(
         min_tokens=body.min_tokens,
         seed=body.seed,
         max_tokens_param=max_tokens,
+        greedy=body.temperature is not None and body.temperature < GREEDY_BELOW,
     )
 
 

@@ -25,6 +25,7 @@ class _Sampling(_Open):
     ignore_eos: bool = False  # vLLM extension
     min_tokens: int = Field(default=0, ge=0)  # vLLM extension
     seed: int | None = None
+    temperature: float | None = None  # below 1e-5: greedy, as in vLLM
     n: int = Field(default=1, ge=1, le=1)  # the simulator generates one choice
 
     @model_validator(mode="after")
