@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from factory_router.policy.config import Limits, RouterConfig, Timeouts
+from factory_router.policy.config import (
+    EjectionConfig,
+    Limits,
+    RetryBudgetConfig,
+    RouterConfig,
+    Timeouts,
+)
 from factory_router.policy.fleet import Backend
 from tests.unit.router.router_testkit import KEYS, backend, router
 
@@ -184,6 +190,10 @@ async def test_no_byte_of_one_request_reaches_another_requests_client() -> None:
     config = RouterConfig(
         timeouts=Timeouts(first_byte=5.0, idle=5.0, grace_period=2.0),
         limits=Limits(max_connections_per_host=4),  # few connections: many reuses
+        # The engines misbehave on purpose half the time; ejecting them (what the router
+        # should do) would leave few requests to check isolation on.
+        ejection=EjectionConfig(consecutive_failures=1_000_000),
+        retry_budget=RetryBudgetConfig(ratio=1.0, min_per_second=1000.0),
     )
     async with adversaries(2) as engines:
         backends = [backend(e, "pool-eu", "eu-west-1") for e in engines]
