@@ -70,6 +70,9 @@ class FleetContext:
         self.topology = topology
         self.progress = progress
         self._tools: Toolchain | None = None
+        # The components `up` brings up this time (None: all of them), so that one can
+        # prepare for another (the cluster gates engine pods only if engines will run).
+        self.selected: frozenset[str] | None = None
 
     @property
     def tools(self) -> Toolchain:
@@ -174,6 +177,7 @@ def select(names: Sequence[str] | None) -> list[Component]:
 
 
 def up(ctx: FleetContext, names: Sequence[str] | None = None) -> None:
+    ctx.selected = frozenset(names) if names else None
     for component in select(names):
         started = time.monotonic()
         ctx.progress(f"[{component.name}] starting")

@@ -1,17 +1,28 @@
-"""The engines agent: a simulated vLLM engine behind every Ready engine pod of the local fleet.
+"""The engines agent: a simulated vLLM engine behind every running engine pod of the local fleet.
 
-kwok pods run no containers, so this agent stands in for the kubelet and the vLLM process:
-for every Ready pod the operator created (`app.kubernetes.io/managed-by=inference-factory`),
-it starts a simulated engine in its region's `factory-sim` process, with the profile of the
-node's accelerator and the pod's own engine arguments, and annotates the pod with
-`inference.factory.dev/address: 127.0.0.1:<port>`.
+kwok pods run no containers, so this agent stands in for the kubelet, the vLLM process and
+its readiness probe: for every running pod the operator created
+(`app.kubernetes.io/managed-by=inference-factory`), it starts a simulated engine in its
+region's `factory-sim` process, with the profile of the node's accelerator and the pod's
+own engine arguments, and once that engine answers `/health` it annotates the pod with
+`inference.factory.dev/address: 127.0.0.1:<port>` and `inference.factory.dev/engine-ready:
+"true"`. The cluster's kwok Stages (`factoryctl.components.stages`) keep an engine pod
+Running but not Ready until that annotation is set, so a Deployment rollout waits for an
+engine that serves, as it waits for vLLM's readiness probe on a real cluster.
+
+A pod may ask its engine to play a bad revision (slower, erroring, answering otherwise, slow
+to load; see `factory_sim.engine.config.Behaviour`), with the annotation
+`inference.factory.dev/sim-behaviour: slow=3,error_rate=0.05,answer_seed=b,load_s=5` or the
+same text in the engine container's environment variable `FACTORY_SIM_BEHAVIOUR` (which the
+factory's `engine.env` sets, so it is part of the revision; vLLM ignores it). Only the local
+fleet reads either.
 
 The loop is level-based: every second it lists pods and engines and converges the two, so a
-restarted agent adopts what runs. An engine whose pod is deleted or unready is drained: it
-stops once its running and waiting requests are done (or after `DRAIN_SECONDS`), as vLLM
-finishes in-flight streams within the pod's termination grace period. A region whose
-`factory-sim` process is down is left down (fault tests kill them on purpose);
-`factoryctl dev up` starts it again.
+restarted agent adopts what runs. An engine whose pod is deleted is drained: it stops once
+its running and waiting requests are done (or after `DRAIN_SECONDS`), as vLLM finishes
+in-flight streams within the pod's termination grace period. A region whose `factory-sim`
+process is down is left down (fault tests kill them on purpose); `factoryctl dev up` starts
+it again, and the agent then starts the engines of that region's pods again.
 """
 
 from __future__ import annotations
@@ -34,6 +45,12 @@ log = logging.getLogger("factoryctl.engines")
 
 MANAGED = "app.kubernetes.io/managed-by=inference-factory"
 ADDRESS_ANNOTATION = "inference.factory.dev/address"
+READY_ANNOTATION = "inference.factory.dev/engine-ready"
+BEHAVIOUR_ANNOTATION = "inference.factory.dev/sim-behaviour"
+BEHAVIOUR_ENV = "FACTORY_SIM_BEHAVIOUR"
+BEHAVIOUR_KEYS = {
+    "slow": float, "error_rate": float, "error_status": int, "answer_seed": str, "load_s": float,
+}  # fmt: skip
 TIMEOUT = httpx.Timeout(5.0)
 # How long an engine whose pod is gone may finish its requests: the operator's default
 # termination grace period for engine pods is longer; this keeps the local fleet brisk.
@@ -61,6 +78,34 @@ def _flag(args: list[str], name: str) -> str | None:
             return args[index + 1]
         if arg.startswith(f"{name}="):
             return arg.split("=", 1)[1]
+    return None
+
+
+def parse_behaviour(text: str) -> dict[str, float | int | str]:
+    """`slow=3,error_rate=0.05,answer_seed=b` -> the simulator's Behaviour fields.
+
+    Raises ValueError naming what is wrong (an unknown key, a value that is not a number);
+    the simulator checks the ranges."""
+    parsed: dict[str, float | int | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (piece.strip() for piece in item.partition("="))
+        if not sep or key not in BEHAVIOUR_KEYS:
+            known = ", ".join(BEHAVIOUR_KEYS)
+            raise ValueError(f"{item!r} is not key=value with a key among {known}")
+        try:
+            parsed[key] = BEHAVIOUR_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r} is not a {BEHAVIOUR_KEYS[key].__name__}") from None
+    return parsed
+
+
+def _behaviour_text(pod: dict[str, Any], engine: dict[str, Any]) -> str | None:
+    annotations = pod["metadata"].get("annotations") or {}
+    if BEHAVIOUR_ANNOTATION in annotations:
+        return str(annotations[BEHAVIOUR_ANNOTATION])
+    for env in engine.get("env") or []:
+        if env.get("name") == BEHAVIOUR_ENV and env.get("value") is not None:
+            return str(env["value"])
     return None
 
 
@@ -99,6 +144,8 @@ def engine_config(
     ):
         if (value := _flag(args, flag)) is not None and value.isdigit():
             cfg[key] = int(value)
+    if (behaviour := _behaviour_text(pod, engine)) is not None:
+        cfg["behaviour"] = parse_behaviour(behaviour)
     return cfg
 
 
@@ -118,11 +165,11 @@ def scrape_target(pod: dict[str, Any], port: int) -> dict[str, Any]:
     }
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def _running(pod: dict[str, Any]) -> bool:
+    """Scheduled, started and not being deleted: its engine should run (Ready or not)."""
     if pod["metadata"].get("deletionTimestamp") or not pod["spec"].get("nodeName"):
         return False
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return (pod.get("status") or {}).get("phase") == "Running"
 
 
 @dataclass
@@ -133,7 +180,7 @@ class _Engine:
 
 
 class EnginesAgent:
-    """Converges simulated engines with Ready engine pods, once per `interval`."""
+    """Converges simulated engines with running engine pods, once per `interval`."""
 
     def __init__(
         self,
@@ -141,10 +188,14 @@ class EnginesAgent:
         topology: Topology,
         control_urls: dict[str, str],
         targets_file: Path,
+        *,
         interval: float = 1.0,
+        core: client.CoreV1Api | None = None,
     ) -> None:
-        api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        self.core = client.CoreV1Api(api_client)
+        if core is None:  # tests pass their own API (a fake of the calls used here)
+            api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            core = client.CoreV1Api(api_client)
+        self.core = core
         self.topology = topology
         self.control_urls = control_urls
         self.interval = interval
@@ -176,10 +227,14 @@ class EnginesAgent:
         wanted: set[str] = set()
         targets: list[dict[str, Any]] = []
         for pod in pods:
-            if not _ready(pod):
+            if not _running(pod):
                 continue
             labels = nodes.get(pod["spec"]["nodeName"], {})
-            cfg = engine_config(pod, labels, self.topology)
+            try:
+                cfg = engine_config(pod, labels, self.topology)
+            except ValueError as exc:
+                log.warning("pod %s: %s: %s", pod["metadata"]["name"], BEHAVIOUR_ANNOTATION, exc)
+                continue
             if cfg is None or cfg["region"] not in self.control_urls:
                 continue
             wanted.add(cfg["name"])
@@ -188,8 +243,11 @@ class EnginesAgent:
                 engine = self._start(cfg)
                 if engine is None:
                     continue
-            self._annotate(pod, f"127.0.0.1:{engine.port}")
             targets.append(scrape_target(pod, engine.port))
+            # The readiness probe: the pod turns Ready (kwok's engine-pod-ready Stage) once
+            # its engine answers; an engine still loading is asked again next pass.
+            if self._announced(pod, engine) or self._answers(engine):
+                self._annotate(pod, f"127.0.0.1:{engine.port}")
         for engine_id in wanted:
             self.draining.pop(engine_id, None)
         for engine_id, engine in engines.items():
@@ -208,6 +266,20 @@ class EnginesAgent:
         if (settled and self._idle(engine)) or now - started > DRAIN_SECONDS:
             self.draining.pop(engine.id, None)
             self._stop(engine)
+
+    @staticmethod
+    def _announced(pod: dict[str, Any], engine: _Engine) -> bool:
+        annotations = pod["metadata"].get("annotations") or {}
+        return (
+            annotations.get(READY_ANNOTATION) == "true"
+            and annotations.get(ADDRESS_ANNOTATION) == f"127.0.0.1:{engine.port}"
+        )
+
+    def _answers(self, engine: _Engine) -> bool:
+        try:
+            return self.http.get(f"http://127.0.0.1:{engine.port}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _idle(self, engine: _Engine) -> bool:
         try:
@@ -253,9 +325,10 @@ class EnginesAgent:
 
     def _annotate(self, pod: dict[str, Any], address: str) -> None:
         annotations = pod["metadata"].get("annotations") or {}
-        if annotations.get(ADDRESS_ANNOTATION) == address:
+        wanted = {ADDRESS_ANNOTATION: address, READY_ANNOTATION: "true"}
+        if all(annotations.get(key) == value for key, value in wanted.items()):
             return
-        body = {"metadata": {"annotations": {ADDRESS_ANNOTATION: address}}}
+        body = {"metadata": {"annotations": wanted}}
         try:
             self.core.patch_namespaced_pod(
                 pod["metadata"]["name"], pod["metadata"]["namespace"], body
@@ -264,10 +337,16 @@ class EnginesAgent:
             if exc.status != 404:
                 raise
 
+    def close(self) -> None:
+        self.http.close()
+
     def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.converge()
-            except Exception:
-                log.exception("engines agent pass failed; retrying")
-            self.stopped.wait(self.interval)
+        try:
+            while not self.stopped.is_set():
+                try:
+                    self.converge()
+                except Exception:
+                    log.exception("engines agent pass failed; retrying")
+                self.stopped.wait(self.interval)
+        finally:
+            self.close()

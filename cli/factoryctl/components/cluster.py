@@ -4,6 +4,12 @@ etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok-controlle
 local processes from the pinned toolchain. The API server writes an audit log of every
 write request (`<home>/kwok/clusters/<name>/audit.log`), which tests use to count the
 writes of the operator.
+
+The kwok Stages come from `factoryctl.components.stages`: when the fleet runs the engines
+component, an engine pod is Ready only once its simulated engine answers (as a readiness
+probe would make it), so that a rollout waits for engines that serve. A cluster brought up
+without engines (`--only cluster,nodes`, the operator's integration tests) makes every pod
+Ready at once. The choice is made when the cluster is created.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import subprocess
 
 import yaml
 
+from factoryctl.components.stages import kwok_stages
 from factoryctl.errors import ComponentError
 from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
 from factoryctl.toolchain import ETCD_VERSION, KUBERNETES_VERSION
@@ -101,8 +108,9 @@ class ClusterComponent:
                 }
             ],
         }
+        gate = ctx.selected is None or "engines" in ctx.selected
         path = cluster_dir / "kwokctl.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump_all([config, *kwok_stages(engine_gate=gate)]))
         return str(path)
 
     def _healthy(self, ctx: FleetContext) -> bool:
