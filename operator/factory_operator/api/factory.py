@@ -13,6 +13,7 @@ from .accelerators import (
     TRN1_DEVICE_COUNTS,
     AcceleratorKind,
 )
+from .autoscaling import Autoscaling, PoolAutoscalingStatus
 from .common import (
     DNS1035_LABEL,
     DNS1123_LABEL,
@@ -152,7 +153,8 @@ class Accelerator(ApiModel):
 
 
 class Replicas(ApiModel):
-    """Replica bounds. Until autoscaling exists a pool runs `min` replicas."""
+    """Replica bounds: the autoscaler (spec.autoscaling) keeps a pool between them; a pool
+    with min == max is never autoscaled."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -160,8 +162,13 @@ class Replicas(ApiModel):
         )
     )
 
-    min: int = Field(description="Replicas the pool runs (0 parks it).", ge=0, le=1000)
-    max: int = Field(description="Ceiling for the future autoscaler.", ge=1, le=1000)
+    min: int = Field(
+        description="Fewest replicas. 0 lets an idle pool go to zero (autoscaling) or parks "
+        "it (policy off: the pool runs min).",
+        ge=0,
+        le=1000,
+    )
+    max: int = Field(description="Most replicas the autoscaler may run.", ge=1, le=1000)
 
 
 class Toleration(ApiModel):
@@ -351,6 +358,11 @@ class InferenceFactorySpec(ApiModel):
         description="Where traffic may be processed. Absent: no placement limit "
         "from the factory itself (tenant policies still apply at routing).",
     )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Autoscaling of the pools between replicas.min and replicas.max from "
+        "live load. Default: the balanced policy.",
+    )
     pools: list[Pool] = Field(
         description="Regional pools.",
         min_length=1,
@@ -394,6 +406,11 @@ class PoolStatus(ApiModel):
         description="Short hash of image, model uri "
         "and revision, engine args; the pods' revision label.",
         max_length=32,
+    )
+    autoscaling: PoolAutoscalingStatus | None = Field(
+        default=None,
+        description="The autoscaler's desired and current replicas, its reason, and what it "
+        "remembers between decisions.",
     )
 
 
