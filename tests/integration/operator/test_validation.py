@@ -88,6 +88,22 @@ REFUSED: list[tuple[str, Mutation, list[str]]] = [
     ("neurondevice-in-resources", _set(f"{POOL0}.resources",
                                        {"requests": {"aws.amazon.com/neurondevice": "1"}}),
      ["accelerator resources come from pool.accelerator"]),
+    ("autoscaling-unknown-policy", _set("spec.autoscaling", {"policy": "eager"}),
+     ["spec.autoscaling.policy", "Unsupported value"]),
+    ("autoscaling-external-but-off", _set("spec.autoscaling", {"policy": "off",
+                                                               "mode": "external"}),
+     ["mode external publishes the autoscaler's desired count"]),
+    ("autoscaling-down-window-below-up", _set("spec.autoscaling", {
+        "scaleUp": {"stabilizationSeconds": 600}, "scaleDown": {"stabilizationSeconds": 60}}),
+     ["scaleDown.stabilizationSeconds must be >= scaleUp.stabilizationSeconds"]),
+    ("autoscaling-negative-cooldown", _set("spec.autoscaling",
+                                           {"scaleDown": {"cooldownSeconds": -1}}),
+     ["spec.autoscaling.scaleDown.cooldownSeconds"]),
+    ("autoscaling-kv-target-above-one", _set("spec.autoscaling",
+                                             {"targets": {"kvCacheUsage": 1.5}}),
+     ["spec.autoscaling.targets.kvCacheUsage"]),
+    ("autoscaling-zero-step", _set("spec.autoscaling", {"scaleUp": {"maxStepReplicas": 0}}),
+     ["spec.autoscaling.scaleUp.maxStepReplicas"]),
 ]  # fmt: skip
 
 
