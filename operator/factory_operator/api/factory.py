@@ -420,7 +420,8 @@ class InferenceFactoryStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="Generation observed.", ge=0)
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Progressing, Degraded.",
+        description="Ready, Progressing, Degraded; CapacityPressure once the autoscaler runs "
+        "(True: a jurisdiction's pools are all at their ceiling and still short).",
         max_length=MAX_CONDITIONS,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

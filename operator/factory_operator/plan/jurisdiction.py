@@ -22,7 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from factory_operator.api import Condition
+
 from .autoscale import Decision, PoolShape
+from .status import condition
 
 # Latencies this close to the nearest pool's count as equally near (EU regions are 20-30 ms
 # apart: between them price decides).
@@ -173,6 +176,35 @@ def plan_jurisdictions(candidates: Sequence[Candidate], now: datetime) -> Jurisd
                 )
             )
     return JurisdictionPlan(decisions, order, tuple(pressure), blocked)
+
+
+def pressure_condition(
+    pressure: Sequence[CapacityPressure],
+    *,
+    generation: int | None,
+    now: str,
+    previous: Sequence[Condition],
+) -> Condition:
+    """``CapacityPressure`` condition: True naming each short jurisdiction, else False."""
+    if pressure:
+        return condition(
+            "CapacityPressure",
+            "True",
+            "AllPoolsAtMax",
+            "; ".join(p.message for p in pressure),
+            generation=generation,
+            now=now,
+            previous=previous,
+        )
+    return condition(
+        "CapacityPressure",
+        "False",
+        "WithinCapacity",
+        "every jurisdiction's demand fits its pools",
+        generation=generation,
+        now=now,
+        previous=previous,
+    )
 
 
 def replica_price(pricing: Mapping[str, float] | None, type_: str, count: int) -> float | None:

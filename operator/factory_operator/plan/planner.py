@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from factory_operator.api import (
     FleetRegion,
@@ -20,6 +21,7 @@ from factory_operator.api import (
 from factory_operator.api.errors import SpecError
 
 from .engine import merge_engine, resolve_profile, revision_hash, tensor_parallel_size, vllm_args
+from .jurisdiction import pressure_condition
 from .observed import ChildRef, Observed, PodProblem
 from .placement import Placement, ambiguity, candidate_nodes, place, region_scheme
 from .settings import OperatorSettings
@@ -34,6 +36,9 @@ from .workload import (
     service,
     service_endpoint,
 )
+
+if TYPE_CHECKING:  # scaling builds PlannedEvents: imported for the annotations only
+    from .scaling import AutoscalePlan, PoolScale
 
 STOP_REASONS = {"ResidencyViolation", "UnknownRegion", "AcceleratorTypeAmbiguous"}
 
@@ -107,6 +112,8 @@ def _plan_pool(
     settings: OperatorSettings,
     *,
     volume_problem: str | None = None,
+    scale: PoolScale | None = None,
+    external: bool = False,
 ) -> _Outcome:
     running = observed.deployments.get(pool.name)
     ready = running.ready_replicas if running else 0
@@ -182,11 +189,15 @@ def _plan_pool(
         settings,
         place(pool, scheme, selector, observed.nodes),
     )
-    children = [deployment(ctx), service(ctx), pod_disruption_budget(ctx)]
+    workload = deployment(ctx)
+    children = [workload, service(ctx), pod_disruption_budget(ctx)]
     if observed.podmonitor_crd:
         children.append(pod_monitor(ctx))
 
     desired = pool.replicas.min
+    if scale is not None and not external:  # the autoscaler's count, through the same apply
+        desired = scale.desired
+        workload["spec"]["replicas"] = desired
     current = (
         running is not None
         and running.revision == revision
@@ -234,6 +245,7 @@ def _plan_pool(
             ready_replicas=ready if running and running.revision == revision else 0,
             endpoint=service_endpoint(ctx),
             revision=revision,
+            autoscaling=scale.status if scale is not None else None,
         ),
         message,
         children,
@@ -245,8 +257,12 @@ def plan_factory(
     regions: Mapping[str, FleetRegion],
     observed: Observed,
     settings: OperatorSettings,
+    autoscale: AutoscalePlan | None = None,
 ) -> Plan:
-    """Desired children, deletions, status and events for one factory."""
+    """Desired children, deletions, status and events for one factory. With ``autoscale``
+    (``plan_autoscaling``'s outcome), its pools run the autoscaler's counts (mode external:
+    they keep replicas.min here, the count is for KEDA/HPA), show its decisions in status,
+    and the factory gets its events and the CapacityPressure condition."""
     local = [
         p
         for p in factory.spec.pools
@@ -255,8 +271,18 @@ def plan_factory(
     volume_problem = shared_volume_problem(
         factory, observed.claims, sum(p.replicas.min for p in local)
     )
+    scales = autoscale.pools if autoscale is not None else {}
     outcomes = [
-        _plan_pool(factory, pool, regions, observed, settings, volume_problem=volume_problem)
+        _plan_pool(
+            factory,
+            pool,
+            regions,
+            observed,
+            settings,
+            volume_problem=volume_problem,
+            scale=scales.get(pool.name),
+            external=autoscale is not None and autoscale.external,
+        )
         for pool in factory.spec.pools
     ]
     apply = [child for o in outcomes for child in o.children]
@@ -278,6 +304,16 @@ def plan_factory(
         now=observed.now,
         previous=previous,
     )
+    if autoscale is not None:
+        events.extend(autoscale.events)
+        conditions.append(
+            pressure_condition(
+                autoscale.pressure,
+                generation=factory.metadata.generation,
+                now=observed.now,
+                previous=previous,
+            )
+        )
     ready_pools = sum(1 for p in pools if p.state == "Running")
     running_in = sorted(
         {

@@ -13,14 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from factory_operator.api import Condition, FleetRegion, InferenceFactory, Pool
+from factory_operator.api import FleetRegion, InferenceFactory, Pool
 from factory_operator.api.autoscaling import PoolAutoscalingStatus, effective_autoscaling
 
 from .autoscale import DEFAULT_MAX_NUM_SEQS, PoolObserved, PoolShape, decide, from_status, to_status
 from .engine import merge_engine
 from .jurisdiction import Candidate, CapacityPressure, plan_jurisdictions, replica_price
 from .planner import PlannedEvent
-from .status import condition
 
 
 @dataclass(frozen=True)
@@ -107,32 +106,3 @@ def plan_autoscaling(
     )
     external = factory.spec.autoscaling is not None and factory.spec.autoscaling.mode == "external"
     return AutoscalePlan(pools, events, arbitrated.pressure, external)
-
-
-def pressure_condition(
-    pressure: Sequence[CapacityPressure],
-    *,
-    generation: int | None,
-    now: str,
-    previous: Sequence[Condition],
-) -> Condition:
-    """``CapacityPressure`` condition: True naming each short jurisdiction, else False."""
-    if pressure:
-        return condition(
-            "CapacityPressure",
-            "True",
-            "AllPoolsAtMax",
-            "; ".join(p.message for p in pressure),
-            generation=generation,
-            now=now,
-            previous=previous,
-        )
-    return condition(
-        "CapacityPressure",
-        "False",
-        "WithinCapacity",
-        "every jurisdiction's demand fits its pools",
-        generation=generation,
-        now=now,
-        previous=previous,
-    )

@@ -9,7 +9,8 @@ from conftest import REGIONS, factory, pool, region
 
 from factory_operator.api import FleetRegion, InferenceFactory
 from factory_operator.plan.autoscale import PoolLoad, PoolObserved
-from factory_operator.plan.scaling import batch_capacity, plan_autoscaling, pressure_condition
+from factory_operator.plan.jurisdiction import pressure_condition
+from factory_operator.plan.scaling import batch_capacity, plan_autoscaling
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 SEQS = {"engine": {"args": {"maxNumSeqs": 100}}}  # 80 requests per replica (balanced)
