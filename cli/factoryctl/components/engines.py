@@ -1,8 +1,9 @@
 """Component `engines`: one `factory-sim` process per region, and the engines agent.
 
 The agent (`factoryctl dev engines-agent`, see `factoryctl.agents.engines`) puts a simulated
-engine behind every Ready engine pod, in the process of the pod's region, so that killing a
-region's process takes that region's engines down, as a regional outage would.
+engine behind every running engine pod, in the process of the pod's region, so that killing
+a region's process takes that region's engines down, as a regional outage would; the pod
+turns Ready once its engine answers.
 """
 
 from __future__ import annotations
