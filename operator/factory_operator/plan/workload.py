@@ -303,13 +303,18 @@ def deployment(ctx: PoolContext) -> Manifest:
 
 
 def _rolling_update(ctx: PoolContext) -> dict[str, int]:
-    """Replace pods one at a time, and never below the replicas the pool runs when the spec
-    allows one more (replicas.max > replicas.min): a surge pod first, an old pod removed only
-    once the new one is Ready (maxSurge 1, maxUnavailable 0). With maxSurge 0 a one-replica
-    pool served nothing from the old pod's end to the new one's model load, minutes on a
-    real cluster (issue 18). A pool held at its max keeps within its accelerators: one pod
-    at a time without a surge pod."""
-    if ctx.pool.replicas.max > ctx.pool.replicas.min:
+    return rolling_update(ctx.pool.replicas.min, ctx.pool.replicas.max)
+
+
+def rolling_update(replicas: int, ceiling: int) -> dict[str, int]:
+    """Replace pods one at a time, and never below the replicas the pool runs when its spec
+    allows one more (`replicas` below `ceiling`, replicas.max): a surge pod first, an old
+    pod removed only once the new one is Ready (maxSurge 1, maxUnavailable 0). With maxSurge
+    0 a one-replica pool served nothing from the old pod's end to the new one's model load,
+    minutes on a real cluster (issue 18). A pool at its ceiling keeps within its
+    accelerators: one pod at a time without a surge pod. Whoever changes a Deployment's
+    replicas (the autoscaler) recomputes this with the new count."""
+    if ceiling > replicas:
         return {"maxSurge": 1, "maxUnavailable": 0}
     return {"maxSurge": 0, "maxUnavailable": 1}
 

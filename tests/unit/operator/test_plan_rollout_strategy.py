@@ -9,6 +9,7 @@ import pytest
 from conftest import NODES, NOW, REGIONS, factory, pool
 
 from factory_operator.plan import Observed, OperatorSettings, plan_factory
+from factory_operator.plan.workload import rolling_update
 
 
 def _rolling_update(replicas: dict[str, int], settings: OperatorSettings) -> dict[str, Any]:
@@ -34,3 +35,9 @@ def test_surge_when_the_spec_allows_one_more(
     replicas: dict[str, int], expected: dict[str, int], settings: OperatorSettings
 ) -> None:
     assert _rolling_update(replicas, settings) == expected
+
+
+def test_a_count_set_later_is_judged_against_the_ceiling() -> None:
+    # The autoscaler runs a pool above min: the surge depends on the count it runs.
+    assert rolling_update(3, 4) == {"maxSurge": 1, "maxUnavailable": 0}
+    assert rolling_update(4, 4) == {"maxSurge": 0, "maxUnavailable": 1}
