@@ -303,6 +303,8 @@ class UpstreamClient:
             async with asyncio.timeout(self.timeouts.first_byte):
                 response = await self._exchange(backend, method, path, body, headers)
                 status = response.status
+                if status < 200:  # 101: an upgrade nobody asked for; other 1xx never end here
+                    raise AttemptFailed("protocol", f"engine answered {status}", status)
                 if 300 <= status < 400:
                     raise AttemptFailed("redirect", f"engine answered {status}", status)
                 if status in RETRYABLE_STATUS:

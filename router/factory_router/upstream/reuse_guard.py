@@ -13,7 +13,9 @@ tests/unit/router/test_upstream_isolation.py, which fails if this guard is remov
 
 So a connection is pooled again only when its exchange was provably clean:
 
-1. exactly one response message, and no parse error;
+1. exactly one response message, no interim (1xx) answer before it, and no parse error;
+   a second message parsed in the same read as the end of the first closes the
+   connection at once (aiohttp may have pooled it mid-parse, as the body ended);
 2. its head ends at the first CRLF CRLF and every LF of it is preceded by CR (so the end
    counted here is the end the parser saw);
 3. framed by `Content-Length` (or a status without a body): the bytes received on the
@@ -25,8 +27,9 @@ So a connection is pooled again only when its exchange was provably clean:
 4. no byte arrives after the message is complete. A byte that arrives then, or while the
    connection is idle in the pool, closes the connection at once, so aiohttp's pool (which
    checks `is_connected()` before reuse) never hands it out. And as a pooled connection is
-   taken for the next request, its socket is polled: a byte (or a close) that the event
-   loop has not delivered yet closes it too, and the client retries on a new connection.
+   taken for the next request, anything queued on it, or its socket polled readable (a
+   byte or a close the event loop has not delivered yet), closes it too, and the client
+   retries the request on a new connection.
 
 Close-delimited answers, and anything else, are never pooled.
 """
@@ -71,6 +74,7 @@ class GuardedResponseHandler(ResponseHandler):
         self._messages = 0
         self._expected_body: int | None = None
         self._chunked = False
+        self._interim = False  # an interim (1xx) answer came first
         self._last = b""  # the last bytes received in this exchange
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -101,20 +105,23 @@ class GuardedResponseHandler(ResponseHandler):
         """aiohttp calls this before it writes each request: a new exchange starts."""
         reused = self._exchanges > 0
         exchange_on_reused_connection.set(reused)
-        if reused and self._input_pending():
-            # Bytes (or a close) arrived in the pool that the loop has not handed over
-            # yet: never parse them as this request's answer. Writing the request now
-            # fails, and the client retries it on a new connection.
-            self._stray = True
-            self.force_close()
-            self.close()
         self._exchanges += 1
         self._in_exchange, self._complete, self._stray = True, False, False
         self._received, self._messages, self._expected_body = 0, 0, None
-        self._chunked, self._last = False, b""
+        self._interim, self._chunked, self._last = False, False, b""
         self._head.clear()
         self._head_length = None
+        if reused and (self._buffer or self._tail or self._input_pending()):
+            # Something arrived in the pool: parsed and queued already, or not yet handed
+            # over by the loop. Never let it be this request's answer: writing the request
+            # now fails, and the client retries it on a new connection.
+            self._drop()
         super().set_response_params(**kwargs)
+
+    def _drop(self) -> None:
+        self._stray = True
+        self.force_close()
+        self.close()
 
     def _input_pending(self) -> bool:
         transport = self.transport
@@ -132,9 +139,7 @@ class GuardedResponseHandler(ResponseHandler):
             if not self._in_exchange or self._complete:
                 # Idle in the pool, or after the whole answer: nothing is due. These
                 # bytes must never be parsed into an answer for a later request.
-                self._stray = True
-                self.force_close()
-                self.close()
+                self._drop()
                 return
             self._received += len(data)
             self._last = (self._last + data[-len(_LAST_CHUNK) :])[-len(_LAST_CHUNK) :]
@@ -144,21 +149,32 @@ class GuardedResponseHandler(ResponseHandler):
                 if end >= 0:
                     self._head_length = end + len(_HEAD_END)
         super().data_received(data)
-        self._note_completion()
+        if self._note_completion() and self._messages != 1:
+            # A second answer in the same read as the end of this one. aiohttp may have
+            # pooled the connection already, mid-parse, as the body ended (the pool is only
+            # used once this call returns): close it, with the second answer queued on it.
+            self._drop()
 
     def _note_completion(self) -> bool:
         """Whether the exchange's message has been received whole (remembered: from then
         on every byte is stray). aiohttp may ask `should_close` from inside the parser, as
         the body ends, before `data_received` returns: so it is asked here too."""
-        if not self._complete and self._messages:
+        if not self._complete and self._messages:  # final answers (1xx are not counted)
             payload = self._payload
             self._complete = payload is None or payload.is_eof()
         return self._complete
 
     def feed_data(self, data: Any, size: int = 0) -> None:
         """One parsed message (aiohttp's DataQueue of (message, payload))."""
-        self._messages += 1
         message = data[0]
+        if 100 <= message.code < 200 and message.code != 101:
+            # An interim answer (100 Continue, 103 Early Hints): aiohttp skips it and waits
+            # for the final one. Not the exchange's answer, and such an exchange is not
+            # counted byte for byte: its connection is not pooled.
+            self._interim = True
+            super().feed_data(data, size)
+            return
+        self._messages += 1
         headers = message.headers
         if "Transfer-Encoding" in headers:
             self._expected_body = None
@@ -178,7 +194,7 @@ class GuardedResponseHandler(ResponseHandler):
         return super().should_close or not self._clean_exchange()
 
     def _clean_exchange(self) -> bool:
-        if self._stray or not self._note_completion() or self._messages != 1:
+        if self._stray or self._interim or not self._note_completion() or self._messages != 1:
             return False
         if self._head_length is None:
             return False

@@ -36,6 +36,7 @@ from factory_router.policy.config import (
     Timeouts,
 )
 from factory_router.policy.fleet import Backend
+from factory_router.upstream.client import AttemptFailed
 from tests.unit.router.router_testkit import KEYS, backend, router
 
 MARKER = re.compile(rb"marker-[a-z]+-\d+")
@@ -280,3 +281,102 @@ async def test_an_unsolicited_answer_on_an_idle_connection_is_never_handed_out()
         await client.close()
         server.close()
         await server.wait_closed()
+
+
+def _chunked_answer(text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked"
+        b"\r\n\r\n%x\r\n" % len(text) + text + b"\r\n0\r\n\r\n"
+    )
+
+
+BAD_STREAMS = {
+    # the end of a chunked answer and a whole second one, however the bytes are cut
+    "chunked+chunked": _chunked_answer(b"marker-first-1") + _chunked_answer(b"marker-other-0"),
+    "chunked+sized": _chunked_answer(b"marker-first-1") + _answer(b"marker-other-0"),
+    "sized+chunked": _answer(b"marker-first-1") + _chunked_answer(b"marker-other-0"),
+    "empty-chunked+chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    + _chunked_answer(b"marker-other-0"),
+}
+INTERIM = {  # an interim answer first: the exchange must still succeed
+    "100+sized": b"HTTP/1.1 100 Continue\r\n\r\n" + _answer(b"marker-first-1"),
+    "103+chunked": b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+    + _chunked_answer(b"marker-first-1"),
+}
+
+
+async def _split_exchange(script: bytes, cut: int) -> tuple[list[bytes], int, int]:
+    """Request 1 is answered with `script` cut in two writes at `cut`; request 2 (another
+    tenant's) with its own answer. What each got, and how many requests reached the
+    connection that carried request 1 after it (must be 0 if it misbehaved)."""
+    from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
+
+    seen_per_conn: list[int] = []
+    all_sent = asyncio.Event()  # request 2 goes only after it: every byte precedes it
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen_per_conn.append(0)
+        me = len(seen_per_conn) - 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length[1]) if length else 0)
+                seen_per_conn[me] += 1
+                if b"x-tenant: a" in head.lower():
+                    writer.write(script[:cut])
+                    await writer.drain()
+                    for _ in range(3):  # let the client's loop take the first part alone
+                        await asyncio.sleep(0)
+                    writer.write(script[cut:])
+                    await writer.drain()
+                    all_sent.set()
+                else:
+                    writer.write(_answer(b"marker-second-2"))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = UpstreamClient(Timeouts(first_byte=2.0, idle=2.0), Limits(max_connections_per_host=1))
+    await client.start()
+    bodies: list[bytes] = []
+    try:
+        engine = Backend(id="p/x", model="m", pool="p", region="eu-west-1", url=url)
+        for tenant in ("a", "b"):
+            if tenant == "b":
+                await asyncio.wait_for(all_sent.wait(), 5)
+            try:
+                opened = await client.open(engine, "POST", "/v1/x", b"{}", {"x-tenant": tenant})
+                body = opened.first_chunk
+                with contextlib.suppress(Exception):  # a broken body is fine, a foreign one not
+                    while chunk := await opened.response.read():
+                        body += chunk
+                opened.close()
+            except AttemptFailed:
+                body = b""
+            bodies.append(body)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    return bodies, seen_per_conn[0], len(seen_per_conn)
+
+
+async def test_answers_cut_anywhere_never_reach_the_next_request() -> None:
+    """Every cut point of each misbehaving byte stream: the second request never gets the
+    forged answer, and the connection that carried it is not reused."""
+    for name, script in BAD_STREAMS.items():
+        for cut in range(1, len(script)):
+            bodies, on_first_conn, _ = await _split_exchange(script, cut)
+            assert b"marker-other" not in bodies[1], (name, cut, bodies)
+            assert MARKER.findall(bodies[1]) == [b"marker-second-2"], (name, cut, bodies)
+            assert on_first_conn == 1, (name, cut, "the tainted connection was reused")
+
+
+async def test_interim_answers_are_skipped_not_failed() -> None:
+    for name, script in INTERIM.items():
+        for cut in range(1, len(script)):
+            bodies, _, _ = await _split_exchange(script, cut)
+            assert MARKER.findall(bodies[0]) == [b"marker-first-1"], (name, cut, bodies)
+            assert MARKER.findall(bodies[1]) == [b"marker-second-2"], (name, cut, bodies)
