@@ -4,6 +4,10 @@ Every flag is also an environment variable, `FACTORY_ROUTER_<NAME>` (e.g.
 `FACTORY_ROUTER_PROMETHEUS_URL`). Start-up fails (exit 2) on a missing, empty or invalid
 tenants file, on a missing/invalid backends file, or without exactly one backend source:
 the router never starts in an allow-all or empty state by accident.
+
+`--listen` is where tenants connect (the API, a bare health and readiness check);
+`--admin-listen` where readiness details, `/metrics` and `/admin/explain` are served
+(loopback by default: open it to the network only where Prometheus and operators are).
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ class Settings(BaseSettings):
         cli_implicit_flags=True,
     )
 
-    listen: str = Field("127.0.0.1:8080", description="host:port to listen on")
+    listen: str = Field("127.0.0.1:8080", description="host:port for tenants (the API)")
+    admin_listen: str = Field(
+        "127.0.0.1:9091", description="host:port for /metrics, /readyz details, /admin/*"
+    )
     region: str = Field(description="this router's region (the default client region)")
     tenants: Path = Field(description="tenants YAML (reloaded when it changes)")
     backends: Path | None = Field(None, description="static backends YAML (reloaded)")
@@ -66,6 +73,9 @@ class Settings(BaseSettings):
     grace_period: float = Field(_T.grace_period, ge=0, description="shutdown drain time")
     max_body_bytes: int = Field(_L.max_body_bytes, gt=0)
     max_head_bytes: int = Field(_L.max_head_bytes, gt=0, description="request line + headers")
+    max_client_connections: int = Field(
+        _L.max_client_connections, gt=0, description="client connections open at once; more: closed"
+    )
     client_idle_timeout: float = Field(
         _T.client_idle, gt=0, description="client connection between requests, or not reading"
     )
@@ -75,6 +85,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(_L.max_connections, gt=0)
     max_connections_per_host: int = Field(_L.max_connections_per_host, gt=0)
     max_attempts: int = Field(_L.max_attempts, ge=1, description="per request, first included")
+    tenant_max_concurrent_requests: int = Field(
+        _L.tenant_max_concurrent_requests,
+        ge=0,
+        description="requests one tenant may have in flight (tenants file may override); "
+        "beyond: 429; 0: no limit",
+    )
     prometheus_interval: float = Field(_R.prometheus_interval, gt=0)
     probe_interval: float = Field(
         _R.probe_interval, ge=0, description="seconds between RTT probes of a region; 0: off"
@@ -92,13 +108,19 @@ class Settings(BaseSettings):
         "reloaded when it changes",
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "admin_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("--listen must be host:port")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port")
         return v
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> Settings:
+        if self.listen == self.admin_listen and not self.listen.endswith(":0"):
+            raise ValueError("--admin-listen must differ from --listen")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> Settings:
@@ -122,7 +144,9 @@ class Settings(BaseSettings):
                 max_connections_per_host=self.max_connections_per_host,
                 max_body_bytes=self.max_body_bytes,
                 max_head_bytes=self.max_head_bytes,
+                max_client_connections=self.max_client_connections,
                 max_attempts=self.max_attempts,
+                tenant_max_concurrent_requests=self.tenant_max_concurrent_requests,
             ),
             retry_budget=RetryBudgetConfig(),
             ejection=EjectionConfig(),
@@ -150,8 +174,6 @@ def build(settings: Settings) -> RouterServer:
     extra: list[Any] = []
     if settings.backends is not None:
         fleet = load_fleet_file(settings.backends)
-        if rtt is not None:
-            fleet = Fleet(fleet.regions, fleet.backends, rtt)
     state = RouterState.create(
         region=settings.region,
         tenants=tenants,
@@ -160,6 +182,7 @@ def build(settings: Settings) -> RouterServer:
         policy=PolicyName(settings.policy),
         prometheus_url=settings.prometheus_url,
         access_log=AccessLog(enabled=settings.access_log),
+        rtt=rtt,  # kept on every backends reload
     )
     if settings.endpoint_key_file is not None:
         state.endpoint_key = load_endpoint_key(settings.endpoint_key_file)
@@ -172,8 +195,14 @@ def build(settings: Settings) -> RouterServer:
         extra_tasks=extra,
         endpoint_key_file=settings.endpoint_key_file,
     )
-    host, _, port = settings.listen.rpartition(":")
-    return RouterServer(app, host.strip("[]"), int(port))
+    host, port = _host_port(settings.listen)
+    admin_host, admin_port = _host_port(settings.admin_listen)
+    return RouterServer(app, host, port, admin_host, admin_port)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _kube_task(settings: Settings, rtt: RttMatrix | None) -> Any:

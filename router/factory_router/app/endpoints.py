@@ -1,4 +1,10 @@
-"""Non-proxy endpoints: /v1/models, /healthz, /readyz, /metrics, /admin/explain."""
+"""Non-proxy endpoints.
+
+Tenant-facing port: `/v1/models`, `/healthz` (and `/health`) and `/readyz`, a bare status
+(code and `{"status": ...}`, nothing about the configuration). Admin port
+(`--admin-listen`): `/readyz` with the details (`readyz_details`), `/metrics`,
+`/admin/explain` (admin key). No answer shows a URL's userinfo (`redact`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factory_router.app.http import placement_headers, request_id, send_error, send_json
 from factory_router.app.http_message import Request
+from factory_router.app.logs import redact
 from factory_router.app.state import RouterState
-from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError
+from factory_router.policy.errors import BadRequest, Forbidden, NotFound, RouterError, clip
 from factory_router.policy.policies import RouteRequest
 from factory_router.policy.tenants import allowed_jurisdictions
 
@@ -39,33 +46,45 @@ async def healthz(state: RouterState, request: Request) -> None:
 def load_status(state: RouterState) -> dict[str, Any]:
     age = state.load.age()
     fresh = state.load.fresh()
+    url, error = state.prometheus_url, state.prometheus_error
     return {
         "source": "prometheus+passive" if fresh else "passive-only",
-        "prometheus_url": state.prometheus_url,
+        "prometheus_url": None if url is None else redact(url),
         "age_seconds": None if age is None else round(age, 3),
         "stale": not fresh,
-        "last_error": state.prometheus_error,
+        "last_error": None if error is None else redact(error),
         "measured_rtt_ms": {r: round(ms, 3) for r, ms in state.load.rtt.regions().items()},
     }
 
 
-async def readyz(state: RouterState, request: Request) -> None:
-    """200 while the router can route (degraded load data is reported, not fatal)."""
-    load = load_status(state)
+def readiness(state: RouterState) -> tuple[str, list[str]]:
+    """("ok" | "degraded" | "unready", the problems): unready only when the router cannot
+    route at all; degraded load data is reported, not fatal."""
     fatal: list[str] = []
     if state.draining:
         fatal.append("draining")
     if not state.fleet.backends:
         fatal.append("no backends discovered")
-    warnings = [f"discovery: {state.fleet_error}"] if state.fleet_error else []
-    if load["stale"] and state.prometheus_url is not None:
+    warnings = [f"discovery: {redact(state.fleet_error)}"] if state.fleet_error else []
+    if state.prometheus_url is not None and not state.load.fresh():
         warnings.append("load data stale: routing on passive signals")
-    problems = fatal + warnings
     status = "unready" if fatal else ("degraded" if warnings else "ok")
+    return status, fatal + warnings
+
+
+async def readyz(state: RouterState, request: Request) -> None:
+    """Tenant-facing: 200 while the router can route, else 503; the status word only."""
+    status, _ = readiness(state)
+    send_json(request, {"status": status}, status=503 if status == "unready" else 200)
+
+
+async def readyz_details(state: RouterState, request: Request) -> None:
+    """Admin port: the same status code, with the problems and the load data."""
+    status, problems = readiness(state)
     doc = {
         "status": status,
         "problems": problems,
-        "load_data": load,
+        "load_data": load_status(state),
         "backends": len(state.fleet.backends),
         "inflight": state.inflight,
         "policy": str(state.policy),
@@ -119,5 +138,5 @@ async def explain(state: RouterState, request: Request) -> None:
 
 async def not_found(state: RouterState, request: Request) -> None:
     """Unknown paths answer in OpenAI's error shape too."""
-    err = NotFound(f"Unknown path {request.method} {request.path}.")
+    err = NotFound(f"Unknown path {clip(request.method)} {clip(request.path)}.")
     send_error(request, err, placement_headers(request_id(request), None, None, None))

@@ -62,6 +62,7 @@ from typing import Any, cast
 import httptools
 
 from factory_router.app.http_message import ClientGone, Request, error_response, framing_error
+from factory_router.policy.config import Limits
 from factory_router.policy.errors import BadRequest, HeadTooLarge, RequestTimeout, RouterError
 
 log = logging.getLogger("factory_router.http")
@@ -76,8 +77,7 @@ class ServerLimits:
     max_body_bytes: int
     client_idle: float  # seconds a connection may wait for its next request, or not read
     client_request: float  # seconds from a request's first byte to its last
-    # Client connections open at once (the router passes Limits.max_client_connections).
-    max_connections: int = 4096
+    max_connections: int = Limits.max_client_connections  # client connections open at once
 
 
 Handler = Callable[[Request], Awaitable[None]]

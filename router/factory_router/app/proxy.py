@@ -38,12 +38,17 @@ from factory_router.policy.errors import (
 from factory_router.policy.fleet import Backend
 from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
 from factory_router.policy.route import RoutePlan
-from factory_router.policy.tenants import allowed_jurisdictions
-from factory_router.upstream.client import AttemptFailed, Opened
-from factory_router.upstream.http1 import ConnectionBroken, ProtocolViolation
+from factory_router.policy.tenants import Tenant, allowed_jurisdictions
+from factory_router.upstream.client import (
+    AttemptFailed,
+    ConnectionBroken,
+    Opened,
+    ProtocolViolation,
+)
 
 log = logging.getLogger("factory_router.proxy")
 _WHOLE_BODY_MAX = 256 * 1024  # sized non-SSE answers up to this are relayed in one write
+_NO_BODY_STATUS = frozenset({204, 304})
 
 _DENIAL_REASON: dict[type[RouterError], str] = {
     InvalidResidency: "invalid_header",
@@ -74,11 +79,14 @@ async def handle(state: RouterState, request: Request) -> None:
     out = _Outcome()
     tenant_name: str | None = None
     model: str | None = None
+    counted: Tenant | None = None  # holds one of its tenant's concurrent requests
     state.request_started()
     try:
         try:
             tenant = state.tenants.authenticate(request.headers.get("authorization"))
             tenant_name = tenant.name
+            state.tenant_limits.acquire(tenant)  # 429 at the limit: no engine is asked
+            counted = tenant
             allowed = allowed_jurisdictions(
                 tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
             )
@@ -107,6 +115,8 @@ async def handle(state: RouterState, request: Request) -> None:
         out.status, out.reason = 499, "client_disconnected"
         raise
     finally:
+        if counted is not None:
+            state.tenant_limits.release(counted)
         state.request_finished()
         elapsed = time.perf_counter() - started
         known_model = model if model and out.pool else "unknown"
@@ -197,7 +207,12 @@ async def _forward(
         completed = False
         try:
             state.ejector.record_success(backend.id)
-            state.load.observe_first_byte(backend, opened.ttfb_s * 1000)
+            state.load.observe_first_byte(
+                backend,
+                opened.ttfb_s * 1000,
+                streamed=opened.streamed,
+                router_wait_ms=opened.pool_wait_s * 1000,
+            )
             state.metrics.observe_ttfb(backend.region or "none", opened.ttfb_s)
             out.region = backend.region
             out.jurisdiction = state.fleet.jurisdiction_of(backend)
@@ -237,6 +252,8 @@ def _record_failure(state: RouterState, ranked: Ranked, kind: str) -> None:
     backend = ranked.backend
     region = backend.region or "none"
     state.metrics.upstream_errors.labels(region, kind).inc()
+    if kind == "pool":
+        return  # the router's own connection limit: the backend did nothing wrong
     if state.ejector.record_failure(backend.id, state.now()):
         state.metrics.ejections.labels(region).inc()
         log.warning(
@@ -267,7 +284,10 @@ async def _relay(
             headers[name] = value
     out.status = up.status
     size = up.content_length
-    idle = state.config.timeouts.idle
+    if up.status in _NO_BODY_STATUS:
+        # An engine's body on these would be framing nobody agrees on: none is relayed.
+        request.respond(up.status, headers, b"")
+        return
     if size is not None and size <= _WHOLE_BODY_MAX and up.content_type != "text/event-stream":
         # A sized, small, non-SSE answer (a non-streaming completion): its bytes are all
         # here or nearly, and one write of headers + body saves syscalls.
@@ -275,7 +295,7 @@ async def _relay(
         have = len(opened.first_chunk)
         try:
             while have < size:
-                chunk = await up.read(idle)
+                chunk = await up.read()
                 if not chunk:
                     raise ConnectionBroken("body shorter than its Content-Length")
                 parts.append(chunk)
@@ -291,7 +311,7 @@ async def _relay(
     while chunk:
         await request.write(chunk)  # ClientGone once the client left
         try:
-            chunk = await up.read(idle)
+            chunk = await up.read()
         except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
             # The engine broke mid-stream: too late to fail over. Close the client's
             # connection so that it sees a truncated response, not a clean end.

@@ -1,11 +1,16 @@
 """The router application and its lifecycle: routes, background tasks, graceful shutdown.
 
-The server is the router's own HTTP/1.1 server (`http_server`) and the upstream client is
-its own HTTP/1.1 client (`upstream.http1`), both chosen by measurement
-(bench/router_overhead/stack_compare.py, closed-loop and at a fixed rate): httpx's client
-cost several times aiohttp's CPU per request, and aiohttp's client about twice
-`upstream.http1`'s; at 100 req/s aiohttp's server and uvicorn (a bare ASGI app) added
-about 0.2 ms more p50 than a server on asyncio protocols.
+The server is the router's own HTTP/1.1 server (`http_server`), chosen by measurement
+(bench/router_overhead/stack_compare.py: at 100 req/s aiohttp's server and uvicorn with a
+bare ASGI app added about 0.2 ms more p50 than a server on asyncio protocols). The
+upstream client is aiohttp's (`upstream.client`), maintained and fuzzed by others, with
+`upstream.reuse_guard` closing the gaps in its connection reuse that an adversarial
+upstream could use to hand one tenant another's bytes.
+
+Two listeners: the tenant-facing one (`ROUTES`: the OpenAI API, a bare health and
+readiness check) and the admin one (`ADMIN_ROUTES`: readiness details, metrics, explain),
+on its own address (`--admin-listen`, loopback by default) so that what describes the
+configuration and the load is never reachable where tenants connect.
 
 Shutdown: stop listening, report unready, let in-flight requests (streams included)
 finish within the grace period, then close what is left.
@@ -21,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from factory_router.app import endpoints, proxy
+from factory_router.app.http import request_id
 from factory_router.app.http_message import Request
-from factory_router.app.http_server import HttpServer, ServerLimits
+from factory_router.app.http_server import HeadCheck, HttpServer, ServerLimits
 from factory_router.app.probes import run_probes
 from factory_router.app.reload import FileWatcher
 from factory_router.app.state import RouterState
 from factory_router.discovery.static import load_fleet_file
+from factory_router.policy.errors import RouterError, Unauthenticated
 from factory_router.policy.tenants import TenantTable, load_endpoint_key, load_tenants_text
 from factory_router.signals.prometheus import PrometheusPoller, Snapshot
 
@@ -46,6 +53,11 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
     # RTT by the routers in front of it the way an engine is.
     ("GET", "/health"): endpoints.healthz,
     ("GET", "/readyz"): endpoints.readyz,
+}
+
+ADMIN_ROUTES: dict[tuple[str, str], Endpoint] = {
+    ("GET", "/healthz"): endpoints.healthz,
+    ("GET", "/readyz"): endpoints.readyz_details,
     ("GET", "/metrics"): endpoints.metrics,
     ("GET", "/admin/explain"): endpoints.explain,
 }
@@ -72,6 +84,11 @@ class RouterApp:
     async def handle(self, request: Request) -> None:
         method = "GET" if request.method == "HEAD" else request.method
         endpoint = ROUTES.get((method, request.path), endpoints.not_found)
+        await endpoint(self.state, request)
+
+    async def handle_admin(self, request: Request) -> None:
+        method = "GET" if request.method == "HEAD" else request.method
+        endpoint = ADMIN_ROUTES.get((method, request.path), endpoints.not_found)
         await endpoint(self.state, request)
 
     async def startup(self) -> None:
@@ -173,14 +190,46 @@ def _poller(state: RouterState) -> PrometheusPoller:
     )
 
 
-class RouterServer:
-    """Runs one router on host:port (port 0 picks a free one); an async context manager."""
+def _tenant_key_check(state: RouterState) -> HeadCheck:
+    """A POST to the API without a valid key is refused on its head (401, as the proxy
+    would): no 100 Continue, no body buffered for whoever holds no key."""
 
-    def __init__(self, app: RouterApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def check(request: Request) -> RouterError | None:
+        if request.method != "POST" or request.path not in OPENAI_POST_PATHS:
+            return None
+        try:
+            state.tenants.authenticate(request.headers.get("authorization"))
+        except Unauthenticated as err:
+            state.metrics.observe_request("none", "unknown", err.status, 0.0)
+            state.access_log.write(
+                {"request_id": request_id(request), "tenant": None, "path": request.path,
+                 "reason": err.code, "status": err.status, "attempts": 0}
+            )  # fmt: skip
+            return err
+        return None
+
+    return check
+
+
+class RouterServer:
+    """Runs one router on host:port and its admin listener on admin_host:admin_port (port
+    0 picks a free one); an async context manager."""
+
+    def __init__(
+        self,
+        app: RouterApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_host: str = "127.0.0.1",
+        admin_port: int = 0,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.admin_host = admin_host
+        self.admin_port = admin_port
         self._http: HttpServer | None = None
+        self._admin: HttpServer | None = None
 
     @property
     def state(self) -> RouterState:
@@ -190,6 +239,10 @@ class RouterServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin_host}:{self.admin_port}"
+
     async def start(self) -> None:
         config = self.state.config
         limits = ServerLimits(
@@ -197,16 +250,24 @@ class RouterServer:
             max_body_bytes=config.limits.max_body_bytes,
             client_idle=config.timeouts.client_idle,
             client_request=config.timeouts.client_request,
+            max_connections=config.limits.max_client_connections,
         )
         await self.app.startup()
-        http = HttpServer(self.app.handle, limits)
+        http = HttpServer(self.app.handle, limits, check_head=_tenant_key_check(self.state))
         try:
             self.port = await http.start(self.host, self.port)
         except BaseException:
             await self.app.cleanup()
             raise
         self._http = http
-        log.info("router listening on %s", self.url)
+        admin = HttpServer(self.app.handle_admin, limits)
+        try:
+            self.admin_port = await admin.start(self.admin_host, self.admin_port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._admin = admin
+        log.info("router listening on %s, admin on %s", self.url, self.admin_url)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, wait for in-flight requests up to the grace period."""
@@ -218,6 +279,11 @@ class RouterServer:
         await http.shutdown(state.config.timeouts.grace_period)
         if state.inflight:
             log.warning("grace period over with %d requests in flight", state.inflight)
+        # The admin listener stays up through the drain: metrics and readiness details
+        # show it. Its answers are short; nothing there needs a grace period.
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.shutdown(0)
         await self.app.cleanup()
 
     async def __aenter__(self) -> RouterServer:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
 from factory_router.policy.config import RouterConfig
-from factory_router.policy.fleet import Fleet, build_fleet
-from factory_router.policy.health import Ejector, RetryBudget
+from factory_router.policy.fleet import Fleet, RttMatrix, build_fleet
+from factory_router.policy.health import Ejector, LatencyEjector, RetryBudget
 from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
 from factory_router.policy.route import RoutePlan, plan
-from factory_router.policy.tenants import TenantTable
+from factory_router.policy.tenants import TenantLimits, TenantTable
 from factory_router.signals.load import LoadState
 from factory_router.upstream.client import UpstreamClient
 
@@ -28,17 +28,20 @@ class RouterState:
     policy: PolicyName
     ranker: Ranker
     ejector: Ejector
+    latency_ejector: LatencyEjector
     budget: RetryBudget
     load: LoadState
     upstream: UpstreamClient
     metrics: RouterMetrics
     access_log: AccessLog
+    tenant_limits: TenantLimits
     prometheus_url: str | None = None
     prometheus_error: str | None = None
     draining: bool = False
     inflight: int = 0
     fleet_error: str | None = None
     endpoint_key: str | None = None  # presented to `via_endpoint` backends (their router)
+    rtt: RttMatrix | None = None  # --rtt: every fleet installed gets it (reloads included)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_started(self) -> None:
@@ -61,12 +64,14 @@ class RouterState:
         policy: PolicyName = PolicyName.SCORE,
         prometheus_url: str | None = None,
         access_log: AccessLog | None = None,
+        rtt: RttMatrix | None = None,
     ) -> RouterState:
         cfg = config or RouterConfig()
         load = LoadState(
             cfg.scoring.snapshot_stale_seconds,
             router_region=region,
             rtt_window_seconds=cfg.scoring.rtt_window_seconds,
+            scoring=cfg.scoring,
         )
 
         def age() -> float:
@@ -82,13 +87,18 @@ class RouterState:
             policy=policy,
             ranker=Ranker(policy, cfg.scoring),
             ejector=Ejector(cfg.ejection),
+            latency_ejector=LatencyEjector(cfg.latency_ejection),
             budget=RetryBudget(cfg.retry_budget),
             load=load,
             upstream=UpstreamClient(cfg.timeouts, cfg.limits),
             metrics=metrics,
             access_log=access_log or AccessLog(),
+            tenant_limits=TenantLimits(cfg.limits.tenant_max_concurrent_requests),
             prometheus_url=prometheus_url,
+            rtt=rtt,
         )
+        if rtt is not None:
+            state.set_fleet(state.fleet)
         # Read at scrape time: no gauge update (and its lock) on every request.
         metrics.inflight.set_function(lambda: state.inflight)
         return state
@@ -104,15 +114,21 @@ class RouterState:
             ranker=self.ranker,
             view=self.load,
             ejector=self.ejector,
+            latency=self.latency_ejector,
             now=self.now(),
             explain=explain,
         )
 
     def set_fleet(self, fleet: Fleet) -> None:
-        """Swap in a new fleet view; ejection state of departed endpoints is dropped."""
+        """Swap in a new fleet view; ejection state of departed endpoints is dropped. The
+        `--rtt` matrix, when given, replaces the one the fleet came with (a backends file
+        reload must not fall back to the file's own or to none)."""
+        if self.rtt is not None and fleet.rtt is not self.rtt:
+            fleet = Fleet(fleet.regions, fleet.backends, self.rtt)
         self.fleet = fleet
         self.fleet_error = None
         self.ejector.forget({b.id for b in fleet.backends})
+        self.latency_ejector.forget({b.id for b in fleet.backends})
 
     @staticmethod
     def now() -> float:

@@ -34,7 +34,15 @@ class Limits:
     keepalive_expiry: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024  # client request bodies; larger -> 413
     max_head_bytes: int = 64 * 1024  # client request line + headers; larger -> 431
+    # Client connections open at once; one more is closed as it is accepted. Well under
+    # the usual 20k-65k file descriptors, with room for the upstream pool beside it.
+    max_client_connections: int = 4096
     max_attempts: int = 3  # per request, the first try included
+    max_upstream_line_bytes: int = 8190  # an engine's status line or one header line
+    max_upstream_headers: int = 64  # header lines in an engine's answer; more -> protocol
+    # Requests one tenant may have in flight (tenants file: max_concurrent_requests
+    # overrides); beyond: 429. A quarter of max_connections: no tenant holds the whole pool.
+    tenant_max_concurrent_requests: int = 256  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,35 @@ class ScoringConfig:
     cost_weight_ms: float = 0.0  # ms per unit of relative cost (0 = ignore cost)
     snapshot_stale_seconds: float = 15.0  # older load data is ignored (passive only)
     rtt_window_seconds: float = 30.0  # measured RTT: minimum over this window
+    # Client-observed time to first byte (`signals.latency`): the median of the last
+    # `observed_max_samples` streamed first bytes within `observed_window_seconds` (at least
+    # `observed_min_samples` of them), or the slower of the last `observed_recent_samples`
+    # when both are below it (a recovery shows at once). It replaces the engine's own TTFT
+    # in the score when higher than engine * (1 + ratio) + margin: slow in front of it.
+    observed_window_seconds: float = 30.0
+    observed_max_samples: int = 5
+    observed_min_samples: int = 3
+    observed_recent_samples: int = 2
+    observed_wins_ratio: float = 0.5
+    observed_wins_margin_ms: float = 50.0
+
+
+@dataclass(frozen=True)
+class LatencyEjectionConfig:
+    """Latency outliers (`policy.health.LatencyEjector`): a replica (or a region) whose
+    client-observed TTFT exceeds both `outlier_ratio` x and `outlier_margin_ms` + the median
+    of its peers' is degraded (ranked after every other candidate) for `base_seconds *
+    2**(n-1)`, capped at `max_seconds`; it is lifted early once it is within half those
+    bounds. A degraded backend (or one whose observed figure outweighed its engine's) still
+    gets a probe: `probe_share` of the requests, at most one per backend per
+    `probe_interval_seconds`."""
+
+    outlier_ratio: float = 3.0
+    outlier_margin_ms: float = 200.0
+    base_seconds: float = 2.0
+    max_seconds: float = 30.0
+    probe_interval_seconds: float = 1.0
+    probe_share: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,7 @@ class RouterConfig:
     limits: Limits = field(default_factory=Limits)
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     ejection: EjectionConfig = field(default_factory=EjectionConfig)
+    latency_ejection: LatencyEjectionConfig = field(default_factory=LatencyEjectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     prometheus_interval: float = 2.0  # seconds between load snapshots
     reload_interval: float = 1.0  # seconds between checks of tenants/backends files

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from factory_router.policy.errors import ModelNotFound, NoCompliantBackend
+from factory_router.policy.errors import ModelNotFound, NoCompliantBackend, clip
 from factory_router.policy.fleet import Backend, Fleet
 from factory_router.policy.health import Ejector, LatencyEjector
 from factory_router.policy.policies import PolicyName, Ranked, Ranker, RouteRequest
@@ -98,7 +98,7 @@ def plan(
     )
     if not ordered and not explain:
         raise NoCompliantBackend(
-            f"No healthy backend for model '{req.model}' in the allowed jurisdictions "
+            f"No healthy backend for model '{clip(req.model)}' in the allowed jurisdictions "
             f"({', '.join(sorted(req.allowed))}).",
         )
     return RoutePlan(ordered, explanation, "routable" if ordered else "no_compliant_backend", probe)

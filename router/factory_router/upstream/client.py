@@ -152,8 +152,9 @@ class Opened:
 
     response: Response
     first_chunk: bytes
-    ttfb_s: float
-    sent_at: float  # time.perf_counter() when the request was sent
+    ttfb_s: float  # from the call of open(), the wait for a connection slot included
+    sent_at: float  # time.perf_counter() when open() was called
+    pool_wait_s: float = 0.0  # of ttfb_s, waiting for the router's own connection slot
 
     @property
     def streamed(self) -> bool:
@@ -229,8 +230,10 @@ class UpstreamClient:
             self._urls[key] = url
         return url
 
-    async def _slot(self, origin: str) -> _Slot:
-        """A connection slot for `origin`, waiting at most Timeouts.pool_acquire."""
+    async def _slot(self, origin: str) -> tuple[_Slot, float]:
+        """A connection slot for `origin`, waiting at most Timeouts.pool_acquire; and the
+        seconds waited."""
+        started = time.perf_counter()
         per = self._per_origin.get(origin)
         if per is None:
             if len(self._per_origin) >= _MAX_CACHED:  # forget origins with nothing in use
@@ -251,13 +254,14 @@ class UpstreamClient:
             raise AttemptFailed(
                 "pool", f"no free connection within {self.timeouts.pool_acquire:g}s"
             ) from None
-        return _Slot(self._total, per)
+        return _Slot(self._total, per), time.perf_counter() - started
 
     async def _exchange(
         self, backend: Backend, method: str, path: str, body: bytes | None,
         headers: Mapping[str, str],
-    ) -> Response:  # fmt: skip
-        """Send the request; the response once its status and headers have arrived."""
+    ) -> tuple[Response, float]:  # fmt: skip
+        """Send the request; the response once its status and headers have arrived, and the
+        seconds spent waiting for a connection slot."""
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         try:
@@ -267,7 +271,7 @@ class UpstreamClient:
         # A header value with CR or LF cannot come from a parsed request; the client does
         # not rely on that (aiohttp would refuse the whole request).
         safe = {k: v for k, v in headers.items() if "\r" not in v and "\n" not in v}
-        slot = await self._slot(f"{url.scheme}://{url.host}:{url.port}")
+        slot, waited = await self._slot(f"{url.scheme}://{url.host}:{url.port}")
         try:
             for _ in range(2):
                 exchange_on_reused_connection.set(False)
@@ -283,7 +287,7 @@ class UpstreamClient:
                 if problem is not None:
                     raw.close()
                     raise ProtocolViolation(problem)
-                return Response(raw, slot)
+                return Response(raw, slot), waited
             raise ConnectionBroken("a new connection closed before answering")
         except BaseException:
             slot.release()
@@ -301,7 +305,7 @@ class UpstreamClient:
         response: Response | None = None
         try:
             async with asyncio.timeout(self.timeouts.first_byte):
-                response = await self._exchange(backend, method, path, body, headers)
+                response, waited = await self._exchange(backend, method, path, body, headers)
                 status = response.status
                 if status < 200:  # 101: an upgrade nobody asked for; other 1xx never end here
                     raise AttemptFailed("protocol", f"engine answered {status}", status)
@@ -334,7 +338,7 @@ class UpstreamClient:
             if response is not None:
                 response.release()
             raise
-        return Opened(response, first, time.perf_counter() - started, started)
+        return Opened(response, first, time.perf_counter() - started, started, waited)
 
     async def probe(self, backend: Backend, headers: Mapping[str, str]) -> float | None:
         """`GET /health` on the backend: seconds to a 2xx answer, None on any failure.
@@ -343,7 +347,7 @@ class UpstreamClient:
         response: Response | None = None
         try:
             async with asyncio.timeout(self.timeouts.probe):
-                response = await self._exchange(backend, "GET", "/health", None, headers)
+                response, _ = await self._exchange(backend, "GET", "/health", None, headers)
                 while await response.read():
                     pass
                 ok = 200 <= response.status < 300

@@ -69,11 +69,32 @@ def auth(who: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-async def explain(client: httpx.AsyncClient, tenant: str, model: str) -> list[dict[str, Any]]:
-    """`GET /admin/explain` as the admin: every candidate row."""
-    reply = await client.get(
-        "/admin/explain", params={"tenant": tenant, "model": model}, headers=auth("admin")
-    )
+def admin(server: RouterServer) -> httpx.AsyncClient:
+    """A client of the router's admin listener: /metrics, /readyz details, /admin/*."""
+    return httpx.AsyncClient(base_url=server.admin_url)
+
+
+async def scrape(server: RouterServer) -> str:
+    """The router's /metrics text (admin listener)."""
+    async with admin(server) as c:
+        reply = await c.get("/metrics")
+    reply.raise_for_status()
+    return reply.text
+
+
+async def readiness(server: RouterServer) -> dict[str, Any]:
+    """The router's /readyz details (admin listener)."""
+    async with admin(server) as c:
+        doc: dict[str, Any] = (await c.get("/readyz")).json()
+    return doc
+
+
+async def explain(server: RouterServer, tenant: str, model: str) -> list[dict[str, Any]]:
+    """`GET /admin/explain` as the admin, on the admin listener: every candidate row."""
+    async with admin(server) as c:
+        reply = await c.get(
+            "/admin/explain", params={"tenant": tenant, "model": model}, headers=auth("admin")
+        )
     reply.raise_for_status()
     return list(reply.json()["candidates"])
 

@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from factory_router.app.reload import FileWatcher
+from factory_router.main import Settings, build
 from factory_router.policy.config import RouterConfig
+from factory_router.policy.fleet import RttMatrix
 from factory_router.policy.tenants import hash_key
 from tests.unit.router.router_testkit import (
     KEYS,
@@ -92,3 +94,36 @@ async def test_a_watcher_survives_any_exception_and_keeps_the_last_good_value(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_backends_reload_keeps_the_rtt_matrix(tmp_path: Path) -> None:
+    def backends_doc(*pools: str) -> dict[str, Any]:
+        return {
+            "regions": [{"name": "eu-west-1", "jurisdiction": "EU"},
+                        {"name": "us-east-1", "jurisdiction": "US"}],
+            "rtt_ms": {"eu-west-1": {"us-east-1": 999}},  # --rtt wins over the file's own
+            "backends": [{"model": "m", "pool": p, "region": "eu-west-1",
+                          "url": f"http://127.0.0.1:{9 + i}"} for i, p in enumerate(pools)],
+        }  # fmt: skip
+
+    tenants, backends, rtt = tmp_path / "t.yaml", tmp_path / "b.yaml", tmp_path / "rtt.yaml"
+    tenants.write_text(json.dumps(TENANTS_DOC))
+    backends.write_text(json.dumps(backends_doc("eu-a")))
+    rtt.write_text(json.dumps({"eu-west-1": {"us-east-1": 80}}))
+    settings = Settings(
+        region="eu-west-1", tenants=tenants, backends=backends, rtt=rtt,
+        listen="127.0.0.1:0", admin_listen="127.0.0.1:0", probe_interval=0,
+    )  # fmt: skip
+    expected = RttMatrix.from_nested({"eu-west-1": {"us-east-1": 80}})
+    server = build(settings)
+    assert server.state.fleet.rtt == expected
+    # The watcher checks every second (RouterConfig.reload_interval): this waits about one.
+    async with server:
+        backends.write_text(json.dumps(backends_doc("eu-a", "eu-b")))
+        await wait_until(
+            lambda: len(server.state.fleet.backends) == 2, timeout=5, what="backends reload"
+        )
+        assert server.state.fleet.rtt == expected
+        backends.unlink()
+        await wait_until(lambda: _errors(server, "backends") == 1, timeout=5, what="counted")
+        assert len(server.state.fleet.backends) == 2 and server.state.fleet.rtt == expected

@@ -72,7 +72,12 @@ def _free_port() -> int:
 
 
 async def _run(*args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROUTER_DIR)}
+    # A free port for the admin listener: its default (9091) may be taken on this machine.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROUTER_DIR),
+        "FACTORY_ROUTER_ADMIN_LISTEN": "127.0.0.1:0",
+    }
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -22,7 +22,9 @@ from tests.unit.router.router_testkit import (
     auth,
     backend,
     engines,
+    readiness,
     router,
+    scrape,
     wait_until,
 )
 
@@ -59,8 +61,7 @@ async def test_client_disconnect_after_three_chunks_closes_upstream() -> None:
         await wait_until(lambda: eu.active == 0, timeout=1.0, what="upstream closed")
         assert eu.disconnected_at is not None and eu.disconnected_at - closed < 1.0
         await wait_until(lambda: r.state.inflight == 0, timeout=1.0, what="in-flight 0")
-        async with httpx.AsyncClient(base_url=r.url) as c:
-            text = (await c.get("/metrics")).text
+        text = await scrape(r)
         assert metric(text, "factory_router_inflight_requests") == 0
         assert r.state.load.passive.total_inflight == 0
 
@@ -128,7 +129,7 @@ async def test_failover_ejection_and_metrics() -> None:
             for _ in range(6):
                 resp = await c.post("/v1/chat/completions", json=CHAT, headers=auth("eu"))
                 assert resp.status_code == 200 and resp.headers["x-factory-pool"] == "eu-b"
-            text = (await c.get("/metrics")).text
+        text = await scrape(r)
         assert bad.total == 3  # ejected after 3 consecutive failures, then skipped
         assert metric(text, 'factory_router_upstream_errors_total{kind="status"') == 3
         assert metric(text, "factory_router_ejections_total") == 1
@@ -151,10 +152,10 @@ async def test_a_regional_router_endpoint_is_probed_for_rtt() -> None:
         us.network_delay = 0.05  # probes carry no request data but do cross the network
         entry = Backend(id="region:us-east-1/m", model="m", pool="us-pool",
                         region="us-east-1", url=regional.url)  # fmt: skip
-        async with router([entry]) as front, httpx.AsyncClient(base_url=front.url) as c:
+        async with router([entry]) as front:
 
             async def measured() -> bool:
-                load = (await c.get("/readyz")).json()["load_data"]
+                load = (await readiness(front))["load_data"]
                 return "us-east-1" in load["measured_rtt_ms"]
 
             await wait_until(measured, timeout=5, what="an RTT sample of the regional router")
@@ -208,14 +209,14 @@ async def test_readyz_reports_degraded_load_data_and_routing_goes_on() -> None:
         httpx.AsyncClient(base_url=r.url) as c,
     ):
         await wait_until(lambda: r.state.prometheus_error is not None, timeout=5)
-        ready = await c.get("/readyz")
-        assert ready.status_code == 200
-        doc = ready.json()
+        ready = await c.get("/readyz")  # tenant-facing: the status word only
+        assert ready.status_code == 200 and ready.json() == {"status": "degraded"}
+        doc = await readiness(r)
         assert doc["status"] == "degraded" and doc["load_data"]["stale"] is True
         assert doc["load_data"]["source"] == "passive-only"
         resp = await c.post("/v1/chat/completions", json=CHAT, headers=auth("eu"))
         assert resp.status_code == 200
-        text = (await c.get("/metrics")).text
+        text = await scrape(r)
         assert metric(text, "factory_router_load_data_stale") == 1
 
 

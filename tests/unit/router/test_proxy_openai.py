@@ -8,7 +8,15 @@ from dataclasses import replace
 import httpx
 import openai
 
-from tests.unit.router.router_testkit import ADMIN_KEY, KEYS, auth, backend, engines, router
+from tests.unit.router.router_testkit import (
+    ADMIN_KEY,
+    KEYS,
+    admin,
+    auth,
+    backend,
+    engines,
+    router,
+)
 
 
 async def test_async_client_chat_completions_embeddings_models() -> None:
@@ -129,7 +137,12 @@ async def test_explain_is_admin_only_and_shows_every_candidate() -> None:
             ]
         ) as r,
     ):
-        async with httpx.AsyncClient(base_url=r.url) as c:
+        async with httpx.AsyncClient(base_url=r.url) as c:  # the tenants' port has no admin
+            hidden = await c.get(
+                "/admin/explain", params={"tenant": "eu-only", "model": "m"}, headers=auth("admin")
+            )
+            assert hidden.status_code == 404
+        async with admin(r) as c:
             denied = await c.get(
                 "/admin/explain", params={"tenant": "eu-only", "model": "m"}, headers=auth("eu")
             )

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from factory_router.app.server import RouterServer
+from factory_router.policy.config import RouterConfig, Timeouts
 from factory_router.policy.fleet import Region
 from tests.unit.router.router_testkit import (
     KEYS,
@@ -21,6 +22,7 @@ from tests.unit.router.router_testkit import (
     backend,
     engines,
     router,
+    scrape,
 )
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "personal data"}]}
@@ -64,8 +66,12 @@ async def fleet() -> AsyncIterator[Fleet]:
             backend(e["nojur"], "nj", "nowhere-1", model="orphan"),
         ]
         regions = [*REGIONS, Region("nowhere-1", None)]
+        # No RTT probes: the order of the EU candidates is then the configured one
+        # (eu-west-1 local, eu-central-1 at the default RTT), not a race between two
+        # probes of 1 ms that decides which one a failover test sees fail first.
+        config = RouterConfig(timeouts=Timeouts(first_byte=5.0, grace_period=2.0), probe_interval=0)
         async with (
-            router(backends, regions=regions) as r,
+            router(backends, regions=regions, config=config) as r,
             httpx.AsyncClient(base_url=r.url, timeout=10) as client,
         ):
             yield Fleet(r, client, e)
@@ -201,5 +207,5 @@ async def test_14_ejected_compliant_backends_give_503_without_trying_others(
     assert resp.status_code == 503
     assert fleet.e["eu1"].total + fleet.e["eu2"].total == tried
     assert fleet.reached(*OUTSIDE_EU) == 0
-    metrics = (await fleet.client.get("/metrics")).text
+    metrics = await scrape(fleet.router)
     assert 'factory_router_residency_denials_total{reason="no_compliant_backend"}' in metrics

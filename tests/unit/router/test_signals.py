@@ -16,7 +16,14 @@ from factory_router.policy.fleet import Backend
 from factory_router.signals.load import LoadState
 from factory_router.signals.prometheus import QUERIES, Snapshot, snapshot_from_results
 from factory_router.signals.rtt import RttEstimates
-from tests.unit.router.router_testkit import auth, engines, explain, router, wait_until
+from tests.unit.router.router_testkit import (
+    auth,
+    engines,
+    explain,
+    readiness,
+    router,
+    wait_until,
+)
 
 
 def vec(value: str, pod: str, pool: str = "eu-a", region: str = "eu-west-1") -> dict[str, Any]:
@@ -85,7 +92,7 @@ def test_capacity_is_configured_else_learned_from_a_lasting_queue() -> None:
 def test_slot_holding_time_and_first_bytes_as_rtt_samples() -> None:
     state = LoadState(stale_after=5.0, clock=lambda: 100.0)
     b = Backend(id="x", model="m", pool="eu-a", region="eu-central-1", url="u")
-    state.observe_first_byte(b, 40.0)
+    state.observe_first_byte(b, 40.0, streamed=True)
     state.observe_completion(b, duration_ms=540.0, ttfb_ms=40.0, streamed=True)
     assert state.observed_duration_ms("x") == 500.0  # first byte to end: the slot was held
     state.observe_completion(b, duration_ms=1500.0, ttfb_ms=1490.0, streamed=False)
@@ -150,9 +157,9 @@ async def test_poller_feeds_scoring_then_degrades_when_prometheus_dies() -> None
             httpx.AsyncClient(base_url=r.url) as c,
         ):
             await wait_until(r.state.load.fresh, timeout=5, what="first snapshot")
-            ready = (await c.get("/readyz")).json()
+            ready = await readiness(r)
             assert ready["status"] == "ok" and ready["load_data"]["source"] == "prometheus+passive"
-            rows = {row["backend"]: row for row in await explain(c, "eu-only", "m")}
+            rows = {row["backend"]: row for row in await explain(r, "eu-only", "m")}
             assert rows["b"]["verdict"] == "chosen"  # p0 is busier, KV nearly full
             assert rows["a"]["parts"]["kv_penalty_ms"] > 0
             assert rows["a"]["parts"]["load_source"] == "prometheus+inflight"
@@ -164,5 +171,5 @@ async def test_poller_feeds_scoring_then_degrades_when_prometheus_dies() -> None
                 "/v1/chat/completions", json={"model": "m", "messages": []}, headers=auth("eu")
             )
             assert resp.status_code == 200
-            ready = (await c.get("/readyz")).json()
+            ready = await readiness(r)
             assert ready["status"] == "degraded" and ready["load_data"]["stale"]

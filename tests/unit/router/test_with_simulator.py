@@ -16,7 +16,7 @@ import pytest
 
 from factory_router.app.server import RouterServer
 from factory_router.policy.fleet import Backend
-from tests.unit.router.router_testkit import KEYS, explain, router, wait_until
+from tests.unit.router.router_testkit import KEYS, explain, readiness, router, wait_until
 
 pytest.importorskip("factory_sim")
 from factory_sim.engine import EngineConfig
@@ -151,17 +151,17 @@ async def test_nearest_region_is_chosen_and_explained(sim: SimFleet) -> None:
     async with httpx.AsyncClient(base_url=sim.router.url) as c:
 
         async def all_probed() -> bool:
-            rows = await explain(c, "global", "llama")
+            rows = await explain(sim.router, "global", "llama")
             return all(row["parts"]["rtt_source"] == "measured" for row in rows)
 
         await wait_until(all_probed, timeout=10, what="RTT probes of every region")
-        rows = await explain(c, "global", "llama")
+        rows = await explain(sim.router, "global", "llama")
         assert [row["backend"] for row in rows] == ["eu1", "eu2", "us"]  # router in eu-west-1
         rtt = {row["backend"]: row["parts"]["rtt_ms"] for row in rows}
         # Measured by the probes through the simulated network: never below its delay.
         assert rtt["eu1"] < rtt["eu2"] < rtt["us"]
         assert rtt["eu2"] >= 100 * TIME_SCALE and rtt["us"] >= 300 * TIME_SCALE
-        measured = (await c.get("/readyz")).json()["load_data"]["measured_rtt_ms"]
+        measured = (await readiness(sim.router))["load_data"]["measured_rtt_ms"]
         assert set(measured) == {"eu-west-1", "eu-central-1", "us-east-1"}
         resp = await c.post(
             "/v1/chat/completions",
