@@ -61,6 +61,7 @@ def start_router(
     env = {**os.environ, "PYTHONPATH": str(ROOT / "router")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "factory_router.main", "--listen", f"127.0.0.1:{port}",
+         "--admin-listen", "127.0.0.1:0",  # nothing here reads it; the default may be taken
          "--region", "eu-west-1", "--tenants", str(tmp / "tenants.json"),
          "--backends", str(tmp / "backends.json"), "--policy", policy, *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -90,6 +90,7 @@ class Load:
 
 
 def readyz(url: str) -> dict[str, Any]:
+    """The router's /readyz details (`url`: its admin listener)."""
     try:
         doc: dict[str, Any] = httpx.get(f"{url}/readyz", timeout=5).json()
     except httpx.HTTPError as exc:
@@ -98,9 +99,9 @@ def readyz(url: str) -> dict[str, Any]:
 
 
 async def test_prometheus_killed_mid_run(fleet: Fleet) -> None:
-    url = fleet.env["router_url"]
+    url, admin = fleet.env["router_url"], fleet.env["router_admin_url"]
     key, _ = tenant(fleet, "global")
-    assert readyz(url)["status"] == "ok"
+    assert readyz(admin)["status"] == "ok"
     load = Load(url, key, concurrency=8)
     runner = asyncio.create_task(load.run())
     try:
@@ -110,7 +111,7 @@ async def test_prometheus_killed_mid_run(fleet: Fleet) -> None:
         at_kill = load.ok
 
         async def degraded() -> dict[str, Any] | None:
-            doc = await asyncio.to_thread(readyz, url)
+            doc = await asyncio.to_thread(readyz, admin)
             return doc if doc["status"] == "degraded" else None
 
         doc = await async_wait_until(degraded, 30, interval=0.5, what="/readyz degraded")
@@ -124,7 +125,7 @@ async def test_prometheus_killed_mid_run(fleet: Fleet) -> None:
         assert restored.returncode == 0, restored.stderr[-2000:]
 
         async def fresh() -> bool:
-            doc = await asyncio.to_thread(readyz, url)
+            doc = await asyncio.to_thread(readyz, admin)
             return doc["status"] == "ok" and not doc["load_data"]["stale"]
 
         await async_wait_until(fresh, 30, interval=0.5, what="/readyz ok with fresh load data")

@@ -76,7 +76,8 @@ def tenant(fleet: Fleet, name: str) -> tuple[str, set[str]]:
 
 def test_env_prints_the_router_and_the_demo_tenants(fleet: Fleet) -> None:
     env = fleet.env
-    for key in ("kubeconfig", "prometheus_url", "router_url", "admin_key", "tenants"):
+    for key in ("kubeconfig", "prometheus_url", "router_url", "router_admin_url", "admin_key",
+                "tenants"):  # fmt: skip
         assert env[key], key
     assert {n: set(t["jurisdictions"]) for n, t in env["tenants"].items()} == {
         "eu-only": {"EU"},
@@ -88,8 +89,18 @@ def test_env_prints_the_router_and_the_demo_tenants(fleet: Fleet) -> None:
     assert len(set(keys)) == len(keys)
     tenants_file = (fleet.home / "router" / "tenants.yaml").read_text()
     assert not any(k in tenants_file for k in keys), "plaintext key in the tenants file"
-    ready = httpx.get(f"{env['router_url']}/readyz", timeout=5).json()
+    ready = httpx.get(f"{env['router_admin_url']}/readyz", timeout=5).json()
     assert ready["status"] == "ok" and ready["backends"] >= 9, ready
+    # The tenants' port: the API and a bare readiness, nothing of the configuration.
+    bare = httpx.get(f"{env['router_url']}/readyz", timeout=5)
+    assert bare.status_code == 200 and bare.json() == {"status": "ok"}
+    for path in ("/metrics", "/admin/explain"):
+        assert httpx.get(f"{env['router_url']}{path}", timeout=5).status_code == 404, path
+    scraped = httpx.get(f"{env['prometheus_url']}/api/v1/targets", timeout=5).json()
+    router_targets = [
+        t for t in scraped["data"]["activeTargets"] if t["labels"]["job"] == "factory-router"
+    ]
+    assert [t["scrapeUrl"] for t in router_targets] == [f"{env['router_admin_url']}/metrics"]
 
 
 @pytest.mark.parametrize("name", TENANTS)

@@ -44,7 +44,9 @@ def targets_file(ctx: FleetContext) -> Path:
 def prometheus_config(ctx: FleetContext) -> dict[str, Any]:
     env = ctx.home.state().get("env", {})
     static_jobs = []
-    for job, key in (("factory-operator", "operator_metrics"), ("factory-router", "router_url")):
+    # The router's /metrics is on its admin listener, not on the port tenants use.
+    jobs = (("factory-operator", "operator_metrics"), ("factory-router", "router_admin_url"))
+    for job, key in jobs:
         if address := env.get(key):
             static_jobs.append(
                 {

@@ -10,6 +10,10 @@ InferenceFactory status, EndpointSlices, the pods' `inference.factory.dev/addres
 load from the fleet's Prometheus, and takes the round trips of the topology file (`--rtt`),
 so its scores use the same matrix as the simulated engines' injected delay.
 `router_argv` is shared with benchmarks that run more routers (one per client region).
+
+Two ports, both on 127.0.0.1: `router_url`, the tenants' (the API, `/healthz`, a bare
+`/readyz`), and `router_admin_url` (`/readyz` details, `/metrics`, which the fleet's
+Prometheus scrapes, and `/admin/explain`).
 """
 
 from __future__ import annotations
@@ -113,15 +117,23 @@ def _write(path: Path, doc: object) -> None:
 
 
 def router_argv(
-    ctx: FleetContext, *, region: str, port: int, policy: str = "score", extra: tuple[str, ...] = ()
+    ctx: FleetContext,
+    *,
+    region: str,
+    port: int,
+    admin_port: int = 0,
+    policy: str = "score",
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The command line of a router in this fleet (the files must have been written)."""
+    """The command line of a router in this fleet (the files must have been written);
+    `admin_port` 0: any free port (for routers whose metrics nobody reads)."""
     binary = shutil.which("factory-router", path=str(Path(sys.executable).parent))
     if binary is None:
         raise ComponentError("factory-router is not installed", hint="run ./scripts/bootstrap.sh")
     argv = [
         binary,
         "--listen", f"127.0.0.1:{port}",
+        "--admin-listen", f"127.0.0.1:{admin_port}",
         "--region", region,
         "--tenants", str(tenants_file(ctx)),
         "--kubeconfig", str(ctx.home.kubeconfig),
@@ -139,7 +151,8 @@ def router_argv(
 
 
 def ready(url: str) -> bool:
-    """True when the router's /readyz says it can route (backends discovered)."""
+    """True when the router's /readyz (the bare one, on the tenants' port) says it can
+    route (backends discovered)."""
     return http_ok(f"{url}/readyz")
 
 
@@ -151,6 +164,9 @@ class RouterComponent:
     def _url(self, ctx: FleetContext) -> str:
         return f"http://127.0.0.1:{ctx.home.port('router')}"
 
+    def _admin_url(self, ctx: FleetContext) -> str:
+        return f"http://127.0.0.1:{ctx.home.port('router-admin')}"
+
     def write_files(self, ctx: FleetContext) -> tuple[str, dict[str, dict[str, Any]]]:
         admin, tenants = demo_credentials(ctx)
         _write(tenants_file(ctx), tenants_doc(admin, tenants))
@@ -161,7 +177,12 @@ class RouterComponent:
         from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
 
         admin, tenants = self.write_files(ctx)
-        argv = router_argv(ctx, region=ROUTER_REGION, port=ctx.home.port("router"))
+        argv = router_argv(
+            ctx,
+            region=ROUTER_REGION,
+            port=ctx.home.port("router"),
+            admin_port=ctx.home.port("router-admin"),
+        )
         procs.start(ctx.home, self.name, argv)
         url = self._url(ctx)
         try:
@@ -169,11 +190,19 @@ class RouterComponent:
         except ComponentError as exc:
             exc.hint = f"see {ctx.home.logs_dir / 'router.log'}"
             raise
-        record_env(ctx, router_url=url, admin_key=admin, tenants=tenants)
-        PrometheusComponent().reload(ctx)  # scrape the router too
+        record_env(
+            ctx,
+            router_url=url,
+            router_admin_url=self._admin_url(ctx),
+            admin_key=admin,
+            tenants=tenants,
+        )
+        PrometheusComponent().reload(ctx)  # scrape the router too (its admin port)
 
     def down(self, ctx: FleetContext) -> None:
         procs.stop(ctx.home, self.name)
 
     def status(self, ctx: FleetContext) -> ComponentStatus:
-        return process_status(ctx, self.name, ready(self._url(ctx)), self._url(ctx))
+        url = self._url(ctx)
+        detail = f"{url} (admin {self._admin_url(ctx)})"
+        return process_status(ctx, self.name, ready(url), detail)

@@ -177,11 +177,13 @@ def _router_flow(cluster: KubectlCluster, release: Release, tmp_path: Path) -> N
         tmp_path / "router.kubeconfig")  # fmt: skip
     log = tmp_path / "router.log"
     base = f"http://127.0.0.1:{_free_port()}"
+    admin = f"http://127.0.0.1:{_free_port()}"  # /admin/explain and /readyz details
     router = _start([str(BIN / "factory-router"), "--kubeconfig", str(kubeconfig),
                      "--region", REGION, "--tenants", str(tenants),
-                     "--listen", base.removeprefix("http://")], kubeconfig, log)  # fmt: skip
+                     "--listen", base.removeprefix("http://"),
+                     "--admin-listen", admin.removeprefix("http://")], kubeconfig, log)  # fmt: skip
     try:
-        explain_url = f"{base}/admin/explain?tenant={TENANT}&model={MODEL}"
+        explain_url = f"{admin}/admin/explain?tenant={TENANT}&model={MODEL}"
 
         def routed() -> dict[str, Any]:
             status, doc = _get(explain_url, ADMIN_KEY)
@@ -193,7 +195,7 @@ def _router_flow(cluster: KubectlCluster, release: Release, tmp_path: Path) -> N
         assert "h100-dub" in json.dumps(explained["candidates"]), explained
         status, models = _get(f"{base}/v1/models", TENANT_KEY)
         assert status == 200 and [m["id"] for m in models["data"]] == [MODEL], models
-        status, ready = _get(f"{base}/readyz", TENANT_KEY)
+        status, ready = _get(f"{admin}/readyz", TENANT_KEY)
         assert status == 200, ready
         assert not [p for p in ready["problems"] if p.startswith("discovery")], ready
     finally:

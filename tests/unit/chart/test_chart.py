@@ -66,7 +66,7 @@ def test_default_render_kinds() -> None:
         + ["ClusterRole"] * 3
         + ["ClusterRoleBinding"] * 3
         + ["Deployment"] * 2
-        + ["Service"] * 2
+        + ["Service"] * 3  # the operator's metrics, the router's API and its admin port
         + ["PodDisruptionBudget"] * 2
         + ["NetworkPolicy"] * 3
         + ["ConfigMap"] * 3
@@ -366,6 +366,9 @@ def test_network_policies() -> None:
         == {"app.kubernetes.io/managed-by": "inference-factory"}
     )
     assert {p["port"] for p in engines["ports"]} == {8000, 8080}
+    # Prometheus reaches the router's admin port only; clients its API port only.
+    assert [[p["port"] for p in rule["ports"]] for rule in router["ingress"]] == [[8080], [9091]]
+    assert "from" not in router["ingress"][0] and router["ingress"][1]["from"][0]["podSelector"]
     operator = policies["fleet-inference-factory-operator"]
     assert {p["port"] for rule in operator["egress"] for p in rule["ports"]} == {53, 443, 6443}
     assert [p["port"] for p in operator["ingress"][0]["ports"]] == [9090]
@@ -383,3 +386,21 @@ def test_network_policies() -> None:
 def test_gitops_base_render_is_current() -> None:
     stale = sync_chart.stale(sync_chart.gitops_render(toolchain().helm))
     assert not stale, "run: python tools/sync_chart.py"
+
+
+def test_router_admin_surface_is_apart_from_the_tenants_port() -> None:
+    objs = helm_template(*MONITORING_API)
+    router = by_name(objs, "Deployment", "router")["spec"]["template"]["spec"]["containers"][0]
+    assert "--listen=0.0.0.0:8080" in router["args"]
+    assert "--admin-listen=0.0.0.0:9091" in router["args"]
+    assert {p["name"]: p["containerPort"] for p in router["ports"]} == {"http": 8080, "admin": 9091}
+    probes = [router[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")]
+    assert [(p["path"], p["port"]) for p in probes] == [
+        ("/healthz", "http"), ("/healthz", "http"), ("/readyz", "http")
+    ]  # fmt: skip
+    api = by_name(objs, "Service", "router")["spec"]
+    admin = by_name(objs, "Service", "router-admin")["spec"]
+    assert [p["targetPort"] for p in api["ports"]] == ["http"]  # never the admin port
+    assert admin["type"] == "ClusterIP" and [p["name"] for p in admin["ports"]] == ["admin"]
+    monitor = by_name(objs, "ServiceMonitor", "router")["spec"]
+    assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("admin", "/metrics")]
