@@ -186,6 +186,11 @@ class PeerRouters:
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the price map at start
             "LITELLM_TELEMETRY": "False",
             "LITELLM_LOG": "ERROR",
+            # Llama model names make LiteLLM fetch a tokenizer from the Hub for its token
+            # counts; no hub answers here and it retried with back-off on the request path.
+            # Offline it falls back to its bundled tiktoken at once (a deployment would have
+            # the tokenizer cached: the same cost per request).
+            "HF_HUB_OFFLINE": "1",
         }
         argv = [
             str(BENCH_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
