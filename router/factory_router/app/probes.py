@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import defaultdict
 
 from factory_router.app.state import RouterState
 from factory_router.policy.fleet import Backend
+
+log = logging.getLogger("factory_router.probes")
 
 
 def probe_targets(state: RouterState, round_no: int) -> list[Backend]:
@@ -53,5 +56,8 @@ async def probe_once(state: RouterState, round_no: int) -> None:
 async def run_probes(state: RouterState) -> None:
     interval = state.config.probe_interval
     for round_no in itertools.count():
-        await probe_once(state, round_no)
+        try:
+            await probe_once(state, round_no)
+        except Exception:  # one round's surprise must not end probing for the router's life
+            log.exception("RTT probe round failed")
         await asyncio.sleep(interval)

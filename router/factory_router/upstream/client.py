@@ -116,6 +116,8 @@ class Response:
             raise TimeoutError from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientError, OSError) as exc:
             raise ConnectionBroken(type(exc).__name__) from None
+        except RuntimeError as exc:  # aiohttp: "Connection closed." once its connection is gone
+            raise ConnectionBroken(str(exc)[:100]) from None
         if not data:
             self._done = True
         return data
@@ -353,7 +355,7 @@ class UpstreamClient:
                 ok = 200 <= response.status < 300
         except (
             TimeoutError, AttemptFailed, ConnectionBroken, ProtocolViolation,
-            aiohttp.ClientError, OSError,
+            aiohttp.ClientError, OSError, RuntimeError,
         ):  # fmt: skip
             return None
         finally:

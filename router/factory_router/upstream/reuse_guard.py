@@ -31,7 +31,11 @@ So a connection is pooled again only when its exchange was provably clean:
    byte or a close the event loop has not delivered yet), closes it too, and the client
    retries the request on a new connection.
 
-Close-delimited answers, and anything else, are never pooled.
+Close-delimited answers, and anything else, are never pooled; nor is any TLS connection
+(https upstreams, e.g. a region's router behind its `spec.endpoint`): asyncio's TLS layer
+holds undecrypted or unread records where this guard cannot see them, so a stray answer
+could wait there for the next request. Each https request pays a new TCP and TLS
+handshake instead, until the guard can see through the TLS layer.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class GuardedResponseHandler(ResponseHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: GuardedConnector) -> None:
         super().__init__(loop=loop)
         self._owner = owner
+        self._tls = False
         self._counted = False
         self._exchanges = 0
         self._in_exchange = False  # between set_response_params and the message's end
@@ -81,6 +86,10 @@ class GuardedResponseHandler(ResponseHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # Over TLS the bytes this guard counts are plaintext, after asyncio's TLS layer,
+        # which takes stray records off the socket and holds them (a partial record, or
+        # reading paused) where neither the count nor the socket poll can see them.
+        self._tls = transport.get_extra_info("sslcontext") is not None
         self._counted = True
         self._owner.open_connections += 1
 
@@ -115,13 +124,23 @@ class GuardedResponseHandler(ResponseHandler):
             # Something arrived in the pool: parsed and queued already, or not yet handed
             # over by the loop. Never let it be this request's answer: writing the request
             # now fails, and the client retries it on a new connection.
-            self._drop()
+            self._drop(forget_queue=True)
         super().set_response_params(**kwargs)
 
-    def _drop(self) -> None:
+    def _drop(self, *, forget_queue: bool) -> None:
+        """Never again: nothing more is parsed here, and the connection is closed (so the
+        pool never hands it out). Taken for a new request (`forget_queue`), what is queued
+        or held for parsing is forgotten too: closing alone would not keep a queued answer
+        from being read as the new request's; that request fails over to a new connection.
+        Otherwise the exchange in progress may still read its own answer, queued first."""
         self._stray = True
         self.force_close()
         self.close()
+        if forget_queue:
+            self._buffer.clear()
+            self._tail = b""
+            # (after close(), which forgets an exception) the request reads this, not EOF
+            self.set_exception(aiohttp.ServerDisconnectedError("dropped by the reuse guard"))
 
     def _input_pending(self) -> bool:
         transport = self.transport
@@ -135,11 +154,13 @@ class GuardedResponseHandler(ResponseHandler):
     # -- bytes in -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._stray:  # dropped: nothing more is parsed on this connection
+            return
         if data:  # b"" is aiohttp resuming its own parsing of what it already holds
             if not self._in_exchange or self._complete:
                 # Idle in the pool, or after the whole answer: nothing is due. These
                 # bytes must never be parsed into an answer for a later request.
-                self._drop()
+                self._drop(forget_queue=False)
                 return
             self._received += len(data)
             self._last = (self._last + data[-len(_LAST_CHUNK) :])[-len(_LAST_CHUNK) :]
@@ -153,7 +174,7 @@ class GuardedResponseHandler(ResponseHandler):
             # A second answer in the same read as the end of this one. aiohttp may have
             # pooled the connection already, mid-parse, as the body ended (the pool is only
             # used once this call returns): close it, with the second answer queued on it.
-            self._drop()
+            self._drop(forget_queue=False)
 
     def _note_completion(self) -> bool:
         """Whether the exchange's message has been received whole (remembered: from then
@@ -194,6 +215,8 @@ class GuardedResponseHandler(ResponseHandler):
         return super().should_close or not self._clean_exchange()
 
     def _clean_exchange(self) -> bool:
+        if self._tls:  # never pooled: see connection_made
+            return False
         if self._stray or self._interim or not self._note_completion() or self._messages != 1:
             return False
         if self._head_length is None:

@@ -25,6 +25,7 @@ import re
 import select
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -380,3 +381,121 @@ async def test_interim_answers_are_skipped_not_failed() -> None:
             bodies, _, _ = await _split_exchange(script, cut)
             assert MARKER.findall(bodies[0]) == [b"marker-first-1"], (name, cut, bodies)
             assert MARKER.findall(bodies[1]) == [b"marker-second-2"], (name, cut, bodies)
+
+
+async def _echo_engine() -> tuple[asyncio.Server, list[int]]:
+    """An engine that answers each request with its body; counts requests per connection."""
+    per_conn: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        per_conn.append(0)
+        me = len(per_conn) - 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length[1]) if length else 0)
+                per_conn[me] += 1
+                writer.write(_answer(body))
+                await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), per_conn
+
+
+async def _fetch(client: object, url: str, body: bytes) -> bytes:
+    from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
+
+    assert isinstance(client, UpstreamClient)
+    engine = Backend(id="p/x", model="m", pool="p", region="eu-west-1", url=url)
+    opened = await client.open(engine, "POST", "/v1/x", body, {})
+    data = opened.first_chunk
+    while chunk := await opened.response.read():
+        data += chunk
+    opened.close()
+    return data
+
+
+async def test_an_answer_queued_on_a_pooled_connection_is_never_read() -> None:
+    """Whatever path parses an answer while the connection is pooled (a TLS flush, a future
+    aiohttp change), taking the connection must not hand that answer to the next request:
+    dropping it is not enough, the queue is emptied too."""
+    from aiohttp.client_proto import ResponseHandler  # noqa: PLC0415
+
+    from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
+
+    server, per_conn = await _echo_engine()
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = UpstreamClient(Timeouts(first_byte=2.0), Limits(max_connections_per_host=1))
+    await client.start()
+    try:
+        assert MARKER.findall(await _fetch(client, url, b"marker-first-1")) == [b"marker-first-1"]
+        assert client._connector is not None
+        pooled = [proto for conns in client._connector._conns.values() for proto, _ in conns]
+        assert len(pooled) == 1
+        # Parse a forged answer on the idle connection, past the guard's own entry point.
+        ResponseHandler.data_received(pooled[0], _answer(b"marker-other-0"))
+        second = await _fetch(client, url, b"marker-second-2")
+        assert MARKER.findall(second) == [b"marker-second-2"], second
+        assert per_conn == [1, 1]  # the tainted connection carried nothing more
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_tls_upstream_connections_are_never_pooled(tmp_path: Path) -> None:
+    """asyncio's TLS layer holds records the guard cannot see (a partial record, reading
+    paused): an https upstream gets a new connection per request, so a stray answer there
+    has no later request to reach."""
+    import ssl  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    stray_sent = asyncio.Event()
+    per_conn: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        per_conn.append(0)
+        me = len(per_conn) - 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length[1]) if length else 0)
+                per_conn[me] += 1
+                writer.write(_answer(body))
+                await writer.drain()
+                if not stray_sent.is_set():
+                    writer.write(_answer(b"marker-other-0"))  # unsolicited, over TLS
+                    await writer.drain()
+                    stray_sent.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = UpstreamClient(
+        Timeouts(first_byte=5.0), Limits(), ssl_context=ssl.create_default_context(cafile=cert)
+    )
+    await client.start()
+    try:
+        first = await _fetch(client, url, b"marker-first-1")
+        await asyncio.wait_for(stray_sent.wait(), 5)
+        second = await _fetch(client, url, b"marker-second-2")
+        assert MARKER.findall(first) == [b"marker-first-1"], first
+        assert MARKER.findall(second) == [b"marker-second-2"], second
+        assert per_conn == [1, 1]  # one request per TLS connection
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
