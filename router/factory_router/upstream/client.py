@@ -244,6 +244,11 @@ class UpstreamClient:
                     if sem._value == idle:  # no holder, so no waiter either
                         del self._per_origin[key]
             per = self._per_origin[origin] = asyncio.Semaphore(self.limits.max_connections_per_host)
+        if not per.locked() and not self._total.locked():
+            # Free slots: taken at once (acquire() does not suspend), no timer to arm.
+            await per.acquire()
+            await self._total.acquire()
+            return _Slot(self._total, per), 0.0
         try:
             async with asyncio.timeout(self.timeouts.pool_acquire):
                 await per.acquire()
