@@ -9,10 +9,13 @@ import asyncio
 import collections
 import io
 import json
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -374,3 +377,18 @@ async def router(
     )
     async with RouterServer(create_app(state, **app_kw)) as server:
         yield server
+
+
+def tls_server_context(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context with a throw-away certificate for 127.0.0.1, and the
+    certificate's path (for a client that trusts it)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from factory_router.policy.config import Limits, Timeouts
 from factory_router.policy.fleet import Backend
 from factory_router.upstream.client import AttemptFailed, UpstreamClient
-from tests.unit.router.router_testkit import wait_until
+from tests.unit.router.router_testkit import tls_server_context, wait_until
 
 
 class AndClose(bytes):
@@ -315,15 +314,7 @@ async def test_expired_idle_connections_are_not_reused() -> None:
 
 
 async def test_https_origin_with_verified_certificate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx, cert = tls_server_context(tmp_path)
 
     async def ok(conn: int, n: int, req: bytes) -> bytes:
         return reply(b"secret-free")

@@ -38,7 +38,7 @@ from factory_router.policy.config import (
 )
 from factory_router.policy.fleet import Backend
 from factory_router.upstream.client import AttemptFailed
-from tests.unit.router.router_testkit import KEYS, backend, router
+from tests.unit.router.router_testkit import KEYS, backend, router, tls_server_context
 
 MARKER = re.compile(rb"marker-[a-z]+-\d+")
 CLEAN = ("clean", "clean-chunked")
@@ -449,19 +449,10 @@ async def test_tls_upstream_connections_are_never_pooled(tmp_path: Path) -> None
     paused): an https upstream gets a new connection per request, so a stray answer there
     has no later request to reach."""
     import ssl  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
 
     from factory_router.upstream.client import UpstreamClient  # noqa: PLC0415
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx, cert = tls_server_context(tmp_path)
     stray_sent = asyncio.Event()
     per_conn: list[int] = []
 
