@@ -146,9 +146,12 @@ class PeerRouters:
         return self
 
     def _vllm_router(self, port: int, workers: list[Engine]) -> list[str]:
+        # power_of_two refuses to start with one worker ("requires at least 2 workers");
+        # with one there is nothing to choose, so that stream runs the default policy.
+        policy = self.policy if len(workers) > 1 or self.policy != "power_of_two" else "cache_aware"
         return [
             str(BENCH_VENV / "bin" / "vllm-router"), "--host", "127.0.0.1", "--port", str(port),
-            "--worker-urls", *[w.url for w in workers], "--policy", self.policy,
+            "--worker-urls", *[w.url for w in workers], "--policy", policy,
             "--worker-startup-check-interval", "1", "--worker-startup-timeout-secs", "120",
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
             "--log-level", "warning",
