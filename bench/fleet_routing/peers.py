@@ -202,14 +202,19 @@ class PeerRouters:
         return argv, env, key
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_all(self.procs, grace=30)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM to every process, then wait `grace` seconds for each before a kill."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _answers(url: str, headers: dict[str, str], stream: Stream) -> bool:

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from brownout import BROWNOUTS, Brownout, apply, engine_ids  # noqa: E402
-from peers import PEERS, POOL_LABEL, PeerRouters, engines_of, pools_by_engine  # noqa: E402
+from peers import PEERS, POOL_LABEL, PeerRouters, engines_of, pools_by_engine, stop_all  # noqa: E402
 from scenario import PoolInfo, Record, Scenario, Stream, run, summarise  # noqa: E402
 
 from factoryctl.components.router import ready, router_argv  # noqa: E402
@@ -170,14 +169,7 @@ class Routers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_all(self.procs, grace=40)
 
 
 async def brownout_during(

@@ -247,9 +247,7 @@ async def test_an_unsolicited_answer_on_an_idle_connection_is_never_handed_out()
         nonlocal requests
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
-                await reader.readexactly(int(length[1]) if length else 0)
+                await _read_request(reader)
                 requests += 1
                 writer.write(_answer(b"marker-first-%d" % requests))
                 await writer.drain()
@@ -282,6 +280,13 @@ async def test_an_unsolicited_answer_on_an_idle_connection_is_never_handed_out()
         await client.close()
         server.close()
         await server.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request off an engine's connection: its head and its Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return head, await reader.readexactly(int(length[1]) if length else 0)
 
 
 def _chunked_answer(text: bytes) -> bytes:
@@ -320,9 +325,7 @@ async def _split_exchange(script: bytes, cut: int) -> tuple[list[bytes], int, in
         me = len(seen_per_conn) - 1
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
-                await reader.readexactly(int(length[1]) if length else 0)
+                head, _ = await _read_request(reader)
                 seen_per_conn[me] += 1
                 if b"x-tenant: a" in head.lower():
                     writer.write(script[:cut])
@@ -392,9 +395,7 @@ async def _echo_engine() -> tuple[asyncio.Server, list[int]]:
         me = len(per_conn) - 1
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
-                body = await reader.readexactly(int(length[1]) if length else 0)
+                _, body = await _read_request(reader)
                 per_conn[me] += 1
                 writer.write(_answer(body))
                 await writer.drain()
@@ -461,9 +462,7 @@ async def test_tls_upstream_connections_are_never_pooled(tmp_path: Path) -> None
         me = len(per_conn) - 1
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
-                body = await reader.readexactly(int(length[1]) if length else 0)
+                _, body = await _read_request(reader)
                 per_conn[me] += 1
                 writer.write(_answer(body))
                 await writer.drain()
