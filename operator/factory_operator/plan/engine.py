@@ -116,7 +116,7 @@ def tensor_parallel_size(pool: Pool, engine: EngineSpec) -> int:
 
 
 def model_argument(uri: str) -> str:
-    """What vLLM's --model gets for each URI scheme."""
+    """The model `vllm serve` is given (its positional argument) for each URI scheme."""
     scheme, _, rest = uri.partition("://")
     if scheme == "hf":
         return rest
@@ -149,7 +149,8 @@ def vllm_args(
     *,
     shutdown_timeout: int,
 ) -> list[str]:
-    """The argument list of vLLM's OpenAI server for this pool.
+    """The arguments of `vllm serve` for this pool, the model first (positional: vLLM 0.32
+    warns that `--model` with `vllm serve` will be removed).
 
     ``shutdown_timeout``: seconds vLLM lets in-flight requests finish after SIGTERM
     (``--shutdown-timeout``, vLLM 0.18+; its default 0 aborts them at once). Not passed to
@@ -157,7 +158,6 @@ def vllm_args(
     """
     model = factory.spec.model
     out = [
-        "--model",
         model_argument(model.uri),
         "--served-model-name",
         model.name,

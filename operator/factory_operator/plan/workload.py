@@ -239,7 +239,9 @@ def deployment(ctx: PoolContext) -> Manifest:
     container: dict[str, Any] = {
         "name": "vllm",
         "image": ctx.profile.image,
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        # vLLM's CLI entry point (`python3 -m vllm.entrypoints.openai.api_server` is
+        # deprecated in 0.32); every image the operator deploys ships it.
+        "command": ["vllm", "serve"],
         "args": ctx.args,
         "ports": [{"name": "http", "containerPort": ctx.profile.port, "protocol": "TCP"}],
         "env": env,

@@ -249,9 +249,11 @@ def _cases() -> list[dict[str, Any]]:
 
 
 def _case(case_id: str, container: dict[str, Any], change: Any = None) -> dict[str, Any]:
-    command = container["command"]
-    module = command[2] if command[:2] == ["python3", "-m"] else None
-    return {"id": case_id, "args": _mutate(container["args"], change), "module": module}
+    return {
+        "id": case_id,
+        "command": container["command"],
+        "args": _mutate(container["args"], change),
+    }
 
 
 @pytest.fixture(scope="module")

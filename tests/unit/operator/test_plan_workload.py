@@ -68,7 +68,8 @@ def test_nvidia_deployment(settings: OperatorSettings) -> None:
     c = _container(dep)
     args = c["args"]
     pairs = dict(pairwise(args))
-    assert pairs["--model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert c["command"] == ["vllm", "serve"]
+    assert args[0] == "meta-llama/Llama-3.1-8B-Instruct"  # the model, positional
     assert pairs["--served-model-name"] == "llama-3.1-8b"
     assert pairs["--revision"] == "abc123"
     assert pairs["--tensor-parallel-size"] == "4"
@@ -186,7 +187,7 @@ def test_model_sources(settings: OperatorSettings) -> None:
         ("Deployment", "llama-a")
     ]
     pvc = _container(dep)
-    assert pvc["args"][1] == "/models/llama/8b"
+    assert pvc["args"][0] == "/models/llama/8b"
     vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
     assert vol["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
 
