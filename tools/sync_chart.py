@@ -38,6 +38,8 @@ KEEP = "helm.sh/resource-policy"
 BEGIN, END = "<!-- values:begin -->", "<!-- values:end -->"
 # Release name and namespace of the GitOps render (deploy/gitops/base).
 GITOPS_RELEASE = "inference-factory"
+# APIs the GitOps clusters serve that `helm template` cannot discover.
+GITOPS_API_VERSIONS = ("--api-versions", "monitoring.coreos.com/v1")
 
 
 def _header(source: str) -> str:
@@ -156,6 +158,11 @@ def gitops_render(helm: Path) -> dict[Path, str]:
         GITOPS_RELEASE,
         "-f",
         str(GITOPS_BASE / "values.yaml"),
+        # Argo CD renders nothing here: the base is applied as is, so it must carry what a
+        # cluster with the Prometheus Operator gets (ServiceMonitors, PrometheusRule); the
+        # `helm test` Pod is for `helm test` only.
+        *GITOPS_API_VERSIONS,
+        "--skip-tests",
     ]
     rendered = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
     header = _header("charts/inference-factory with deploy/gitops/base/values.yaml")

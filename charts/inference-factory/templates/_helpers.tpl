@@ -1,4 +1,4 @@
-{{/* Names, labels and the security settings shared by every pod of the chart. */}}
+{{/* Names, labels, images and the security settings shared by every pod of the chart. */}}
 
 {{- define "if.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
@@ -48,16 +48,43 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
-{{/* image reference: include "if.image" (list . .Values.operator.image) */}}
+{{/* image reference: include "if.image" (list . .Values.operator.image). global.imageRegistry
+(a parent chart's) replaces the repository's registry: its first path element when that looks
+like a host (has a dot or a colon, or is localhost). */}}
 {{- define "if.image" -}}
 {{- $root := index . 0 -}}
 {{- $img := index . 1 -}}
 {{- $tag := default $root.Chart.AppVersion $img.tag -}}
-{{- if $img.digest -}}
-{{- printf "%s:%s@%s" $img.repository $tag $img.digest -}}
-{{- else -}}
-{{- printf "%s:%s" $img.repository $tag -}}
+{{- $repo := $img.repository -}}
+{{- $registry := (($root.Values.global | default dict).imageRegistry) | default "" -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repo -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repo = join "/" (rest $parts) -}}
 {{- end -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo -}}
+{{- end -}}
+{{- if $img.digest -}}
+{{- printf "%s:%s@%s" $repo $tag $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets of every pod: the chart's, then a parent chart's global ones. */}}
+{{- define "if.imagePullSecrets" -}}
+{{- $secrets := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $secrets = append $secrets (ternary (dict "name" .) . (kindIs "string" .)) -}}
+{{- end -}}
+{{- range ((.Values.global | default dict).imagePullSecrets | default list) -}}
+{{- $secrets = append $secrets (ternary (dict "name" .) . (kindIs "string" .)) -}}
+{{- end -}}
+{{- with $secrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{- define "if.serviceAccountName" -}}
@@ -71,27 +98,23 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
-{{/* Pod Security Standard "restricted": pod level. uid/gid 65532 as in images/. */}}
-{{- define "if.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{/* Whether to leave the uid, gid and fsGroup to OpenShift's restricted-v2 SCC. */}}
+{{- define "if.openshift" -}}
+{{- $mode := .Values.openshift.adaptSecurityContext -}}
+{{- if or (eq $mode "force") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "security.openshift.io/v1")) -}}true{{- end -}}
 {{- end -}}
 
-{{/* Pod Security Standard "restricted": container level. */}}
-{{- define "if.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{/* A security context from values, without the fixed ids on OpenShift:
+include "if.securityContext" (list . .Values.router.podSecurityContext) */}}
+{{- define "if.securityContext" -}}
+{{- $root := index . 0 -}}
+{{- $sc := deepCopy (index . 1) -}}
+{{- if include "if.openshift" $root -}}
+{{- $_ := unset $sc "runAsUser" -}}
+{{- $_ := unset $sc "runAsGroup" -}}
+{{- $_ := unset $sc "fsGroup" -}}
+{{- end -}}
+{{- toYaml $sc -}}
 {{- end -}}
 
 {{/* Whether the Prometheus Operator's API is served (ServiceMonitor, PodMonitor, rules). */}}
@@ -115,7 +138,7 @@ seccompProfile:
     - {port: {{ . }}, protocol: TCP}
     {{- end }}
 - to:
-    {{- range $np.apiServer.cidrs }}
+    {{- range (include "if.np.apiServerCidrs" . | fromJsonArray) }}
     - ipBlock:
         cidr: {{ . }}
     {{- end }}
@@ -123,6 +146,26 @@ seccompProfile:
     {{- range $np.apiServer.ports }}
     - {port: {{ . }}, protocol: TCP}
     {{- end }}
+{{- end -}}
+
+{{/* The API server's CIDRs (a JSON list): networkPolicy.apiServer.cidrs, else the addresses of
+EndpointSlice default/kubernetes (which the API server keeps current) as /32 or /128, looked up
+at install and upgrade. `helm template` cannot look up: it fails asking for the value rather
+than allowing any address. */}}
+{{- define "if.np.apiServerCidrs" -}}
+{{- $cidrs := .Values.networkPolicy.apiServer.cidrs -}}
+{{- if not $cidrs -}}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" -}}
+{{- range (($slice | default dict).endpoints | default list) -}}
+{{- range .addresses -}}
+{{- $cidrs = append $cidrs (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not $cidrs) (or .Release.IsInstall .Release.IsUpgrade) -}}
+{{- fail "networkPolicy.apiServer.cidrs is required here: the API server's addresses could not be looked up (helm template, Argo CD, Flux or --dry-run). Set them from `kubectl get endpointslice -n default kubernetes` (e.g. --set networkPolicy.apiServer.cidrs={10.0.0.1/32}), or networkPolicy.enabled=false" -}}
+{{- end -}}
+{{- toJson $cidrs -}}
 {{- end -}}
 
 {{/* NetworkPolicy peer: the Prometheus pods. */}}

@@ -16,8 +16,10 @@ CHART = ROOT / "charts" / "inference-factory"
 MONITORING = ROOT / "deploy" / "monitoring"
 GITOPS = ROOT / "deploy" / "gitops"
 REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "ap-south-1")
-# What every test render passes unless it tests the absence of it.
-BASE_SET = ("--set", "router.region=eu-west-1")
+# What every test render passes unless it tests the absence of it: the required region, and
+# the API server's address (looked up by `helm install`; `helm template` cannot).
+API_SERVER_CIDRS = ("--set", "networkPolicy.apiServer.cidrs={10.96.0.1/32}")
+BASE_SET = ("--set", "router.region=eu-west-1", *API_SERVER_CIDRS)
 Obj = dict[str, Any]
 
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from tests.unit.chart.chart_tools import (
+    API_SERVER_CIDRS,
+    BASE_SET,
     CHART,
     ROOT,
     Obj,
@@ -68,9 +70,12 @@ def test_default_render_kinds() -> None:
         + ["Deployment"] * 2
         + ["Service"] * 3  # the operator's metrics, the router's API and its admin port
         + ["PodDisruptionBudget"] * 2
-        + ["NetworkPolicy"] * 3
+        + ["NetworkPolicy"] * 4  # default deny, operator, router, the `helm test` Pod
         + ["ConfigMap"] * 3
+        + ["Pod"]  # the `helm test` hook
     )
+    hook = of_kind(helm_template(), "Pod")[0]["metadata"]["annotations"]
+    assert hook["helm.sh/hook"] == "test"
 
 
 def test_prometheus_operator_resources_only_with_its_api() -> None:
@@ -145,7 +150,7 @@ def test_components_can_be_turned_off() -> None:
         for o in only_router
         if o["kind"] != "CustomResourceDefinition"
     )
-    only_operator = helm_template("--set", "router.enabled=false", base=())
+    only_operator = helm_template("--set", "router.enabled=false", base=API_SERVER_CIDRS)
     names = [d["metadata"]["name"] for d in of_kind(only_operator, "Deployment")]
     assert names == ["fleet-inference-factory-operator"]
 
@@ -182,16 +187,16 @@ def test_values_schema_refuses_a_values_file(tmp_path: Any) -> None:
 
 
 def test_router_region_is_required() -> None:
-    err = helm_template_error()
+    err = helm_template_error(*API_SERVER_CIDRS)
     assert "router.region is required" in err
     # operator.region is its default (one cluster per region)
-    objs = helm_template("--set", "operator.region=us-east-1", base=())
+    objs = helm_template("--set", "operator.region=us-east-1", base=API_SERVER_CIDRS)
     env = by_name(objs, "Deployment", "router")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "FACTORY_ROUTER_REGION", "value": "us-east-1"} in env
 
 
 def test_router_pdb_must_allow_an_eviction() -> None:
-    err = helm_template_error("--set", "router.region=eu-west-1", "--set", "router.replicas=1")
+    err = helm_template_error(*BASE_SET, "--set", "router.replicas=1")
     assert "router.pdb.minAvailable (1) must be lower than router.replicas (1)" in err
 
 
@@ -288,6 +293,7 @@ def test_operator_rbac_is_what_the_code_uses() -> None:
         ("monitoring.coreos.com", "podmonitors"): {"list"} | writes,
         ("apps", "replicasets"): {"list"},
         ("", "pods"): {"list"},
+        ("", "persistentvolumeclaims"): {"list"},  # k8s/observe.py read_claims
         ("", "events"): {"create"},
     }
 
@@ -341,7 +347,9 @@ def test_every_pod_passes_restricted_pod_security() -> None:
     assert len(deployments) == 2
     for deployment in deployments:
         _check_restricted(deployment["spec"]["template"]["spec"], deployment["metadata"]["name"])
-    assert not {"DaemonSet", "StatefulSet", "Job", "CronJob", "Pod"} & {o["kind"] for o in objs}
+    (test_pod,) = of_kind(objs, "Pod")
+    _check_restricted(test_pod["spec"], "helm test")
+    assert not {"DaemonSet", "StatefulSet", "Job", "CronJob"} & {o["kind"] for o in objs}
 
 
 def test_operator_runs_alone() -> None:
