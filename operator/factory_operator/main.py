@@ -87,6 +87,17 @@ def parse_args(argv: list[str] | None = None) -> OperatorSettings:
         "'' for the default scheduler",
     )
     parser.add_argument(
+        "--prometheus-url",
+        help="Prometheus the autoscaler reads (e.g. http://prometheus:9090); '' or unset: "
+        "autoscaled pools are held at replicas.min",
+    )
+    parser.add_argument(
+        "--autoscale-interval",
+        type=float,
+        dest="autoscale_interval_seconds",
+        help="seconds between two decisions of the autoscaler per factory (default 15)",
+    )
+    parser.add_argument(
         "--podmonitor-label",
         action="append",
         dest="podmonitor_labels",
@@ -94,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> OperatorSettings:
         help="label added to every PodMonitor (repeatable), e.g. release=kube-prometheus-stack",
     )
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    for key in ("liveness_endpoint", "neuron_scheduler_name"):
+    for key in ("liveness_endpoint", "neuron_scheduler_name", "prometheus_url"):
         if given.get(key) == "":
             given[key] = None
     if "podmonitor_labels" in given:

@@ -259,7 +259,9 @@ def _pick(value: _T | None, default: _T) -> _T:
 
 
 def effective_autoscaling(spec: Autoscaling | None, kind: AcceleratorKind) -> EffectiveAutoscaling:
-    """The settings in force for a pool; no ``spec.autoscaling`` means the balanced policy."""
+    """The settings of a pool under this ``spec.autoscaling`` (None: its defaults, i.e. the
+    balanced policy). Whether a factory is autoscaled at all is ``plan.scaling.autoscaled``:
+    a factory without ``spec.autoscaling`` is not."""
     return (spec or Autoscaling()).effective(kind)
 
 

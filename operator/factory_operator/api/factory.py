@@ -361,7 +361,8 @@ class InferenceFactorySpec(ApiModel):
     autoscaling: Autoscaling | None = Field(
         default=None,
         description="Autoscaling of the pools between replicas.min and replicas.max from "
-        "live load. Default: the balanced policy.",
+        "live load (the operator's Prometheus). Absent: not autoscaled, every pool runs "
+        "replicas.min; {} (or no policy): the balanced policy.",
     )
     pools: list[Pool] = Field(
         description="Regional pools.",

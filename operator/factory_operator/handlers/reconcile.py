@@ -1,4 +1,7 @@
-"""The reconcile every handler calls: observe -> plan -> execute, with errors classified."""
+"""The reconcile every handler calls: observe -> plan -> execute, with errors classified.
+
+The autoscaler's timer calls it with ``decide=True`` (reads the load, decides); every other
+handler keeps the counts of the last decision (see ``k8s.autoscaler``)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,17 @@ import kopf
 
 from factory_operator.api import InferenceFactory
 from factory_operator.api.errors import SpecError, TransientError
-from factory_operator.k8s import Kube, OperatorMetrics, execute, observe, read_factory
+from factory_operator.k8s import (
+    Kube,
+    LoadReader,
+    OperatorMetrics,
+    execute,
+    observe,
+    plan_scaling,
+    read_factory,
+)
 from factory_operator.plan import OperatorSettings, Plan, plan_factory
+from factory_operator.plan.scaling import AutoscalePlan
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 10.0
@@ -21,6 +33,45 @@ RETRY_DELAY = 10.0
 def utc_now() -> str:
     """Current time, RFC 3339, second precision (as Kubernetes stores it)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_autoscaling(
+    metrics: OperatorMetrics, factory: InferenceFactory, plan: Plan, scaling: AutoscalePlan | None
+) -> None:
+    """The autoscaler's gauges (desired count per pool, missing capacity per jurisdiction)
+    and, for a decision, a log line and a scale event per changed count."""
+    ns, name = factory.metadata.namespace or "", factory.metadata.name
+    if scaling is None:
+        metrics.set_autoscaling(ns, name, {}, {})
+        return
+    mode = "external" if scaling.external else "operator"
+    desired: dict[tuple[str, str, str, str], int] = {}
+    for pool in plan.status.pools:
+        scale = scaling.pools.get(pool.name)
+        if scale is not None:
+            desired[(pool.name, pool.region, pool.jurisdiction or "", mode)] = scale.desired
+    jurisdictions = {p.jurisdiction for p in plan.status.pools if p.name in scaling.pools}
+    missing: dict[str, tuple[float, int]] = {j: (0.0, 0) for j in jurisdictions if j}
+    missing.update({p.jurisdiction: (p.missing_requests, p.missing_replicas)
+                    for p in scaling.pressure})  # fmt: skip
+    # A reconcile that did not decide keeps the pressure the last decision exported.
+    metrics.set_autoscaling(ns, name, desired, None if scaling.held else missing)
+    for pool_name, scale in scaling.pools.items():
+        if scale.direction is None:
+            continue
+        status = scale.status
+        metrics.scale_events.labels(ns, name, pool_name, scale.direction).inc()
+        log.info(
+            "autoscaler: pool %s %s (%s): %s",
+            pool_name,
+            "up" if scale.direction == "Up" else "down",
+            status.reason,
+            status.message,
+            extra={"factory": name, "namespace": ns, "pool": pool_name, "desired": scale.desired,
+                   "reason": status.reason, "mode": mode},
+        )  # fmt: skip
+    for pressure in scaling.pressure:
+        log.warning("autoscaler: %s", pressure.message, extra={"factory": name, "namespace": ns})
 
 
 def parse_factory(body: Any) -> InferenceFactory:
@@ -44,12 +95,20 @@ def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Pl
 
 
 async def reconcile_factory(
-    kube: Kube, body: Any, settings: OperatorSettings, metrics: OperatorMetrics
+    kube: Kube,
+    body: Any,
+    settings: OperatorSettings,
+    metrics: OperatorMetrics,
+    loads: LoadReader | None = None,
+    *,
+    decide: bool = False,
 ) -> Plan:
     """Bring one factory's children and status in line with its spec and the fleet.
 
-    Raises kopf.PermanentError for a spec that can never work (after writing the status
-    that says why) and kopf.TemporaryError for transient API failures.
+    ``decide``: the autoscaler's decision (reads the load from ``loads``; without one, pools
+    are held at replicas.min). Raises kopf.PermanentError for a spec that can never work
+    (after writing the status that says why) and kopf.TemporaryError for transient API
+    failures.
     """
     started = time.monotonic()
     meta = body["metadata"]
@@ -62,10 +121,13 @@ async def reconcile_factory(
         factory = parse_factory(live)
         if factory.metadata.deletion_timestamp:
             return Plan()  # garbage collection removes owned children
-        world = await observe(kube, factory, settings, utc_now())
-        plan = plan_factory(factory, world.regions, world.observed, settings)
+        now = datetime.now(UTC).replace(microsecond=0)
+        world = await observe(kube, factory, settings, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        scaling = await plan_scaling(factory, world, settings, loads, decide=decide, now=now)
+        plan = plan_factory(factory, world.regions, world.observed, settings, scaling)
         writes = await execute(kube, factory, plan, world, settings)
         record_metrics(metrics, factory, plan)
+        record_autoscaling(metrics, factory, plan, scaling)
     except SpecError as err:
         metrics.reconciles.labels(outcome="permanent").inc()
         raise kopf.PermanentError(str(err)) from err

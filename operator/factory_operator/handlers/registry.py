@@ -3,6 +3,9 @@
 - InferenceFactory create/update/resume (ids ``factory-create``/``-update``/``-resume``) and
   a per-factory daemon (``factory-resync``) that re-evaluates on a timer or when woken;
   all call ``reconcile_factory``.
+- A timer per factory with ``spec.autoscaling`` (``factory-autoscale``, every
+  ``--autoscale-interval`` seconds): the autoscaler's decision, the same reconcile with the
+  load read from ``--prometheus-url``; the other handlers keep its counts.
 - FleetRegion events (``region-changed``): refresh the region's status, wake its factories.
 - Node events (``node-changed``): when a node's labels, accelerators or readiness changed
   (not on heartbeats), refresh the status of its regions (nodes, ready nodes, accelerator
@@ -24,7 +27,14 @@ import kopf
 
 from factory_operator.api import GROUP, VERSION, FleetRegion
 from factory_operator.api.errors import TransientError
-from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, node_info, read_region
+from factory_operator.k8s import (
+    Kube,
+    LoadReader,
+    OperatorMetrics,
+    load_api_client,
+    node_info,
+    read_region,
+)
 from factory_operator.plan import OperatorSettings, plan_region_status
 
 from .index import FactoryIndex, Key
@@ -94,11 +104,13 @@ def build_registry(
             clients["kube"] = kube_factory()
         return clients["kube"]
 
-    async def reconcile(body: Any, key: Key) -> None:
+    loads = LoadReader(settings.prometheus_url) if settings.prometheus_url else None
+
+    async def reconcile(body: Any, key: Key, *, decide: bool = False) -> None:
         entry = index.entry(key)
         index.set_regions(key, _pool_regions(body.get("spec")))
         async with entry.lock:
-            await reconcile_factory(kube(), body, settings, metrics)
+            await reconcile_factory(kube(), body, settings, metrics, loads, decide=decide)
 
     # A fresh registry has none of kopf's default login handlers: log in with the same
     # credentials as the operator's own client (in-cluster service account, else $KUBECONFIG).
@@ -138,6 +150,29 @@ def build_registry(
         finally:
             index.forget(key)
             metrics.forget_factory(*key)
+
+    def autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+        return spec.get("autoscaling") is not None
+
+    # Not on the request path: routing never waits for it. kopf runs one timer per factory
+    # and never overlaps its runs; the factory's lock orders it with the other handlers.
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        FACTORIES,
+        id="factory-autoscale",
+        registry=registry,
+        interval=settings.autoscale_interval_seconds,
+        when=autoscaled,
+    )
+    async def factory_autoscale(
+        body: kopf.Body, name: str, namespace: str | None, **_: Any
+    ) -> None:
+        try:
+            await reconcile(body, (namespace or "", name), decide=True)
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            # The next tick is the retry: no backoff state for kopf to keep in annotations.
+            log.warning("autoscale: %s", err, extra={"factory": name})
 
     async def refresh_region(name: str) -> None:
         """The region's status from the region and the nodes as they are now; concurrent

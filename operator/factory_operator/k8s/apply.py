@@ -1,5 +1,14 @@
 """Execute a plan: apply what changed, delete what must go, record events, patch status
-only when it changed."""
+only when it changed.
+
+A Deployment planned without ``spec.replicas`` (autoscaling mode external: KEDA or an HPA
+owns the count) is handed over first: a field that its only server-side-apply owner drops is
+removed, and a Deployment without replicas defaults to 1. So while the operator's field
+manager still owns ``spec.replicas``, the live count is applied once under a second manager
+(``HANDOVER_MANAGER``, never applied again), which keeps the field when the operator's own
+manifest drops it; KEDA's or the HPA's updates then take it from there (Kubernetes
+documents this as transferring ownership between managers).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +17,39 @@ import logging
 from factory_operator.api import InferenceFactory
 from factory_operator.plan import OperatorSettings, Plan
 
-from .client import Kube
+from .client import FIELD_MANAGER, Kube, Obj
 from .diff import first_drift, needs_apply, with_hash
 from .observe import World
 
 log = logging.getLogger(__name__)
 FACTORY_API = "inference.factory.dev/v1alpha1"
+HANDOVER_MANAGER = "inference-factory-replicas-handover"
+
+
+def owns_replicas(live: Obj, manager: str = FIELD_MANAGER) -> bool:
+    """Whether ``manager`` holds ``spec.replicas`` of a live object through an apply."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return True
+    return False
+
+
+def replicas_handover(manifest: Obj, live: Obj | None) -> Obj | None:
+    """The apply that hands a Deployment's replicas over before the operator's manifest
+    drops them, or None when there is nothing to hand over."""
+    if manifest["kind"] != "Deployment" or "replicas" in manifest["spec"] or live is None:
+        return None
+    if not owns_replicas(live):
+        return None
+    meta = manifest["metadata"]
+    return {
+        "apiVersion": manifest["apiVersion"],
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+        "spec": {"replicas": int((live.get("spec") or {}).get("replicas") or 0)},
+    }
 
 
 def _event(
@@ -61,6 +97,13 @@ async def execute(
                     manifest["metadata"]["name"],
                     f"drift at {drift}" if drift else "intent changed",
                 )
+            handover = replicas_handover(manifest, live)
+            if handover is not None:
+                log.info(
+                    "handing the replicas of %s over to KEDA/HPA", manifest["metadata"]["name"]
+                )
+                await kube.apply(handover, field_manager=HANDOVER_MANAGER)
+                writes += 1
             await kube.apply(with_hash(manifest, key))
             writes += 1
     namespace = factory.metadata.namespace or "default"

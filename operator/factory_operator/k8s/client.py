@@ -159,7 +159,7 @@ class Kube:
         self.metrics.api_reads.labels(kind=kind).inc()
         return await self._call(run)
 
-    async def apply(self, manifest: Obj) -> None:
+    async def apply(self, manifest: Obj, field_manager: str = FIELD_MANAGER) -> None:
         """Server-side apply under the operator's field manager; force takes back our fields
         from a concurrent writer instead of failing on the conflict."""
         meta = manifest["metadata"]
@@ -170,7 +170,7 @@ class Kube:
                 body=manifest,
                 name=meta["name"],
                 namespace=meta.get("namespace"),
-                field_manager=FIELD_MANAGER,
+                field_manager=field_manager,
                 force_conflicts=True,
                 _request_timeout=self.timeout,
             )

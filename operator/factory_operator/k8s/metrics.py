@@ -3,9 +3,17 @@
 ``factory_operator_api_writes_total`` counts every write request the operator sends (apply,
 delete, status patch, event): once converged it must stay flat, which is how idempotence is
 proven. kopf's own writes (finalizer, last-handled annotation) are not counted here.
+
+The autoscaler's (issue 17): ``inference_factory_pool_desired_replicas`` is its desired count
+per pool (what KEDA or an HPA consumes in mode external; named by the CRD's description),
+``factory_operator_capacity_pressure_missing_{requests,replicas}`` what a jurisdiction's pools
+at their ceiling cannot take (0 when nothing is missing), ``factory_operator_scale_events``
+its decisions that changed a count (a flapping pool shows as a fast-growing counter).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -51,6 +59,34 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+        self.desired_replicas = Gauge(
+            "inference_factory_pool_desired_replicas",
+            "Replicas the autoscaler wants for the pool (mode external: for KEDA/HPA).",
+            ["namespace", "factory", "pool", "region", "jurisdiction", "mode"],
+            registry=self.registry,
+        )
+        self.missing_requests = Gauge(
+            "factory_operator_capacity_pressure_missing_requests",
+            "Requests a jurisdiction's pools, all at their ceiling, cannot take (0: none).",
+            ["namespace", "factory", "jurisdiction"],
+            registry=self.registry,
+        )
+        self.missing_replicas = Gauge(
+            "factory_operator_capacity_pressure_missing_replicas",
+            "The same, in replicas of the jurisdiction's preferred pool.",
+            ["namespace", "factory", "jurisdiction"],
+            registry=self.registry,
+        )
+        self.scale_events = Counter(
+            "factory_operator_scale_events",
+            "Autoscaler decisions that changed a pool's (desired) count.",
+            ["namespace", "factory", "pool", "direction"],
+            registry=self.registry,
+        )
+        # Series exported per factory for the gauges above, removed when they no longer apply.
+        self._scaled: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        self._pressured: dict[tuple[str, str], set[str]] = {}
+
         # The reason last exported per (namespace, factory, condition type): a condition has
         # one reason at a time, so the series of the previous reason is removed, not left at
         # its last value (which would keep alerts firing after recovery).
@@ -71,12 +107,43 @@ class OperatorMetrics:
                 1 if value == status else 0
             )
 
+    def set_autoscaling(
+        self,
+        namespace: str,
+        factory: str,
+        desired: Mapping[tuple[str, str, str, str], int],
+        missing: Mapping[str, tuple[float, int]] | None,
+    ) -> None:
+        """Export one factory's autoscaler outcome, replacing what it exported before.
+
+        ``desired``: (pool, region, jurisdiction, mode) -> desired replicas; ``missing``:
+        jurisdiction -> (requests, replicas) missing, 0 for one without pressure; None keeps
+        what was exported."""
+        key = (namespace, factory)
+        for labels in self._scaled.pop(key, set()) - set(desired):
+            self.desired_replicas.remove(namespace, factory, *labels)
+        for labels, value in desired.items():
+            self.desired_replicas.labels(namespace, factory, *labels).set(value)
+        self._scaled[key] = set(desired)
+        if missing is None:
+            return
+        for jurisdiction in self._pressured.pop(key, set()) - set(missing):
+            self.missing_requests.remove(namespace, factory, jurisdiction)
+            self.missing_replicas.remove(namespace, factory, jurisdiction)
+        for jurisdiction, (requests, replicas) in missing.items():
+            self.missing_requests.labels(namespace, factory, jurisdiction).set(requests)
+            self.missing_replicas.labels(namespace, factory, jurisdiction).set(replicas)
+        self._pressured[key] = set(missing)
+
     def forget_factory(self, namespace: str, factory: str) -> None:
-        """Remove a deleted factory's condition series."""
+        """Remove a deleted factory's condition and autoscaler series."""
         for key in [k for k in self._reasons if k[:2] == (namespace, factory)]:
             reason = self._reasons.pop(key)
             for value in CONDITION_STATUSES:
                 self.condition.remove(namespace, factory, key[2], value, reason)
+        self.set_autoscaling(namespace, factory, {}, {})
+        self._scaled.pop((namespace, factory), None)
+        self._pressured.pop((namespace, factory), None)
 
     def writes_total(self) -> float:
         """Sum of all write requests so far (for tests and benchmarks)."""

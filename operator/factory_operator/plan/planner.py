@@ -33,6 +33,7 @@ from .workload import (
     deployment,
     pod_disruption_budget,
     pod_monitor,
+    rolling_update,
     service,
     service_endpoint,
 )
@@ -198,6 +199,12 @@ def _plan_pool(
     if scale is not None and not external:  # the autoscaler's count, through the same apply
         desired = scale.desired
         workload["spec"]["replicas"] = desired
+        workload["spec"]["strategy"]["rollingUpdate"] = rolling_update(desired, pool.replicas.max)
+    elif scale is not None and running is not None:
+        # Mode external: the count is KEDA's or the HPA's. Created at min, then never in the
+        # manifest again (k8s.apply hands the field over so that dropping it keeps it).
+        desired = running.spec_replicas
+        del workload["spec"]["replicas"]
     current = (
         running is not None
         and running.revision == revision
@@ -261,8 +268,9 @@ def plan_factory(
 ) -> Plan:
     """Desired children, deletions, status and events for one factory. With ``autoscale``
     (``plan_autoscaling``'s outcome), its pools run the autoscaler's counts (mode external:
-    they keep replicas.min here, the count is for KEDA/HPA), show its decisions in status,
-    and the factory gets its events and the CapacityPressure condition."""
+    a new Deployment starts at replicas.min and its count is then left to KEDA/HPA), show its
+    decisions in status, and the factory gets its events and the CapacityPressure condition
+    (kept as it was when ``autoscale.held``: a reconcile that did not read the load)."""
     local = [
         p
         for p in factory.spec.pools
@@ -306,14 +314,18 @@ def plan_factory(
     )
     if autoscale is not None:
         events.extend(autoscale.events)
-        conditions.append(
-            pressure_condition(
-                autoscale.pressure,
-                generation=factory.metadata.generation,
-                now=observed.now,
-                previous=previous,
+        kept = next((c for c in previous if c.type == "CapacityPressure"), None)
+        if autoscale.held and kept is not None:
+            conditions.append(kept)  # only a decision (the autoscaler's timer) moves it
+        else:
+            conditions.append(
+                pressure_condition(
+                    autoscale.pressure,
+                    generation=factory.metadata.generation,
+                    now=observed.now,
+                    previous=previous,
+                )
             )
-        )
     ready_pools = sum(1 for p in pools if p.state == "Running")
     running_in = sorted(
         {

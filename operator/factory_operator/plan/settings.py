@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from factory_operator.api.accelerators import NodeLabelScheme
@@ -135,11 +135,31 @@ class OperatorSettings(BaseSettings):
         "model server that takes minutes to load; drains, expiry, the NodePool's "
         "terminationGracePeriod and rollouts still move it.",
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus that scrapes the engines, read by the autoscaler (factories "
+        "with spec.autoscaling); none: their pools are held at replicas.min and their status "
+        "says why.",
+        max_length=2048,
+    )
+    autoscale_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often the autoscaler reads the load of each autoscaled factory and "
+        "decides (its kopf timer).",
+    )
     podmonitor_labels: dict[str, str] = Field(
         default_factory=dict,
         description="Extra labels on the PodMonitors, e.g. {release: kube-prometheus-stack} "
         "to match that chart's default podMonitorSelector.",
     )
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        # FACTORY_OPERATOR_PROMETHEUS_URL="" (a chart value left empty) means none.
+        return value or None
 
     @model_validator(mode="after")
     def _drain_fits_grace(self) -> Self:
