@@ -412,3 +412,13 @@ def test_router_admin_surface_is_apart_from_the_tenants_port() -> None:
     assert admin["type"] == "ClusterIP" and [p["name"] for p in admin["ports"]] == ["admin"]
     monitor = by_name(objs, "ServiceMonitor", "router")["spec"]
     assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("admin", "/metrics")]
+
+
+def test_service_monitors_set_the_jobs_the_alerts_select() -> None:
+    """up{job="factory-operator"} / up{job="factory-router"} whatever the release's name."""
+    objs = helm_template(*MONITORING_API, release="anything")
+    for component in ("operator", "router"):
+        (endpoint,) = by_name(objs, "ServiceMonitor", component)["spec"]["endpoints"]
+        assert {"targetLabel": "job", "replacement": f"factory-{component}"} in endpoint[
+            "relabelings"
+        ]
