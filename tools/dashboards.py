@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.grafana import dashboard, row, stat, ts
+from tools.grafana import RATE, dashboard, row, stat, ts
 
 SEL = 'namespace=~"$namespace", factory=~"$factory", region=~"$region"'
 TTFT_SLO_SECONDS = "2.5"  # the SLO of deploy/monitoring/alerts.yaml: 99% within 2.5 s
+TTFT_SLO_TARGET = 0.99
 TTFT_SLO_BUDGET = 0.01
+# The burn rates and the KV-cache level of the alerts (deploy/monitoring/alerts.yaml).
+BURN_RATE_SLOW, BURN_RATE_FAST = 6, 14.4
+KV_CACHE_SATURATION = 0.95
 
 
 def _quantile(q: str, metric: str, by: str) -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{SEL}}}[5m])))"
+    return (
+        f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{SEL}}}"
+        f"[$__rate_interval])))"
+    )
 
 
 def fleet_overview() -> dict[str, Any]:
@@ -45,6 +52,7 @@ def fleet_overview() -> dict[str, Any]:
             not_ready,
             "none",
             "Ready=False for a reason other than ManagedElsewhere (see the alert's runbook).",
+            thresholds=[(1, "red")],
         ),
         stat(
             "Ready / desired replicas",
@@ -52,10 +60,12 @@ def fleet_overview() -> dict[str, Any]:
             f'{SEL}}}) / sum(factory_operator_pool_replicas{{kind="desired", {SEL}}})',
             "percentunit",
             "Share of the replicas the operator wants that are ready.",
+            thresholds=[(0.9, "orange"), (1, "green")],
+            base_colour="red",
         ),
         stat(
             "Router requests/s",
-            "sum(rate(factory_router_requests_total[5m]))",
+            "sum(rate(factory_router_requests_total[$__rate_interval]))",
             "reqps",
             "Requests answered by all router replicas.",
         ),
@@ -89,7 +99,8 @@ def fleet_overview() -> dict[str, Any]:
             "Router requests/s by backend region",
             [
                 (
-                    'sum by (region) (rate(factory_router_requests_total{region=~"$region"}[5m]))',
+                    'sum by (region) (rate(factory_router_requests_total{region=~"$region"}'
+                    "[$__rate_interval]))",
                     "{{region}}",
                 )
             ],
@@ -98,7 +109,12 @@ def fleet_overview() -> dict[str, Any]:
         ),
         ts(
             "Router responses/s by status",
-            [("sum by (status) (rate(factory_router_requests_total[5m]))", "{{status}}")],
+            [
+                (
+                    "sum by (status) (rate(factory_router_requests_total[$__rate_interval]))",
+                    "{{status}}",
+                )
+            ],
             "reqps",
             "HTTP status of the router's answers: 4xx residency and auth refusals, "
             "5xx no backend or upstream failures.",
@@ -107,11 +123,12 @@ def fleet_overview() -> dict[str, Any]:
             "Tokens/s by factory",
             [
                 (
-                    f"sum by (factory) (rate(vllm:prompt_tokens_total{{{SEL}}}[5m]))",
+                    f"sum by (factory) (rate(vllm:prompt_tokens_total{{{SEL}}}[$__rate_interval]))",
                     "{{factory}} prompt",
                 ),
                 (
-                    f"sum by (factory) (rate(vllm:generation_tokens_total{{{SEL}}}[5m]))",
+                    f"sum by (factory) (rate(vllm:generation_tokens_total{{{SEL}}}"
+                    f"[$__rate_interval]))",
                     "{{factory}} generated",
                 ),
             ],
@@ -122,8 +139,10 @@ def fleet_overview() -> dict[str, Any]:
             "Prefix-cache hit ratio by factory",
             [
                 (
-                    f"sum by (factory) (rate(vllm:prefix_cache_hits_total{{{SEL}}}[5m])) / "
-                    f"sum by (factory) (rate(vllm:prefix_cache_queries_total{{{SEL}}}[5m]))",
+                    f"sum by (factory) (rate(vllm:prefix_cache_hits_total{{{SEL}}}"
+                    f"[$__rate_interval])) / "
+                    f"sum by (factory) (rate(vllm:prefix_cache_queries_total{{{SEL}}}"
+                    f"[$__rate_interval]))",
                     "{{factory}}",
                 )
             ],
@@ -135,12 +154,12 @@ def fleet_overview() -> dict[str, Any]:
             [
                 (
                     "histogram_quantile(0.5, sum by (le) "
-                    "(rate(factory_router_request_duration_seconds_bucket[5m])))",
+                    "(rate(factory_router_request_duration_seconds_bucket[$__rate_interval])))",
                     "p50",
                 ),
                 (
                     "histogram_quantile(0.99, sum by (le) "
-                    "(rate(factory_router_request_duration_seconds_bucket[5m])))",
+                    "(rate(factory_router_request_duration_seconds_bucket[$__rate_interval])))",
                     "p99",
                 ),
             ],
@@ -152,7 +171,8 @@ def fleet_overview() -> dict[str, Any]:
             [
                 (
                     "histogram_quantile(0.99, sum by (region, le) (rate("
-                    'factory_router_upstream_ttfb_seconds_bucket{region=~"$region"}[5m])))',
+                    'factory_router_upstream_ttfb_seconds_bucket{region=~"$region"}'
+                    "[$__rate_interval])))",
                     "{{region}}",
                 )
             ],
@@ -162,7 +182,12 @@ def fleet_overview() -> dict[str, Any]:
         row("Operator"),
         ts(
             "Reconciles/s by outcome",
-            [("sum by (outcome) (rate(factory_operator_reconciles_total[5m]))", "{{outcome}}")],
+            [
+                (
+                    "sum by (outcome) (rate(factory_operator_reconciles_total[$__rate_interval]))",
+                    "{{outcome}}",
+                )
+            ],
             "ops",
             "ok, retry (transient API errors) and permanent (a spec that cannot work).",
         ),
@@ -170,7 +195,8 @@ def fleet_overview() -> dict[str, Any]:
             "API writes/s",
             [
                 (
-                    "sum by (verb, kind) (rate(factory_operator_api_writes_total[5m]))",
+                    "sum by (verb, kind) (rate(factory_operator_api_writes_total"
+                    "[$__rate_interval]))",
                     "{{verb}} {{kind}}",
                 )
             ],
@@ -202,19 +228,24 @@ def region_slos() -> dict[str, Any]:
                 (_quantile("0.99", "vllm:time_to_first_token_seconds", "region"), "{{region}} p99"),
             ],
             "s",
-            "Engine-side time to first token (queueing + prefill).",
+            "Engine-side time to first token (queueing + prefill); the line is the SLO.",
+            thresholds=[(float(TTFT_SLO_SECONDS), "red")],
         ),
         ts(
             f"Requests within the TTFT SLO ({TTFT_SLO_SECONDS} s)",
-            [(within.replace("{w}", "5m"), "{{region}}")],
+            [(within.replace("{w}", RATE), "{{region}}")],
             "percentunit",
             "Share of requests whose first token came within the SLO (target 99%).",
+            thresholds=[(TTFT_SLO_TARGET, "green")],
+            base_colour="red",
         ),
         ts(
             "TTFT error-budget burn rate (1h)",
             [(f"(1 - ({within.replace('{w}', '1h')})) / {TTFT_SLO_BUDGET}", "{{region}}")],
             "none",
-            "1 spends the 30-day budget in 30 days; the fast-burn alert pages at 14.4.",
+            "1 spends the 30-day budget in 30 days; the slow-burn alert warns at 6 (over 6h), "
+            "the fast-burn alert pages at 14.4.",
+            thresholds=[(BURN_RATE_SLOW, "orange"), (BURN_RATE_FAST, "red")],
         ),
         ts(
             "TTFT p99 by pool",
@@ -225,7 +256,8 @@ def region_slos() -> dict[str, Any]:
                 )
             ],
             "s",
-            "Finds the one slow pool of a region.",
+            "Finds the one slow pool of a region; the line is the SLO.",
+            thresholds=[(float(TTFT_SLO_SECONDS), "red")],
         ),
         row("Decode"),
         ts(
@@ -261,13 +293,16 @@ def region_slos() -> dict[str, Any]:
             [(f"max by (region, pool) (vllm:kv_cache_usage_perc{{{SEL}}})", "{{region}} {{pool}}")],
             "percentunit",
             "Above ~95% vLLM preempts sequences (see InferenceKVCacheSaturation).",
+            thresholds=[(KV_CACHE_SATURATION, "red")],
         ),
         ts(
             "Prefix-cache hit ratio by region",
             [
                 (
-                    f"sum by (region) (rate(vllm:prefix_cache_hits_total{{{SEL}}}[5m])) / "
-                    f"sum by (region) (rate(vllm:prefix_cache_queries_total{{{SEL}}}[5m]))",
+                    f"sum by (region) (rate(vllm:prefix_cache_hits_total{{{SEL}}}"
+                    f"[$__rate_interval])) / "
+                    f"sum by (region) (rate(vllm:prefix_cache_queries_total{{{SEL}}}"
+                    f"[$__rate_interval]))",
                     "{{region}}",
                 )
             ],
@@ -291,6 +326,7 @@ def residency() -> dict[str, Any]:
             "sum(increase(factory_router_residency_denials_total[1h])) or vector(0)",
             "none",
             "Requests refused for residency reasons by all router replicas.",
+            thresholds=[(1, "orange")],
         ),
         stat(
             "Jurisdictions serving",
@@ -301,7 +337,13 @@ def residency() -> dict[str, Any]:
         row("Denials"),
         ts(
             "Residency denials/s by reason",
-            [("sum by (reason) (rate(factory_router_residency_denials_total[5m]))", "{{reason}}")],
+            [
+                (
+                    "sum by (reason) (rate(factory_router_residency_denials_total"
+                    "[$__rate_interval]))",
+                    "{{reason}}",
+                )
+            ],
             "reqps",
             "invalid_header, narrowed_to_nothing, model_not_in_jurisdictions, "
             "no_compliant_backend.",
@@ -310,7 +352,8 @@ def residency() -> dict[str, Any]:
             "Router refusals/s by status",
             [
                 (
-                    'sum by (status) (rate(factory_router_requests_total{status=~"4..|5.."}[5m]))',
+                    'sum by (status) (rate(factory_router_requests_total{status=~"4..|5.."}'
+                    "[$__rate_interval]))",
                     "{{status}}",
                 )
             ],
@@ -324,7 +367,7 @@ def residency() -> dict[str, Any]:
             [
                 (
                     "sum by (jurisdiction) "
-                    f"(rate(vllm:e2e_request_latency_seconds_count{{{SEL}}}[5m]))",
+                    f"(rate(vllm:e2e_request_latency_seconds_count{{{SEL}}}[$__rate_interval]))",
                     "{{jurisdiction}}",
                 )
             ],
@@ -335,8 +378,10 @@ def residency() -> dict[str, Any]:
             "Tokens/s processed by jurisdiction",
             [
                 (
-                    f"sum by (jurisdiction) (rate(vllm:prompt_tokens_total{{{SEL}}}[5m])) + "
-                    f"sum by (jurisdiction) (rate(vllm:generation_tokens_total{{{SEL}}}[5m]))",
+                    f"sum by (jurisdiction) (rate(vllm:prompt_tokens_total{{{SEL}}}"
+                    f"[$__rate_interval])) + "
+                    f"sum by (jurisdiction) (rate(vllm:generation_tokens_total{{{SEL}}}"
+                    f"[$__rate_interval]))",
                     "{{jurisdiction}}",
                 )
             ],
@@ -347,7 +392,8 @@ def residency() -> dict[str, Any]:
             "Router requests/s by backend region",
             [
                 (
-                    'sum by (region) (rate(factory_router_requests_total{region=~"$region"}[5m]))',
+                    'sum by (region) (rate(factory_router_requests_total{region=~"$region"}'
+                    "[$__rate_interval]))",
                     "{{region}}",
                 )
             ],

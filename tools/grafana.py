@@ -1,5 +1,10 @@
-"""Grafana dashboard JSON, as data: targets, panels laid out in rows, template variables
-and the dashboard around them. What the fleet's dashboards show is in `tools/dashboards.py`.
+"""Grafana dashboard JSON, as data: targets, panels laid out in rows, template variables,
+thresholds, links and the dashboard around them. What the fleet's dashboards show is in
+`tools/dashboards.py`.
+
+Rates use `$__rate_interval` (at least four scrape intervals whatever the zoom, Grafana's
+documented choice for Prometheus rate queries); a panel whose title names a window (1h) keeps
+it. Thresholds are drawn as lines on time series and colour single stats.
 """
 
 from __future__ import annotations
@@ -7,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 Panel = dict[str, Any]
+# (value, colour) steps above the base colour: e.g. [(2.5, "red")] marks everything above 2.5.
+Thresholds = list[tuple[float, str]]
+RATE = "$__rate_interval"
 
 
 def _target(expr: str, legend: str, ref: str) -> dict[str, Any]:
@@ -28,13 +36,22 @@ def _panel(
     *,
     width: int = 12,
     height: int = 8,
+    thresholds: Thresholds | None = None,
+    base_colour: str = "green",
 ) -> Panel:
+    defaults: dict[str, Any] = {"unit": unit}
+    if thresholds:
+        steps: list[dict[str, Any]] = [{"color": base_colour, "value": None}]
+        steps += [{"color": colour, "value": value} for value, colour in thresholds]
+        defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+        if kind == "timeseries":
+            defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
     return {
         "type": kind,
         "title": title,
         "description": description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": {
             "legend": {
                 "displayMode": "table",
@@ -50,15 +67,32 @@ def _panel(
 
 
 def ts(
-    title: str, targets: list[tuple[str, str]], unit: str, description: str, width: int = 12
+    title: str,
+    targets: list[tuple[str, str]],
+    unit: str,
+    description: str,
+    width: int = 12,
+    *,
+    thresholds: Thresholds | None = None,
+    base_colour: str = "green",
 ) -> Panel:
-    """A time series panel."""
-    return _panel("timeseries", title, targets, unit, description, width=width)
+    """A time series panel; thresholds drawn as lines (an SLO, an alert's level)."""
+    return _panel("timeseries", title, targets, unit, description, width=width,
+                  thresholds=thresholds, base_colour=base_colour)  # fmt: skip
 
 
-def stat(title: str, expr: str, unit: str, description: str) -> Panel:
-    """A single-number panel."""
-    return _panel("stat", title, [(expr, "")], unit, description, width=6, height=4)
+def stat(
+    title: str,
+    expr: str,
+    unit: str,
+    description: str,
+    *,
+    thresholds: Thresholds | None = None,
+    base_colour: str = "green",
+) -> Panel:
+    """A single-number panel, coloured by its thresholds."""
+    return _panel("stat", title, [(expr, "")], unit, description, width=6, height=4,
+                  thresholds=thresholds, base_colour=base_colour)  # fmt: skip
 
 
 def row(title: str) -> Panel:
@@ -117,7 +151,18 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
         "time": {"from": "now-3h", "to": "now"},
         "timezone": "",
         "annotations": {"list": []},
-        "links": [],
+        # Every dashboard of the fleet (same tag), keeping the time range and the variables.
+        "links": [
+            {
+                "title": "Inference Factory",
+                "type": "dashboards",
+                "tags": ["inference-factory"],
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+                "targetBlank": False,
+            }
+        ],
         "templating": {
             "list": [
                 {
