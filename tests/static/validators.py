@@ -63,6 +63,9 @@ _POD_EXTRAS: Obj = {
     "podAnnotations": {"example.com/team": "ml-platform"},
     "podLabels": {"team": "ml-platform"},
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+    "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}],
+    "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+    "extraVolumeMounts": [{"name": "corp-ca", "mountPath": "/etc/corp-ca", "readOnly": True}],
 }
 ALL_ON_VALUES: Obj = {
     "commonLabels": {"cost-center": "ml"},
@@ -78,17 +81,45 @@ ALL_ON_VALUES: Obj = {
         "prometheusUrl": "http://prometheus.monitoring:9090",
         "endpointKey": {"existingSecret": "router-endpoint-key"},
         "service": {"annotations": {"example.com/lb": "internal"}},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": ["llm.example.com"],
+            "tls": [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}],
+        },
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateways"}],
+            "hostnames": ["llm.example.com"],
+        },
     },
     "networkPolicy": {
         "routerIngress": {"cidrs": ["10.0.0.0/8"], "namespaceLabels": {"team": "apps"}},
         "engines": {"namespaceLabels": {"team": "ml"}},
-        "routerExtraEgress": {"cidrs": ["10.20.0.0/16"]},
+        "routerPeers": [
+            {"name": "us-east-1", "cidrs": ["198.51.100.10/32"], "ports": [443]},
+            {
+                "name": "eu-central-1",
+                "namespaceLabels": {"kubernetes.io/metadata.name": "fleet-eu"},
+                "podLabels": {"app.kubernetes.io/component": "router"},
+                "ports": [8080],
+            },
+        ],
     },
     "monitoring": {
         "labels": {"release": "kube-prometheus-stack"},
         "enginePodMonitor": {"enabled": True, "namespaces": ["ml"]},
     },
     "dashboards": {"namespace": "grafana", "annotations": {"grafana_folder": "Inference"}},
+    "extraObjects": [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "corp-ca"},
+            "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"},
+        }
+    ],
 }
 ALL_ON_ARGS = ("--api-versions", "monitoring.coreos.com/v1")
 

@@ -126,4 +126,5 @@ def test_render_carries_the_monitoring_objects() -> None:
         assert monitors == {"inference-factory-operator", "inference-factory-router"}
         (rule,) = [o for o in objs if o["kind"] == "PrometheusRule"]
         assert rule["spec"] == alerts
-        assert not [o for o in objs if o["kind"] == "Pod"], "no `helm test` Pod in GitOps"
+        hooks = [o["metadata"]["name"] for o in objs if o["metadata"]["name"].endswith("-test")]
+        assert not hooks, "no `helm test` Pod or its NetworkPolicy in GitOps"
