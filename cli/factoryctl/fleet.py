@@ -73,6 +73,8 @@ class FleetContext:
         # The components `up` brings up this time (None: all of them), so that one can
         # prepare for another (the cluster gates engine pods only if engines will run).
         self.selected: frozenset[str] | None = None
+        # `dev up --real-engine/--no-real-engine`; None: on when the machine has the memory.
+        self.real_engine: bool | None = None
 
     @property
     def tools(self) -> Toolchain:
@@ -145,6 +147,7 @@ def all_components() -> list[Component]:
     from factoryctl.components.nodes import NodesComponent  # noqa: PLC0415
     from factoryctl.components.operator import OperatorComponent  # noqa: PLC0415
     from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
+    from factoryctl.components.real_engine import RealEngineComponent  # noqa: PLC0415
     from factoryctl.components.resources import CrdsComponent, SamplesComponent  # noqa: PLC0415
     from factoryctl.components.router import RouterComponent  # noqa: PLC0415
     from factoryctl.components.toolchain import ToolchainComponent  # noqa: PLC0415
@@ -159,6 +162,7 @@ def all_components() -> list[Component]:
         EnginesComponent(),
         PrometheusComponent(),
         RouterComponent(),
+        RealEngineComponent(),
     ]
 
 

@@ -94,11 +94,20 @@ def up(
     only: Annotated[
         str | None, typer.Option(help="Comma-separated components to bring up (default: all).")
     ] = None,
+    real_engine: Annotated[
+        bool | None,
+        typer.Option(
+            "--real-engine/--no-real-engine",
+            help="Serve the topology's `engine: vllm` pools with real vLLM (default: when the "
+            "machine has the memory; FACTORY_REAL_ENGINE=0 turns it off).",
+        ),
+    ] = None,
 ) -> None:
     """Bring the local fleet up, component by component (idempotent)."""
     started = time.monotonic()
     try:
         ctx = _context(home, topology)
+        ctx.real_engine = real_engine
         fleet.up(ctx, only.split(",") if only else None)
     except FactoryctlError as exc:
         raise _fail(exc) from exc
@@ -153,11 +162,15 @@ def env_of(ctx: fleet.FleetContext) -> dict[str, Any]:
         "admin_key": recorded.get("admin_key"),
         "tenants": recorded.get("tenants", {}),
         **{k: v for k, v in recorded.items() if k not in {"tenants"}},
+        "real_engine": real["why"]
+        if (real := ctx.home.state().get("real_engine", {})).get("on")
+        else None,
     }
 
 
 DEMO_TENANT = "eu-only"
 DEMO_MODEL = "llama-3.1-8b-instruct"
+REAL_ENGINE_MODEL = "tiny-llama"  # deploy/local/tiny-llama.yaml
 
 
 def _shell_exports(values: dict[str, Any]) -> list[str]:
@@ -199,6 +212,9 @@ curl --fail -s "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OP
   model="{DEMO_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}],
   ).choices[0].message.content)'
 """)
+    if values.get("real_engine"):
+        print(f"# Real vLLM serves model {REAL_ENGINE_MODEL!r} ({values['real_engine']}): use "
+              f"that model name in the examples above.")  # fmt: skip
 
 
 @dev.command()
@@ -293,13 +309,18 @@ def engines_agent(home: HomeOption = None, topology: TopologyOption = DEFAULT_TO
     import logging  # noqa: PLC0415
 
     from factoryctl.agents.engines import EnginesAgent  # noqa: PLC0415
+    from factoryctl.agents.real_engine import RealEngines  # noqa: PLC0415
     from factoryctl.components.engines import control_url  # noqa: PLC0415
     from factoryctl.components.prometheus import targets_file  # noqa: PLC0415
+    from factoryctl.components.real_engine import setup_of  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     ctx = _context(home, topology)
     urls = {r.name: control_url(ctx, r.name) for r in ctx.topology.regions}
-    EnginesAgent(str(ctx.home.kubeconfig), ctx.topology, urls, targets_file(ctx)).run()
+    setup = setup_of(ctx.home)
+    real = RealEngines(ctx.home, setup) if setup is not None else None
+    logging.info("real engine: %s", "on" if real else "off (the simulator serves every pod)")
+    EnginesAgent(str(ctx.home.kubeconfig), ctx.topology, urls, targets_file(ctx), real=real).run()
 
 
 if __name__ == "__main__":

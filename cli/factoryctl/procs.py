@@ -54,8 +54,22 @@ def start(
     """Start `argv` detached as process `name` unless it already runs; return its pid."""
     if (pid := running_pid(home, name)) is not None:
         return pid
+    proc = spawn(home, name, argv, env, cwd)
+    proc.returncode = 0  # detached: this process neither waits for it nor warns about it
+    return proc.pid
+
+
+def spawn(
+    home: FleetHome,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as process `name` (a pid file, its log, a session of its own) and return
+    it, for a caller that watches its child (and reaps it with `poll`)."""
     home.ensure()
-    log = (home.logs_dir / f"{name}.log").open("ab")
+    log = log_path(home, name).open("ab")
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -68,7 +82,7 @@ def start(
     log.close()
     record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": list(argv)}
     _pidfile(home, name).write_text(json.dumps(record))
-    return proc.pid
+    return proc
 
 
 def stop(
@@ -106,6 +120,34 @@ def _alive(pid: int) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def recorded_argv(home: FleetHome, name: str) -> list[str] | None:
+    """The command line process `name` was started with, if its pid file is there (whether
+    or not it still runs)."""
+    try:
+        return list(json.loads(_pidfile(home, name).read_text())["argv"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def forget(home: FleetHome, name: str) -> None:
+    """Drop the pid file of a process that has exited."""
+    _pidfile(home, name).unlink(missing_ok=True)
+
+
+def signal_group(home: FleetHome, name: str, sig: signal.Signals) -> bool:
+    """Send `sig` to process `name`'s session without waiting; False if it does not run."""
+    pid = running_pid(home, name)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    return True
+
+
+def log_path(home: FleetHome, name: str) -> Path:
+    return home.logs_dir / f"{name}.log"
 
 
 def names(home: FleetHome) -> list[str]:

@@ -101,6 +101,28 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
         },
         ec2_gpu_name="l4",
     ),
+    # The smallest L4 node (AWS: 4 vCPU, 16 GiB, 1 x L4 24GB, 250 GB NVMe): one L4 replica
+    # fits, so a pool of them runs one engine per node, as the real-engine pool wants.
+    "g6.xlarge": InstanceShape(
+        cpu=4,
+        disk_gi=232,
+        memory_gi=16,
+        accelerator_kind="nvidia",
+        accelerator_type="L4",
+        accelerators=1,
+        taint_value="present",
+        labels={
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": "NVIDIA-L4",
+            "nvidia.com/gpu.count": "1",
+            "nvidia.com/gpu.memory": "23034",
+            "nvidia.com/gpu.family": "ada-lovelace",
+            "nvidia.com/gpu.compute.major": "8",
+            "nvidia.com/gpu.compute.minor": "9",
+            "nvidia.com/gpu.machine": "g6.xlarge",
+        },
+        ec2_gpu_name="l4",
+    ),
     # GCE accelerator-optimized machine types (cloud.google.com "GPU machine types"):
     # a3-highgpu-8g 208 vCPU, 1872 GB, 8 x H100 80GB; g2-standard-48 48 vCPU, 192 GB, 4 x L4.
     "a3-highgpu-8g": InstanceShape(
@@ -159,6 +181,10 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
 }
 
 RESOURCE_BY_KIND = {"nvidia": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
+# Nodes of a pool served by the real vLLM engine carry this label and a NoSchedule taint
+# with the same key, so that only pods meant for a real engine (which tolerate it) land there.
+ENGINE_LABEL = "inference.factory.dev/local-engine"
+EngineKind = Literal["sim", "vllm"]
 
 
 class NodePool(BaseModel):
@@ -168,6 +194,9 @@ class NodePool(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     instance_type: str = Field(alias="instanceType")
     count: int = Field(ge=0, le=50)
+    # Who serves the engine pods of these nodes: the simulator, or the real vLLM (CPU build,
+    # the tiny model) started with the pod's own command line (factoryctl.agents.real_engine).
+    engine: EngineKind = "sim"
 
 
 NodeLabelScheme = Literal["gfd", "karpenter", "eks-auto", "gke", "instance-type", "none"]
@@ -207,6 +236,10 @@ class Topology(BaseModel):
         if found is None:
             raise TopologyError(f"no round trip between {a} and {b} in the topology file")
         return found
+
+    def real_engine_pools(self) -> list[tuple[str, NodePool]]:
+        """(region, node pool) of every pool served by a real engine."""
+        return [(r.name, p) for r in self.regions for p in r.nodePools if p.engine != "sim"]
 
     def rtt_table(self, region: str) -> dict[str, float]:
         """Round trips from every region to `region`."""
@@ -286,6 +319,9 @@ def _node(region: Region, pool: NodePool, shape: InstanceShape, index: int) -> d
     }
     if region.scheme == "none":
         del labels["node.kubernetes.io/instance-type"]
+    if pool.engine != "sim":
+        labels[ENGINE_LABEL] = pool.engine
+        taints.append({"key": ENGINE_LABEL, "value": pool.engine, "effect": "NoSchedule"})
     return {
         "apiVersion": "v1",
         "kind": "Node",

@@ -20,6 +20,9 @@ import pytest
 
 from tests.support.cluster import KubectlCluster, session_home
 
+# A cold fleet on 2 busy cores, with the real vLLM engine loading (up to 15 min of its own).
+UP_TIMEOUT = 1800
+
 
 @dataclass
 class Fleet:
@@ -41,7 +44,7 @@ def fleet() -> Iterator[Fleet]:
     env = {**os.environ, "FACTORY_HOME": str(home)}
     factoryctl = [sys.executable, "-m", "factoryctl.main", "dev"]
     up = subprocess.run([*factoryctl, "up"], env=env, capture_output=True, text=True,
-                        timeout=900, check=False)  # fmt: skip
+                        timeout=UP_TIMEOUT, check=False)  # fmt: skip
     try:
         assert up.returncode == 0, up.stderr[-5000:]
         values = json.loads(subprocess.run([*factoryctl, "env", "--json"], env=env,

@@ -6,6 +6,7 @@ Blocks are found by a marker comment on the line above their fence:
     <!-- readme-test: fleet-up -->   the first command (`make up`)
     <!-- readme-test: curl -->       a copy-paste `curl` to the router
     <!-- readme-test: openai -->     the same with the `openai` client
+    <!-- readme-test: openai-real -->   the `openai` client to the real-engine pool
 
 `sh`/`bash`/`console`-less fences run with bash -euo pipefail from the repository root;
 `python` fences with the project's interpreter. Only FACTORY_HOME differs from the user's
@@ -34,7 +35,7 @@ MARKED_BLOCK = re.compile(
 )
 SHELLS = {"", "sh", "bash", "shell"}
 # Cold start of the whole fleet on 2 cores (toolchain already built); see tests/e2e/conftest.
-UP_TIMEOUT = 900
+UP_TIMEOUT = 1800
 EXAMPLE_TIMEOUT = 120
 
 
@@ -130,3 +131,15 @@ def test_readme_examples_work_against_the_fleet(readme_fleet: UpFleet, name: str
         f"stderr:\n{done.stderr[-3000:]}"
     )
     assert done.stdout.strip(), f"README `{name}` example printed nothing"
+
+
+def test_readme_real_engine_example_is_served_by_real_vllm(readme_fleet: UpFleet) -> None:
+    """`make up` brings up a real-engine pool, and the README's example reaches it."""
+    assert readme_fleet.up.returncode == 0, "the README's first command failed"
+    block = _required("openai-real")
+    done = run_block(block, readme_fleet.home, EXAMPLE_TIMEOUT)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    # The router's answer names the pool, and the real engine counted the request itself.
+    assert "served by pool tiny-llama-l4-vllm" in done.stdout, done.stdout
+    state = json.loads((readme_fleet.home / "state.json").read_text())
+    assert state["real_engine"]["on"], state["real_engine"]

@@ -17,6 +17,12 @@ same text in the engine container's environment variable `FACTORY_SIM_BEHAVIOUR`
 factory's `engine.env` sets, so it is part of the revision; vLLM ignores it). Only the local
 fleet reads either.
 
+Pods on the nodes of a real-engine pool (topology `engine: vllm`) get the real vLLM instead,
+started from the pod's own command line (`factoryctl.agents.real_engine`), when the fleet runs
+with the real engine on; its pod turns Ready the same way, turns not Ready again
+(`engine-ready: "false"`) if the engine exits, and gets an Event with the engine's own last
+words whenever it fails.
+
 The loop is level-based: every second it lists pods and engines and converges the two, so a
 restarted agent adopts what runs. An engine whose pod is deleted is drained: it stops once
 its running and waiting requests are done (or after `DRAIN_SECONDS`), as vLLM finishes
@@ -39,7 +45,8 @@ import httpx
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from factoryctl.topology import Topology
+from factoryctl.agents.real_engine import NotServable, RealEngines
+from factoryctl.topology import ENGINE_LABEL, Topology
 
 log = logging.getLogger("factoryctl.engines")
 
@@ -191,6 +198,7 @@ class EnginesAgent:
         *,
         interval: float = 1.0,
         core: client.CoreV1Api | None = None,
+        real: RealEngines | None = None,
     ) -> None:
         if core is None:  # tests pass their own API (a fake of the calls used here)
             api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
@@ -203,6 +211,9 @@ class EnginesAgent:
         self.http = httpx.Client(timeout=TIMEOUT)
         self.stopped = threading.Event()
         self.draining: dict[str, float] = {}  # engine id -> when its drain began
+        self.real = real  # None: the simulator serves real-engine nodes too
+        self.real_pods: dict[str, dict[str, Any]] = {}  # uid -> the pod as last seen running
+        self.reported: set[str] = set()  # uids whose unservable command was reported
 
     def _engines(self) -> dict[str, _Engine]:
         engines: dict[str, _Engine] = {}
@@ -225,11 +236,16 @@ class EnginesAgent:
         pods = serialize(self.core.list_pod_for_all_namespaces(label_selector=MANAGED).items)
         engines = self._engines()
         wanted: set[str] = set()
+        wanted_real: set[str] = set()
         targets: list[dict[str, Any]] = []
         for pod in pods:
             if not _running(pod):
                 continue
             labels = nodes.get(pod["spec"]["nodeName"], {})
+            if self.real is not None and labels.get(ENGINE_LABEL) == "vllm":
+                wanted_real.add(pod["metadata"]["uid"])
+                self._converge_real(self.real, pod, targets)
+                continue
             try:
                 cfg = engine_config(pod, labels, self.topology)
             except ValueError as exc:
@@ -253,7 +269,54 @@ class EnginesAgent:
         for engine_id, engine in engines.items():
             if engine_id not in wanted:
                 self._drain(engine)
+        if self.real is not None:
+            for uid in self.real.uids() - wanted_real:
+                if self.real.release(uid, self.real_pods.get(uid)):
+                    self.real_pods.pop(uid, None)
         self._write_targets(targets)
+
+    def _converge_real(
+        self, real: RealEngines, pod: dict[str, Any], targets: list[dict[str, Any]]
+    ) -> None:
+        """A real engine for a pod on a real-engine node: start, probe, report its failure."""
+        uid = pod["metadata"]["uid"]
+        self.real_pods[uid] = pod
+        try:
+            found = real.poll(pod)
+        except NotServable as exc:
+            if uid not in self.reported:
+                self.reported.add(uid)
+                log.warning("pod %s: %s", pod["metadata"]["name"], exc)
+                self._event(pod, "EngineNotServable", str(exc))
+            return
+        if found.exited_now is not None:
+            words = found.exited_now
+            self._event(pod, "EngineFailed", f"vLLM exited; its last log lines:\n{words}")
+            self._set_ready(pod, None, ready=False)
+            return
+        if not found.running or found.port is None:
+            return
+        engine = _Engine(uid, found.port, "")
+        if self._announced(pod, engine) or self._answers(engine):
+            targets.append(scrape_target(pod, found.port))
+            self._annotate(pod, f"127.0.0.1:{found.port}")
+
+    def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """A Warning Event on the pod, as the kubelet writes when a container fails."""
+        meta = pod["metadata"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body: Any = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "reason": reason, "type": "Warning", "message": message[-1024:],
+            "source": {"component": "factoryctl-engines-agent"},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }  # fmt: skip
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except client.ApiException as exc:
+            log.warning("cannot record event %s on pod %s: %s", reason, meta["name"], exc.reason)
 
     def _drain(self, engine: _Engine) -> None:
         """Stop an engine whose pod is gone once its requests are done, as vLLM does within
@@ -324,8 +387,14 @@ class EnginesAgent:
             log.warning("cannot stop engine %s: %s", engine.id, exc)
 
     def _annotate(self, pod: dict[str, Any], address: str) -> None:
+        self._set_ready(pod, address, ready=True)
+
+    def _set_ready(self, pod: dict[str, Any], address: str | None, *, ready: bool) -> None:
+        """The readiness probe's verdict (`engine-ready` true or false) on the pod."""
         annotations = pod["metadata"].get("annotations") or {}
-        wanted = {ADDRESS_ANNOTATION: address, READY_ANNOTATION: "true"}
+        wanted = {READY_ANNOTATION: "true" if ready else "false"}
+        if address is not None:
+            wanted[ADDRESS_ANNOTATION] = address
         if all(annotations.get(key) == value for key, value in wanted.items()):
             return
         body = {"metadata": {"annotations": wanted}}
@@ -339,6 +408,8 @@ class EnginesAgent:
 
     def close(self) -> None:
         self.http.close()
+        if self.real is not None:
+            self.real.stop_all()
 
     def run(self) -> None:
         try:

@@ -1,5 +1,8 @@
 """Component `engines`: one `factory-sim` process per region, and the engines agent.
 
+Before the agent starts, `real_engine.prepare` decides whether real vLLM serves the
+topology's real-engine pools (and installs it if so); `down` stops the real engines too.
+
 The agent (`factoryctl dev engines-agent`, see `factoryctl.agents.engines`) puts a simulated
 engine behind every running engine pod, in the process of the pod's region, so that killing
 a region's process takes that region's engines down, as a regional outage would; the pod
@@ -16,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from factoryctl import procs
+from factoryctl.components import real_engine
 from factoryctl.errors import ComponentError
 from factoryctl.fleet import ComponentStatus, FleetContext, State, http_ok, wait_until
 
@@ -53,6 +57,11 @@ class EnginesComponent:
         for region in ctx.topology.regions:
             url = control_url(ctx, region.name)
             wait_until(partial(_healthy, url), 30, f"the simulator of {region.name}")
+        before = (ctx.home.state().get("real_engine") or {}).get("on")
+        if real_engine.prepare(ctx) != before and procs.running_pid(ctx.home, AGENT) is not None:
+            # The agent reads the choice when it starts: start it again (it adopts the
+            # engines that run).
+            procs.stop(ctx.home, AGENT)
         procs.start(
             ctx.home,
             AGENT,
@@ -62,6 +71,7 @@ class EnginesComponent:
 
     def down(self, ctx: FleetContext) -> None:
         procs.stop(ctx.home, AGENT)
+        real_engine.stop_engines(ctx)
         for region in ctx.topology.regions:
             procs.stop(ctx.home, sim_process(region.name))
 

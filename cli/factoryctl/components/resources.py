@@ -3,7 +3,9 @@
 `crds` applies `crds/` server-side and waits until the API server serves them. `samples`
 applies one FleetRegion per region of the local topology (jurisdiction and nodeLabelScheme from
 the topology; pricing and power from `deploy/examples/fleetregions.yaml` where it names the
-same region) and the sample InferenceFactories of `deploy/examples/`, creating their namespaces.
+same region) and the sample InferenceFactories of `deploy/examples/`, creating their namespaces,
+plus `deploy/local/tiny-llama.yaml` when the topology has a real-engine pool (its factory selects
+and tolerates those nodes only).
 
 FleetRegions follow the topology on every `up`. A sample factory is created only when it is
 missing: once it exists it is the user's to change (`kubectl edit`, a bench's patch), and a
@@ -23,6 +25,7 @@ from factoryctl.topology import REPO_ROOT
 
 CRDS_DIR = REPO_ROOT / "crds"
 EXAMPLES_DIR = REPO_ROOT / "deploy" / "examples"
+REAL_ENGINE_SAMPLE = REPO_ROOT / "deploy" / "local" / "tiny-llama.yaml"
 CRD_NAMES = ("fleetregions.inference.factory.dev", "inferencefactories.inference.factory.dev")
 
 
@@ -75,10 +78,11 @@ def fleet_regions(ctx: FleetContext) -> list[dict[str, Any]]:
     return regions
 
 
-def sample_factories() -> list[dict[str, Any]]:
-    """The InferenceFactories of deploy/examples/."""
+def sample_factories(real_engine: bool = False) -> list[dict[str, Any]]:
+    """The InferenceFactories of deploy/examples/, and the real-engine sample if asked."""
+    paths = sorted(EXAMPLES_DIR.glob("*.yaml")) + ([REAL_ENGINE_SAMPLE] if real_engine else [])
     found = []
-    for path in sorted(EXAMPLES_DIR.glob("*.yaml")):
+    for path in paths:
         found += [d for d in _documents(path) if d.get("kind") == "InferenceFactory"]
     return found
 
@@ -90,7 +94,7 @@ class SamplesComponent:
 
     def up(self, ctx: FleetContext) -> None:
         kubectl = ctx.kubectl()
-        factories = sample_factories()
+        factories = sample_factories(real_engine=bool(ctx.topology.real_engine_pools()))
         for namespace in sorted({f["metadata"].get("namespace", "default") for f in factories}):
             manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
             kubectl.run("apply", "--server-side", "--field-manager=factoryctl", "-f", "-",

@@ -12,6 +12,8 @@ module gives the whole set (`kwok.x-k8s.io/v1alpha1`, passed in kwokctl's `--con
   runs but is not Ready, as a vLLM container is while it loads its model;
   `engine-pod-ready`: it becomes Ready once the engines agent has seen its engine answer
   `/health` and set `inference.factory.dev/engine-ready: "true"` (the readiness probe);
+  `engine-pod-unready`: it turns not Ready again when the agent sets `"false"` (a real
+  engine that exited: the readiness probe fails until it is started again);
   without the gate (a bare cluster for the operator's tests, which run no engines), engine
   pods are Ready at once like any other;
 - `pod-complete`: a Job's pod succeeds; `pod-delete`: a deleted pod goes at once.
@@ -218,6 +220,7 @@ def kwok_stages(engine_gate: bool) -> list[Stage]:
         "operator": "In",
         "values": ["true"],
     }
+    failed: Expression = {**answered, "values": ["false"]}
     job_pod: Expression = {
         "key": ".metadata.ownerReferences.[].kind",
         "operator": "In",
@@ -251,6 +254,12 @@ def kwok_stages(engine_gate: bool) -> list[Stage]:
                 "Pod",
                 [*running, not_ready, engine_pod, answered],
                 {"statusTemplate": _ENGINE_READY_STATUS},
+            ),
+            _stage(
+                "engine-pod-unready",
+                "Pod",
+                [*running, ready, engine_pod, failed],
+                {"statusTemplate": _pod_status(ready=False)},
             ),
         ]
     return [

@@ -42,8 +42,8 @@ def _pools() -> list[dict[str, Any]]:
             continue
         for node_pool in region.nodePools:
             shape = INSTANCE_SHAPES[node_pool.instance_type]
-            if shape.accelerator_type is None:
-                continue
+            if shape.accelerator_type is None or node_pool.engine != "sim":
+                continue  # no accelerator, or tainted for the real engine's sample only
             if region.scheme == "gfd" and region.name != "eu-west-1":
                 continue  # one GFD region is enough here; the others have their own tests
             pools.append({

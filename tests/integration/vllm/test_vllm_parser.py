@@ -256,12 +256,23 @@ def _case(case_id: str, container: dict[str, Any], change: Any = None) -> dict[s
     }
 
 
+def _real_engine_case(env: VllmEnv, work: Path) -> dict[str, Any]:
+    """The local fleet's real-engine sample after the engines agent's substitutions."""
+    from factoryctl.agents.real_engine import RealEngineSetup, command_line  # noqa: PLC0415
+    from factoryctl.vllm_env import tiny_model_dir  # noqa: PLC0415
+    from tests.unit.factoryctl.test_real_engine import sample_container  # noqa: PLC0415
+
+    setup = RealEngineSetup(env.vllm, tiny_model_dir(env), 2048, work)
+    launch = command_line(sample_container(), setup, 18000, work / "engine")
+    return {"id": "real-engine:tiny-llama", "command": ["vllm", "serve"], "args": launch.argv[2:]}
+
+
 @pytest.fixture(scope="module")
 def verdicts(vllm_env: VllmEnv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every case parsed by the real vLLM, in one subprocess."""
     work = tmp_path_factory.mktemp("vllm-parse")
     cases, results = work / "cases.json", work / "results.json"
-    cases.write_text(json.dumps(_cases()))
+    cases.write_text(json.dumps([*_cases(), _real_engine_case(vllm_env, work)]))
     done = subprocess.run(
         [str(vllm_env.python), vllm_argcheck.__file__, str(cases), str(results)],
         capture_output=True,
@@ -304,3 +315,15 @@ def test_vllm_rejects_a_bad_command_line(verdicts: dict[str, Any], case_id: str)
     verdict = verdicts[f"bad:{case_id}"]
     assert not verdict["ok"]
     assert MUST_FAIL[case_id][2] in verdict["error"]
+
+
+def test_the_real_engines_substituted_command_line_parses(verdicts: dict[str, Any]) -> None:
+    """What the local fleet runs for deploy/local/tiny-llama.yaml: vLLM accepts it, and the
+    substitutions mean what they say (CPU sizes, the sample's own limits)."""
+    verdict = verdicts["real-engine:tiny-llama"]
+    assert verdict["ok"], verdict.get("error")
+    parsed = verdict["parsed"]
+    assert parsed["served_model_name"] == ["tiny-llama"]
+    assert parsed["tensor_parallel_size"] == 1 and parsed["max_model_len"] == 512
+    assert parsed["max_num_seqs"] == 16 and parsed["enable_prefix_caching"] is True
+    assert Path(parsed["model"]).name.startswith("tiny-llama-")  # the tiny model's folder

@@ -65,12 +65,13 @@ class _List:
 
 
 class FakeCore:
-    """The four calls of CoreV1Api the agent makes, on plain dicts."""
+    """The calls of CoreV1Api the agent makes, on plain dicts."""
 
     def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
         self.nodes, self.pods = nodes, pods
         self.api_client = self
         self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []
 
     def sanitize_for_serialization(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return copy.deepcopy(items)
@@ -86,6 +87,10 @@ class FakeCore:
         self.patches.append((name, body))
         pod = next(p for p in self.pods if p["metadata"]["name"] == name)
         pod["metadata"]["annotations"].update(body["metadata"]["annotations"])
+
+    def create_namespaced_event(self, namespace: str, body: dict[str, Any]) -> None:
+        assert body["involvedObject"]["namespace"] == namespace
+        self.events.append(body)
 
 
 @pytest.fixture

@@ -1,0 +1,273 @@
+"""The real engine's command line (the operator's, with the listed substitutions only) and
+its supervision: restart with back-off, the engine's own last words, the kubelet's drain.
+
+The supervision tests run real processes (a small Python program standing in for `vllm`),
+so that pid files, sessions and signals are the real ones; vLLM itself runs in
+tests/e2e/test_real_engine.py and in the parser test (tests/integration/vllm).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from factory_operator.api import FleetRegion, InferenceFactory
+from factory_operator.plan import Observed, OperatorSettings, plan_factory
+from factoryctl import procs
+from factoryctl.agents.engines import READY_ANNOTATION, EnginesAgent
+from factoryctl.agents.real_engine import (
+    KV_CACHE_BYTES,
+    SUBSTITUTIONS,
+    NotServable,
+    RealEngines,
+    RealEngineSetup,
+    command_line,
+    process_name,
+)
+from factoryctl.components.resources import REAL_ENGINE_SAMPLE
+from factoryctl.home import FleetHome
+from factoryctl.topology import ENGINE_LABEL, load_topology, node_manifests
+from tests.support.waiting import wait_until
+from tests.unit.factoryctl.test_engines_agent import FakeCore
+
+NOW = "2026-12-03T00:00:00Z"
+
+
+def sample_container() -> dict[str, Any]:
+    """The engine container the operator renders for the real-engine sample."""
+    doc = yaml.safe_load(REAL_ENGINE_SAMPLE.read_text())
+    doc["metadata"] |= {"uid": "u-1", "generation": 1}
+    factory = InferenceFactory.model_validate(doc)
+    region = FleetRegion.model_validate({
+        "apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
+        "metadata": {"name": "eu-west-1"}, "spec": {"jurisdiction": "EU"},
+    })  # fmt: skip
+    plan = plan_factory(factory, {"eu-west-1": region}, Observed(now=NOW), OperatorSettings())
+    deployment = next(c for c in plan.apply if c["kind"] == "Deployment")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def setup(tmp_path: Path, vllm: Path | None = None) -> RealEngineSetup:
+    return RealEngineSetup(
+        vllm=vllm or Path("/opt/vllm/bin/vllm"),
+        model=Path("/cache/tiny"),
+        max_model_len=2048,
+        work=tmp_path / "engines",
+    )
+
+
+def test_the_operators_command_line_runs_with_only_the_listed_substitutions(
+    tmp_path: Path,
+) -> None:
+    container = sample_container()
+    launch = command_line(container, setup(tmp_path), 18000, tmp_path / "e")
+    pod_args = container["args"]
+    assert launch.argv[:3] == ["/opt/vllm/bin/vllm", "serve", "/cache/tiny"]
+    local = launch.argv[3:]
+    # Every flag the operator wrote is there, in order, with its value, except the listed ones.
+    substituted = {"--host", "--port", "--tensor-parallel-size", "--max-model-len"}
+    for flag, value in itertools.pairwise(pod_args):
+        if flag.startswith("--") and not value.startswith("--") and flag not in substituted:
+            assert local[local.index(flag) + 1] == value, flag
+    assert [a for a in pod_args[1:] if a.startswith("--")] == [
+        a for a in local if a.startswith("--") and a not in {"--kv-cache-memory-bytes",
+                                                             "--enforce-eager"}
+    ]  # fmt: skip
+    pairs = dict(itertools.pairwise(local))
+    assert pairs["--host"] == "127.0.0.1" and pairs["--port"] == "18000"
+    assert pairs["--tensor-parallel-size"] == "1"
+    assert pairs["--max-model-len"] == "512"  # the sample's own, within the tiny model's
+    assert pairs["--kv-cache-memory-bytes"] == str(KV_CACHE_BYTES) and "--enforce-eager" in local
+    assert "--shutdown-timeout" in local and "--enable-prefix-caching" in local
+    # Each substitution made is one of those listed (the one place that says what differs).
+    for made in launch.substitutions:
+        head = made.split(":", 1)[0].split(" ", 1)[0]
+        assert head in SUBSTITUTIONS or made.startswith(("env ", "envFrom")), made
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--max-model-len", "8192"], ["--max-model-len", "2048"]),
+        (["--max-model-len=8k"], ["--max-model-len", "2048"]),
+        (["--max-model-len", "1024"], ["--max-model-len", "1024"]),
+        # Not a number: vLLM refuses it, as it would on a GPU node.
+        (["--max-model-len", "lots"], ["--max-model-len", "lots"]),
+        (["--tensor-parallel-size", "8", "--gpu-memory-utilization", "0.9"],
+         ["--tensor-parallel-size", "1"]),
+        (["--misspelled-flag", "x"], ["--misspelled-flag", "x"]),
+    ],
+)  # fmt: skip
+def test_substitutions_of_flags(tmp_path: Path, args: list[str], expected: list[str]) -> None:
+    container = {"command": ["vllm", "serve"], "args": ["org/model", *args]}
+    launch = command_line(container, setup(tmp_path), 9, tmp_path)
+    assert launch.argv[3 : 3 + len(expected)] == expected
+
+
+def test_environment_secrets_dropped_volumes_and_caches_local(tmp_path: Path) -> None:
+    container = {
+        "command": ["vllm", "serve"],
+        "args": ["m"],
+        "env": [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "NEURON_COMPILE_CACHE_URL", "value": "/var/cache/neuron/cc"},
+            {"name": "PLAIN", "value": "kept"},
+        ],
+        "envFrom": [{"secretRef": {"name": "aws"}}],
+        "volumeMounts": [{"name": "neuron", "mountPath": "/var/cache/neuron"}],
+    }
+    folder = tmp_path / "e"
+    launch = command_line(container, setup(tmp_path), 9, folder)
+    assert "HF_TOKEN" not in launch.env and launch.env["PLAIN"] == "kept"
+    assert launch.env["NEURON_COMPILE_CACHE_URL"] == str(folder / "volumes/var/cache/neuron/cc")
+    assert launch.env["HF_HOME"].startswith(str(folder)) and launch.env["HF_HUB_OFFLINE"] == "1"
+    assert any(m.startswith("envFrom") for m in launch.substitutions)
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        {"command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+         "args": ["--model", "m"]},
+        {"command": ["vllm", "serve"], "args": ["--served-model-name", "x"]},
+    ],
+)  # fmt: skip
+def test_only_vllm_serve_with_a_model_is_run(tmp_path: Path, container: dict[str, Any]) -> None:
+    with pytest.raises(NotServable):
+        command_line(container, setup(tmp_path), 9, tmp_path)
+
+
+# A stand-in for `vllm`: prints its arguments, then either fails as vLLM's parser does,
+# serves until signalled (ignoring SIGTERM when asked), or exits at once.
+FAKE_VLLM = """\
+import signal, sys, time
+args = sys.argv[1:]
+print("starting", " ".join(args), flush=True)
+if "--bad-flag" in args:
+    print("vllm serve: error: unrecognized arguments: --bad-flag", flush=True)
+    sys.exit(2)
+if "--ignore-term" in args:
+    signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+else:
+    signal.signal(signal.SIGTERM, lambda *_: (print("draining", flush=True), sys.exit(0)))
+while True:
+    time.sleep(0.05)
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_vllm(tmp_path: Path) -> Path:
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_VLLM)
+    wrapper = tmp_path / "vllm"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def _pod(uid: str, extra: list[str], grace: int = 30, prestop: int = 2) -> dict[str, Any]:
+    return {
+        "metadata": {"uid": uid, "name": f"pod-{uid}", "namespace": "inference",
+                     "labels": {"app.kubernetes.io/managed-by": "inference-factory"},
+                     "annotations": {}},
+        "spec": {
+            "nodeName": "eu-west-1-l4-vllm-0",
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{
+                "name": "vllm", "command": ["vllm", "serve"], "args": ["m", *extra],
+                "lifecycle": {"preStop": {"sleep": {"seconds": prestop}}},
+            }],
+        },
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+
+
+def test_an_engine_that_fails_is_reported_in_its_own_words_and_retried_with_backoff(
+    tmp_path: Path,
+) -> None:
+    home = FleetHome(tmp_path / "home")
+    clock = Clock()
+    engines = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)), clock=clock)
+    pod = _pod("u1", ["--bad-flag"])
+    first = engines.poll(pod)
+    assert first.port is not None
+    wait_until(lambda: procs.running_pid(home, process_name("u1")) is None, 20,
+               what="the engine to exit")  # fmt: skip
+    failed = engines.poll(pod)
+    assert failed.exited_now is not None
+    assert "unrecognized arguments: --bad-flag" in failed.exited_now
+    # Back-off: not started again before it is due, then started (and failing again).
+    assert engines.poll(pod) == failed.__class__(None, running=False)
+    clock.now += 10.5
+    assert engines.poll(pod).running or procs.recorded_argv(home, process_name("u1"))
+    engines.stop_all()
+
+
+def test_a_gone_pod_gets_its_prestop_then_sigterm_then_sigkill(tmp_path: Path) -> None:
+    home = FleetHome(tmp_path / "home")
+    clock = Clock()
+    engines = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)), clock=clock)
+    pod = _pod("u2", ["--ignore-term"], grace=30, prestop=2)
+    assert engines.poll(pod).running
+    log = procs.log_path(home, process_name("u2"))
+    wait_until(lambda: "starting" in log.read_text(), 20, what="the engine to start")
+    assert engines.release("u2", pod) is False  # preStop sleep: nothing signalled yet
+    assert "SIGTERM" not in log.read_text()
+    clock.now += 2.5
+    engines.release("u2", pod)
+    wait_until(lambda: "SIGTERM ignored" in log.read_text(), 20, what="SIGTERM after preStop")
+    clock.now += 30
+    engines.release("u2", pod)  # the grace period is over: SIGKILL
+    wait_until(lambda: engines.release("u2", pod), 20, what="the engine killed")
+    assert procs.running_pid(home, process_name("u2")) is None
+
+
+def test_a_restarted_agent_adopts_running_engines(tmp_path: Path) -> None:
+    home = FleetHome(tmp_path / "home")
+    first = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    port = first.poll(_pod("u3", [])).port
+    child = first.runs["u3"].process  # the first agent's child, reaped at the end
+    assert child is not None
+    again = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    assert again.uids() == {"u3"} and again.poll(_pod("u3", [])).port == port
+    again.stop_all()
+    assert procs.running_pid(home, process_name("u3")) is None
+    assert child.wait(10) is not None
+
+
+def test_the_agent_puts_an_event_and_not_ready_on_a_pod_whose_engine_failed(
+    tmp_path: Path,
+) -> None:
+    topology = load_topology()
+    node = next(n for n in node_manifests(topology)
+                if n["metadata"]["labels"].get(ENGINE_LABEL) == "vllm")  # fmt: skip
+    pod = _pod("u4", ["--bad-flag"])
+    pod["spec"]["nodeName"] = node["metadata"]["name"]
+    core = FakeCore([node], [pod])
+    home = FleetHome(tmp_path / "home")
+    real = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    agent = EnginesAgent("", topology, {}, tmp_path / "targets.json", core=core, real=real)
+    try:
+        agent.converge()
+        wait_until(lambda: (agent.converge(), core.events)[1], 20, interval=0.2,
+                   what="the EngineFailed event")  # fmt: skip
+        event = core.events[0]
+        assert event["reason"] == "EngineFailed" and event["type"] == "Warning"
+        assert "unrecognized arguments: --bad-flag" in event["message"]
+        assert event["involvedObject"]["uid"] == "u4"
+        assert pod["metadata"]["annotations"][READY_ANNOTATION] == "false"
+    finally:
+        agent.close()
