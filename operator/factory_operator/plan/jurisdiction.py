@@ -12,7 +12,15 @@ router does not send that data elsewhere, so neither does the capacity follow it
 
 A pool whose region is unknown or whose jurisdiction the factory does not allow is never
 deployed (``plan_factory``); here it gets no decision at all and counts for nothing.
-Scale-downs and holds pass through unchanged.
+Holds and bounds corrections pass through unchanged; so do scale-downs, except while the
+jurisdiction is short (some pool asks for growth): capacity the jurisdiction needs is not
+taken away, and the pool that would have shrunk takes its share of the growth instead
+(``Spill``). Without this a pool granted another pool's growth shrinks on its own load at the
+next decision and is granted it again at the one after: a flap.
+
+The missing capacity is what the load asks for beyond what every pool runs at its ceiling,
+summed over the jurisdiction (a pool with room to spare offsets another's shortfall: the
+router's load-aware choice sends it there).
 """
 
 from __future__ import annotations
@@ -119,8 +127,11 @@ def _asks(c: Candidate) -> float:
     return 0.0
 
 
-def _grant(c: Candidate, desired: int, note: str, now: datetime) -> Decision:
-    d = c.decision
+# Decisions that shrink a pool: held while the jurisdiction is short.
+_SHRINKS = frozenset({"ScaleDown", "Idle"})
+
+
+def _grant(d: Decision, desired: int, note: str, now: datetime) -> Decision:
     if desired == d.desired:
         return d
     if desired == d.current:
@@ -149,9 +160,13 @@ def plan_jurisdictions(candidates: Sequence[Candidate], now: datetime) -> Jurisd
         order[jurisdiction] = tuple(c.key for c in ranked)
         left = sum(_asks(c) for c in ranked)
         preference = ", ".join(order[jurisdiction])
+        short = left > 0
         for c in ranked:
             d = c.decision
-            if d.reason not in _POOLED:
+            if short and d.reason in _SHRINKS:
+                note = f"{d.message}; kept: {jurisdiction}'s pools ask for {left:g} more requests"
+                d = replace(_grant(d, d.current, note, now), reason="Spill")
+            elif d.reason not in _POOLED:
                 decisions[c.key] = d
                 continue
             room = max(0, min(c.shape.max, d.current + c.up_step) - d.current)
@@ -159,19 +174,22 @@ def plan_jurisdictions(candidates: Sequence[Candidate], now: datetime) -> Jurisd
             left = max(0.0, left - take * d.per_replica)
             if take > 0:
                 note = f"{d.message}; takes {take} of {jurisdiction}'s growth ({preference})"
-                decisions[c.key] = _grant(c, d.current + take, note, now)
+                decisions[c.key] = _grant(d, d.current + take, note, now)
             elif d.direction == "Up":
                 note = f"{d.message}; {jurisdiction}'s growth goes first to {preference}"
-                decisions[c.key] = _grant(c, d.current, note, now)
+                decisions[c.key] = _grant(d, d.current, note, now)
             else:
                 decisions[c.key] = d
         full = all(decisions[c.key].desired >= _ceiling(c) for c in ranked)
-        if left > 0 and full:
+        missing = sum(
+            (c.decision.wanted - decisions[c.key].desired) * c.decision.per_replica for c in ranked
+        )
+        if short and full and missing > 0:
             pressure.append(
                 CapacityPressure(
                     jurisdiction=jurisdiction,
-                    missing_requests=round(left, 3),
-                    missing_replicas=math.ceil(left / ranked[0].decision.per_replica - 1e-9),
+                    missing_requests=round(missing, 3),
+                    missing_replicas=math.ceil(missing / ranked[0].decision.per_replica - 1e-9),
                     pools=order[jurisdiction],
                 )
             )

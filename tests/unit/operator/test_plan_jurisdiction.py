@@ -139,6 +139,24 @@ def test_a_pool_from_zero_asks_for_one_replica_even_for_a_trickle() -> None:
     assert (got.desired, got.reason) == (1, "ScaleFromZero")
 
 
+def test_no_pool_of_a_short_jurisdiction_shrinks_it_takes_the_growth_instead() -> None:
+    """A pool at its max with a queue; another, idle, was granted its growth last time: it
+    does not shrink on its own idle load (it would be granted the growth again: a flap)."""
+    full = candidate("eu-west", load=PoolLoad(running=800), lo=1, hi=2, current=2, price=1.0)
+    idle = candidate("eu-central", load=PoolLoad(running=0), current=5, hi=7, price=8.0)
+    assert idle.decision.reason == "ScaleDown"  # alone it would shrink
+    plan = plan_jurisdictions([full, idle], NOW)
+    got = plan.decisions["eu-central"]
+    assert (got.desired, got.reason) == (7, "ScaleUp")  # it takes the growth it can
+    assert got.state.last_scale_direction == "Up"
+    # Every pool at its ceiling: what is missing is the demand beyond all of their capacity,
+    # the idle pool's spare replicas included (800 asked; 2 x 80 + 7 x 80 run).
+    assert plan.pressure[0].missing_requests == 800 - 9 * 80
+    quiet = candidate("eu-west", load=PoolLoad(running=80), lo=1, hi=2, current=2, price=1.0)
+    calm = plan_jurisdictions([quiet, idle], NOW)
+    assert calm.decisions["eu-central"] == idle.decision and calm.pressure == ()
+
+
 def test_replica_price_from_region_pricing() -> None:
     assert replica_price({"H100": 6.88, "L4": 0.8}, "H100", 8) == 6.88 * 8
     assert replica_price({"L4": 0.8}, "H100", 1) is None
