@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from kopf.testing import KopfRunner
 from factory_operator.handlers import build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client
 from factory_operator.plan import OperatorSettings
+from tests.integration.operator.prometheus_kit import LoadSource, prometheus_scraping_a_load_page
 from tests.support.cluster import KubectlCluster, install_fleet_api
 from tests.support.waiting import wait_until
 
@@ -52,10 +54,10 @@ def operator_settings(namespace: str, **overrides: Any) -> OperatorSettings:
     return OperatorSettings(**values)
 
 
-@pytest.fixture
-def operator(operator_cluster: KubectlCluster, namespace: str) -> Iterator[RunningOperator]:
-    """The operator in-process, watching only this test's namespace."""
-    settings = operator_settings(namespace)
+@contextmanager
+def running_operator(namespace: str, **overrides: Any) -> Iterator[RunningOperator]:
+    """The operator in-process with these settings, watching only ``namespace``."""
+    settings = operator_settings(namespace, **overrides)
     metrics = OperatorMetrics()
     registry = build_registry(settings, lambda: Kube(load_api_client(), settings, metrics), metrics)
     with KopfRunner(["run", "--standalone", "--namespace", namespace],
@@ -63,6 +65,20 @@ def operator(operator_cluster: KubectlCluster, namespace: str) -> Iterator[Runni
         yield RunningOperator(runner, metrics)
     collect_runner_garbage()
     assert runner.exception is None, runner.exception
+
+
+@pytest.fixture
+def operator(operator_cluster: KubectlCluster, namespace: str) -> Iterator[RunningOperator]:
+    """The operator in-process, watching only this test's namespace."""
+    with running_operator(namespace) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def load_source() -> Iterator[LoadSource]:
+    """A real Prometheus scraping a load page the autoscaler tests set (one per session)."""
+    with prometheus_scraping_a_load_page() as source:
+        yield source
 
 
 def collect_runner_garbage() -> None:
