@@ -314,3 +314,37 @@ def test_without_a_prometheus_url_pools_are_held_at_min_and_say_so(
         wait_condition(cluster, namespace, "llama", "Ready", "True", timeout=90)
         assert _replicas(cluster, namespace, "llama-dub") == 1
         assert _events(cluster, namespace, "ScaledUp") == []
+
+
+def test_a_restarted_operator_keeps_the_windows_it_had(
+    operator_cluster: KubectlCluster, namespace: str, load_source: LoadSource
+) -> None:
+    """The memory lives in the factory's status: an operator restarted right after a surge
+    does not shrink the pool before the window that the last one started (a fresh memory
+    would shrink it at its first decision)."""
+    cluster = operator_cluster
+    dub = PoolKey(namespace, "llama", "dub")
+    load_source.page.set(dub, running=30)
+    slow_down = {"scaleDown": {"stabilizationSeconds": 20, "cooldownSeconds": 20,
+                               "maxStepReplicas": 4}}  # fmt: skip
+    settings = {"prometheus_url": load_source.url, "autoscale_interval_seconds": 1.0}
+    with running_operator(namespace, **settings):
+        _apply(cluster, namespace, _factory([_pool("dub", "eu-west-1", 1, 4)], **slow_down))
+        wait_until(lambda: _replicas(cluster, namespace, "llama-dub") == 4, SCALE_UP_SECONDS + 30,
+                   interval=0.2, what="the surge's scale-up")  # fmt: skip
+        scaled_at = _wait_decision(cluster, namespace, "dub", lastScaleDirection="Up")
+        load_source.page.set(dub, running=0)
+    with running_operator(namespace, **settings):
+        restarted = _decision(cluster, namespace, "dub")["demandTime"]
+        held = wait_until(
+            lambda: (d := _decision(cluster, namespace, "dub"))["demandTime"] > restarted
+            and d["demand"] == 0 and d,
+            30, what="a decision of the new operator on the idle pool",
+        )  # fmt: skip
+        assert _replicas(cluster, namespace, "llama-dub") == 4
+        assert held["reason"] in {"Cooldown", "Stabilizing"}, held
+        assert held["lastScaleTime"] == scaled_at["lastScaleTime"]
+        wait_until(lambda: _replicas(cluster, namespace, "llama-dub") == 1, 60, interval=0.2,
+                   what="the scale-down once the window has passed")  # fmt: skip
+    assert len(_events(cluster, namespace, "ScaledUp")) == 1
+    assert len(_events(cluster, namespace, "ScaledDown")) == 1
