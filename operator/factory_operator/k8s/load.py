@@ -11,6 +11,8 @@ Instant queries, one per signal, on the project's label set (``namespace``, ``fa
     growth    deriv of running + waiting over the last two minutes (requests per second)
     pending   sum by (pool) (factory_router_pending_requests{...}): requests the router holds
               for a pool at zero (issue 17, item 3; absent until the router exports it)
+    tokens    sum by (pool) (rate(vllm:generation_tokens_total{...}[2m])): tokens generated
+              per second, for the growth's price per token (``FleetRegion.spec.pricing``)
 
 A failed read is "no metrics" (``None``): the autoscaler then holds every count rather than
 act on a partial picture.
@@ -57,6 +59,7 @@ def queries(namespace: str, factory: str) -> dict[str, str]:
         f"(rate(vllm:time_to_first_token_seconds_bucket{{{match}}}[1m])))",
         "growth": f"deriv(({demand})[2m:15s])",
         "pending": f"sum by (pool) ({PENDING_METRIC}{{{match}}})",
+        "tokens": f"sum by (pool) (rate(vllm:generation_tokens_total{{{match}}}[2m]))",
     }
 
 
@@ -80,6 +83,7 @@ def loads_from_results(results: Mapping[str, Vector]) -> dict[str, PoolLoad]:
             ttft_p95_seconds=v.get("ttft_p95"),
             pending=max(0.0, v.get("pending", 0.0)),
             growth_per_second=v.get("growth"),
+            tokens_per_second=v.get("tokens"),
         )
         for pool, v in values.items()
     }

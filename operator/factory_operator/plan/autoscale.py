@@ -76,6 +76,8 @@ class PoolLoad:
     pending: float = 0.0  # requests the router holds for this pool (scale from zero)
     # Demand growth in requests per second (e.g. PromQL deriv()); None: from the memory.
     growth_per_second: float | None = None
+    # Tokens generated per second by the whole pool (its price per token); None: unknown.
+    tokens_per_second: float | None = None
 
     @property
     def demand(self) -> float:

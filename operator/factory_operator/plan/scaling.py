@@ -73,6 +73,14 @@ def batch_capacity(factory: InferenceFactory, pool: Pool) -> int:
     return args.max_num_seqs if args and args.max_num_seqs else DEFAULT_MAX_NUM_SEQS
 
 
+def _replica_throughput(seen: PoolObserved) -> float | None:
+    """Tokens per second one ready replica generates, when the pool has generated any."""
+    tokens = seen.load.tokens_per_second if seen.load is not None else None
+    if not tokens or tokens <= 0 or seen.ready <= 0:
+        return None
+    return tokens / seen.ready
+
+
 def plan_autoscaling(
     factory: InferenceFactory,
     regions: Mapping[str, FleetRegion],
@@ -110,6 +118,7 @@ def plan_autoscaling(
                     pool.accelerator.type,
                     pool.accelerator.count,
                 ),
+                tokens_per_second=_replica_throughput(seen),
             )
         )
     arbitrated = plan_jurisdictions(candidates, now)

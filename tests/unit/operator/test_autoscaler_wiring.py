@@ -282,3 +282,32 @@ def test_the_prometheus_url_and_interval_are_flags_and_env(
     monkeypatch.setenv("FACTORY_OPERATOR_PROMETHEUS_URL", "")
     assert parse_args([]).prometheus_url is None
     assert OperatorSettings().autoscale_interval_seconds == 15.0
+
+
+def test_growth_goes_to_the_pool_cheaper_per_token_when_throughput_is_known() -> None:
+    """eu-west-1's H100 costs less per hour than eu-central-1's (7.57 vs 7.91 in the sample
+    pricing); measured throughput makes eu-central-1 cheaper per token: it grows first."""
+    pools = [
+        {**pool("west", "eu-west-1"), "replicas": {"min": 1, "max": 8}},
+        {**pool("central", "eu-central-1"), "replicas": {"min": 1, "max": 8}},
+    ]
+    body = factory(pools, residency=["EU"], engine={"args": {"maxNumSeqs": 10}}).to_wire()
+    body["spec"]["autoscaling"] = FAST
+    f = InferenceFactory.model_validate(body)
+    regions = {
+        name: REGIONS[name].model_copy(
+            update={"spec": REGIONS[name].spec.model_copy(update={"pricing": {"H100": price}})}
+        )
+        for name, price in (("eu-west-1", 7.57), ("eu-central-1", 7.91))
+    }
+    deployments = {"west": _deployment("west", 1), "central": _deployment("central", 1)}
+    by_slot = {"west": PoolLoad(running=16), "central": PoolLoad(running=16)}
+    plan = autoscale_pools(f, regions, deployments, by_slot, AT)
+    assert (plan.pools["west"].desired, plan.pools["central"].desired) == (3, 1)
+    by_token = {
+        "west": PoolLoad(running=16, tokens_per_second=500),
+        "central": PoolLoad(running=16, tokens_per_second=900),
+    }
+    plan = autoscale_pools(f, regions, deployments, by_token, AT)
+    assert (plan.pools["west"].desired, plan.pools["central"].desired) == (1, 3)
+    assert plan.pools["west"].status.reason == "Deferred"

@@ -44,6 +44,8 @@ def test_the_queries_mean_what_the_autoscaler_reads(tmp_path: Path) -> None:
         _series(bucket, f'{east},le="1"', "0+100x20"),
         _series(bucket, f'{east},le="+Inf"', "0+100x20"),
         _series("factory_router_pending_requests", f'{LLAMA},pool="west"', "3x20"),
+        _series("vllm:generation_tokens_total", west_a, "0+1500x20"),  # 100 tokens/s
+        _series("vllm:generation_tokens_total", west_b, "0+3000x20"),
     ]
     q = queries("ml", "llama")
     expected: dict[str, list[tuple[str, float]]] = {
@@ -53,6 +55,7 @@ def test_the_queries_mean_what_the_autoscaler_reads(tmp_path: Path) -> None:
         "ttft_p95": [("east", 0.75)],  # 95th of 100 falls halfway into (0.5, 1]
         "growth": [("east", 1), ("west", 0)],
         "pending": [("west", 3)],
+        "tokens": [("west", 300)],
     }
     tests = [
         {
@@ -92,10 +95,16 @@ def test_results_become_pool_loads() -> None:
             "ttft_p95": _vector(("west", "0.75"), ("east", "+Inf")),
             "growth": _vector(("west", "-2")),
             "pending": _vector((None, "9"), ("cold", "3")),
+            "tokens": _vector(("west", "420.5")),
         }
     )
     assert loads["west"] == PoolLoad(
-        running=30, waiting=5, kv_cache_usage=0.5, ttft_p95_seconds=0.75, growth_per_second=-2
+        running=30,
+        waiting=5,
+        kv_cache_usage=0.5,
+        ttft_p95_seconds=0.75,
+        growth_per_second=-2,
+        tokens_per_second=420.5,
     )
     assert loads["east"] == PoolLoad(running=4)  # NaN and +Inf are no sample
     assert loads["cold"] == PoolLoad(pending=3)  # a pool at zero: only the router's demand
@@ -115,7 +124,7 @@ def test_the_reader_runs_every_query_for_the_factory() -> None:
 
     loads = asyncio.run(LoadReader("http://prometheus:9090", query=fake).read("ml", "llama"))
     assert loads is not None and loads["west"].running == 7
-    assert len(seen) == 6 and all('factory="llama"' in q for q in seen)
+    assert len(seen) == 7 and all('factory="llama"' in q for q in seen)
 
 
 def test_a_failed_read_is_no_metrics(caplog: pytest.LogCaptureFixture) -> None:
