@@ -69,6 +69,11 @@ def _compare(got: str, golden: Path, what: str) -> None:
     ("operator", "create", "fleetregions.inference.factory.dev"),
     ("operator", "create", "clusterroles.rbac.authorization.k8s.io"),
     ("operator", "create", "pods"),
+    # Claims: listed by name for their access modes (read_claims), nothing more.
+    ("operator", "get", "persistentvolumeclaims"),
+    ("operator", "watch", "persistentvolumeclaims"),
+    ("operator", "create", "persistentvolumeclaims"),
+    ("router", "list", "persistentvolumeclaims"),
 ], ids=str)  # fmt: skip
 def test_service_accounts_cannot(
     fleet_api: KubectlCluster, installed: Release, component: str, verb: str, resource: str
