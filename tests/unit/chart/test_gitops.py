@@ -115,6 +115,9 @@ def test_appproject_allows_exactly_what_the_overlays_render() -> None:
     destinations = {(d["server"], d["namespace"]) for d in project["destinations"]}
     assert destinations == {(s, n) for s in servers for n in namespaces}
     assert not any("*" in str(v) for v in project.values())
+    # The Applications' own destination is permitted too.
+    target = appset["template"]["spec"]["destination"]
+    assert all((s, target["namespace"]) in destinations for s in servers)
 
 
 def test_render_carries_the_monitoring_objects() -> None:
