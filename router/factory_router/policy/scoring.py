@@ -31,7 +31,11 @@
                                    away from a replica 100 ms faster); 0 otherwise
 
 Client-observed TTFT (`Observed`): the windowed median of the replica's streamed first
-bytes (else of its region's replicas of the model) minus the router's RTT to the region.
+bytes, else of its pool's replicas, else (only for a pool this router has not tried
+lately) of its region's fastest pool of the model, minus the router's RTT to the region.
+Replicas of one pool share what can stall in front of an engine; a region's pools share
+only the path, so another pool's brownout is not held against a pool that is being
+measured (a region-wide brownout is the latency ejector's: `policy.route`).
 When it exceeds the engine's figure by more than `observed_wins_ratio` and
 `observed_wins_margin_ms`, the replica is slow in front of the engine (network, a sidecar,
 a throttled tokenizer) and clients wait for what they observe, not for what the engine
@@ -58,8 +62,10 @@ class Observed:
     """Client-observed time to first byte (router -> first byte, RTT included), ms."""
 
     replica_ms: float | None = None  # this replica, None without enough recent samples
-    region_ms: float | None = None  # its region's replicas of the same model
+    region_ms: float | None = None  # its region's fastest pool of the same model
     samples: int = 0  # recent samples of the replica
+    pool_ms: float | None = None  # its pool's replicas (of the same model)
+    pool_samples: int = 0  # recent samples of the pool
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class ScoreParts:
     load_source: str  # "prometheus+inflight" or "inflight-only"
     engine_ttft_ms: float | None = None  # the engine's own (Prometheus)
     observed_ttft_ms: float | None = None  # client-observed minus the router's RTT
-    observed_region_ttft_ms: float | None = None  # the same for the region's replicas
+    observed_region_ttft_ms: float | None = None  # the same for the region's fastest pool
+    observed_pool_ttft_ms: float | None = None  # the same for the replica's pool
     observed_samples: int = 0
     ttft_source: str = "default"  # "engine", "passive", "observed" or "default"
 
@@ -169,6 +176,7 @@ def predict(
     own_rtt, _ = rtt_to(backend, view.router_region, fleet, view, cfg)  # router -> backend
     seen_replica = max(seen.replica_ms - own_rtt, 0.0) if seen.replica_ms is not None else None
     seen_region = max(seen.region_ms - own_rtt, 0.0) if seen.region_ms is not None else None
+    seen_pool = max(seen.pool_ms - own_rtt, 0.0) if seen.pool_ms is not None else None
     kv_penalty = 0.0
     ttft: float | None
     reflected = 0.0  # requests whose slowing effect the base TTFT already includes
@@ -190,7 +198,8 @@ def predict(
     else:
         ttft_source = "passive" if ttft is not None else "default"
     base = ttft if ttft is not None else cfg.default_ttft_ms
-    client = seen_replica if seen_replica is not None else seen_region
+    by_region = seen_region if seen.pool_samples == 0 else None
+    client = next((ms for ms in (seen_replica, seen_pool, by_region) if ms is not None), None)
     if client is not None and client > base * (1 + cfg.observed_wins_ratio) + (
         cfg.observed_wins_margin_ms
     ):
@@ -224,6 +233,7 @@ def predict(
         engine_ttft_ms=sample.ttft_ms if sample is not None else None,
         observed_ttft_ms=seen_replica,
         observed_region_ttft_ms=seen_region,
+        observed_pool_ttft_ms=seen_pool,
         observed_samples=seen.samples,
         ttft_source=ttft_source,
     )

@@ -7,7 +7,7 @@ is the first token, while a non-streamed answer arrives whole, after the generat
 says nothing about the time to first token. Failed attempts are not samples either; they
 are the error-based ejector's.
 
-The estimate of a key (a replica, or a region's replicas of one model) is the median of
+The estimate of a key (a replica, or a pool's replicas of one model) is the median of
 its last `max_samples` samples no older than `window_seconds`, and only with at least
 `min_samples` of them; unless its last `recent_samples` samples are all below that, then
 the slowest of those:
@@ -18,6 +18,14 @@ the slowest of those:
 - robust: one long prefill (or a GC pause) moves neither a median nor "all of the last";
 - it ends: with no recent samples there is no estimate, and the engine's own figure is
   used again.
+
+A pool's figure pools its replicas' samples: they share what can stall in front of an
+engine (a sidecar, an image, a node type, a Service). A region's figure (of one model) is
+that of its *fastest* pool: a region is slow in front only when every pool measured there
+is, since its pools share only the path. The first version pooled the
+region's samples, and in the fleet bench's eu-central-1 H100 brownout the router in
+ap-south-1, whose Llama traffic had mostly gone to that pool, charged its 419 ms to the
+healthy Inferentia2 replicas beside it (scores 543-583 ms instead of about 150).
 """
 
 from __future__ import annotations
@@ -72,27 +80,51 @@ class ObservedLatency:
         self.recent_samples = recent_samples
         self._clock = clock
         self._replicas: dict[str, _Window] = {}
-        self._regions: dict[tuple[str, str], _Window] = {}
+        self._pools: dict[tuple[str, str], _Window] = {}  # (pool, model)
+        self._region_pools: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (region, model)
 
     def observe(self, backend: Backend, ms: float) -> None:
         now = self._clock()
         self._add(self._replicas, backend.id, now, ms)
+        pool = (backend.pool, backend.model)
+        self._add(self._pools, pool, now, ms)
         if backend.region:
-            self._add(self._regions, (backend.region, backend.model), now, ms)
+            region = (backend.region, backend.model)
+            if region not in self._region_pools and len(self._region_pools) >= _MAX_KEYS:
+                self._region_pools.clear()
+            self._region_pools.setdefault(region, set()).add(pool)
 
     def replica_ms(self, backend_id: str) -> float | None:
         return self._read(self._replicas.get(backend_id), self._clock())[0]
 
+    def pool_ms(self, pool: str, model: str) -> float | None:
+        return self._read(self._pools.get((pool, model)), self._clock())[0]
+
     def region_ms(self, region: str, model: str) -> float | None:
-        return self._read(self._regions.get((region, model)), self._clock())[0]
+        """The fastest of the region's pools of the model (see above): their estimates,
+        and the median of a pool's few recent samples when it has no estimate yet (it can
+        only lower the figure: a fast answer anywhere says the path is not slow, while a
+        slow one needs a whole estimate); None without any estimate."""
+        now = self._clock()
+        estimates: list[float] = []
+        loose: list[float] = []
+        for key in self._region_pools.get((region, model), ()):
+            window = self._pools.get(key)
+            estimate, count = self._read(window, now)
+            if estimate is not None:
+                estimates.append(estimate)
+            elif count and window is not None:
+                horizon = now - self.window
+                loose.append(_median([ms for at, ms in window.samples if at >= horizon]))
+        return min(estimates + loose) if estimates else None
 
     def of(self, backend: Backend) -> Observed:
         now = self._clock()
         replica, samples = self._read(self._replicas.get(backend.id), now)
-        region = None
-        if backend.region:
-            region = self._read(self._regions.get((backend.region, backend.model)), now)[0]
-        return Observed(replica_ms=replica, region_ms=region, samples=samples)
+        pool, pool_samples = self._read(self._pools.get((backend.pool, backend.model)), now)
+        region = self.region_ms(backend.region, backend.model) if backend.region else None
+        return Observed(replica_ms=replica, pool_ms=pool, region_ms=region, samples=samples,
+                        pool_samples=pool_samples)  # fmt: skip
 
     def _add(self, table: dict[_K, _Window], key: _K, now: float, ms: float) -> None:
         window = table.get(key)

@@ -80,7 +80,9 @@ def test_estimate_is_the_median_of_the_last_samples_within_the_window() -> None:
         est.observe(WEST, ms)
     assert est.replica_ms("west") == 430.0
     assert est.region_ms("eu-west-1", "m") == 430.0
-    assert est.of(WEST) == Observed(replica_ms=430.0, region_ms=430.0, samples=5)
+    assert est.of(WEST) == Observed(
+        replica_ms=430.0, pool_ms=430.0, region_ms=430.0, samples=5, pool_samples=5
+    )
     est.observe(WEST, 35.0)  # one fast answer is not a recovery ...
     assert est.replica_ms("west") == 430.0
     est.observe(WEST, 36.0)  # ... two in a row are: the slower of them
@@ -98,6 +100,79 @@ def test_only_streamed_first_bytes_count_and_router_waits_are_not_the_backends()
         state.observe_first_byte(WEST, 450.0, streamed=True, router_wait_ms=420.0)
     assert state.client_observed(WEST).replica_ms == 30.0
     assert state.measured_rtt_ms("eu-west-1") == 30.0
+
+
+def test_a_region_is_as_slow_as_its_fastest_pool_and_a_replica_falls_back_to_its_pool() -> None:
+    """One pool of a region browned out (the fleet bench's eu-central-1 H100 case): its
+    samples neither make the region slow nor reach another pool's replicas; a replica
+    without samples of its own takes its pool's figure first."""
+    h100, h100b, inf2 = (
+        bk(i, "eu-central-1", p)
+        for i, p in (("h100", "fra-h100"), ("h100b", "fra-h100"), ("inf2", "fra-inf2"))
+    )
+    est = ObservedLatency(window_seconds=10, max_samples=5, min_samples=3)
+    for ms in (440.0, 450.0, 460.0):
+        est.observe(h100, ms)
+    assert est.pool_ms("fra-h100", "m") == 450.0
+    assert est.region_ms("eu-central-1", "m") == 450.0  # the only pool measured
+    assert est.of(h100b) == Observed(pool_ms=450.0, region_ms=450.0, pool_samples=3)
+    est.observe(inf2, 40.0)  # one fast answer of another pool: the path is not slow
+    assert est.region_ms("eu-central-1", "m") == 40.0
+    assert est.of(inf2).pool_ms is None and est.of(inf2).pool_samples == 1
+    for ms in (41.0, 42.0):
+        est.observe(inf2, ms)
+    assert est.region_ms("eu-central-1", "m") == 41.0
+    assert est.of(h100b).pool_ms == 450.0 and est.of(h100b).region_ms == 41.0
+
+
+def test_a_browned_out_pool_does_not_drive_traffic_from_its_healthy_neighbours() -> None:
+    """The router's own samples mostly from one browned-out pool: its replicas lose the
+    traffic to the healthy pool of the same region (nearest), whose replica, with too few
+    samples for a figure of its own, keeps its engine's; the region is no latency
+    outlier."""
+    h100, inf2, dub = (
+        bk("h100", "eu-central-1", "fra-h100"),
+        bk("inf2", "eu-central-1", "fra-inf2"),
+        bk("dub", "eu-west-1", "dub"),
+    )
+    fleet = build_fleet(
+        [Region("eu-west-1", "EU"), Region("eu-central-1", "EU")],
+        [h100, inf2, dub],
+        RttMatrix.from_nested({"eu-west-1": {"eu-central-1": 25}}),
+    )
+    est = ObservedLatency(window_seconds=10, max_samples=5, min_samples=3)
+    for ms in (30.0, 445.0, 450.0, 455.0):  # the router is in eu-central-1: RTT 1 ms
+        est.observe(h100, ms)
+    est.observe(inf2, 31.0)  # one sample: no figure of its own yet
+    for ms in (60.0, 61.0, 62.0):
+        est.observe(dub, ms)
+    v = View(
+        samples={b.id: HEALTHY for b in (h100, inf2, dub)},
+        observed={b.id: est.of(b) for b in (h100, inf2, dub)},
+        router_region="eu-central-1",
+    )
+    latency = LatencyEjector(LAT)
+
+    def route_one() -> RoutePlan:
+        return plan(
+            fleet,
+            RouteRequest("m", frozenset({"EU"}), "eu-central-1", None, "rid"),
+            ranker=Ranker(PolicyName.SCORE, CFG),
+            view=v,
+            ejector=Ejector(EjectionConfig()),
+            now=0.0,
+            latency=latency,
+        )
+
+    probe = route_one()  # the slow replica's probe (the first suspect is probed at once)
+    assert probe.probe and probe.ordered[0].backend.id == "h100"
+    got = route_one()
+    assert not got.probe
+    assert [r.backend.id for r in got.ordered] == ["inf2", "dub", "h100"]
+    first = got.ordered[0].parts
+    assert first.ttft_source == "engine" and first.observed_region_ttft_ms == 30.0
+    assert got.ordered[-1].parts.ttft_source == "observed"
+    assert not latency.degraded("region:eu-central-1/m", 0.0)
 
 
 @settings(max_examples=200, deadline=None)
