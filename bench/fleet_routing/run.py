@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 from brownout import BROWNOUTS, Brownout, apply, engine_ids  # noqa: E402
 from peers import PEERS, POOL_LABEL, PeerRouters, engines_of, pools_by_engine, stop_all  # noqa: E402
-from scenario import PoolInfo, Record, Scenario, Stream, run, summarise  # noqa: E402
+from scenario import PoolInfo, Record, Scenario, SideTask, Stream, run, summarise  # noqa: E402
 
 from factoryctl.components.router import ready, router_argv  # noqa: E402
 from factoryctl.fleet import FleetContext, wait_until  # noqa: E402
@@ -152,18 +152,20 @@ class Routers:
         self.ctx, self.policy, self.logs = ctx, policy, logs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.urls: dict[str, str] = {}
+        self.admin_urls: dict[str, str] = {}
 
     def __enter__(self) -> Routers:
         for region in CLIENT_REGIONS:
-            port = free_port()
-            argv = router_argv(self.ctx, region=region, port=port, policy=self.policy,
-                               extra=("--no-access-log",))  # fmt: skip
+            port, admin = free_port(), free_port()
+            argv = router_argv(self.ctx, region=region, port=port, admin_port=admin,
+                               policy=self.policy, extra=("--no-access-log",))  # fmt: skip
             log = (self.logs / f"router-{self.policy}-{region}.log").open("ab")
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
             self.procs.append(proc)
             log.close()
             self.urls[region] = f"http://127.0.0.1:{port}"
+            self.admin_urls[region] = f"http://127.0.0.1:{admin}"
         for url in self.urls.values():
             wait_until(partial(ready, url), 90, f"router {url}")
         return self
@@ -172,19 +174,60 @@ class Routers:
         stop_all(self.procs, grace=40)
 
 
-async def brownout_during(
+def brownout_during(
     env: dict[str, Any], ctx: FleetContext, brown: Brownout, scenario: Scenario
-) -> int:
-    """Stall the brownout's pool for the middle third of the measured run (`run` starts its
-    clock `warmup_s` after now)."""
+) -> SideTask:
+    """Stall the brownout's pool for the middle third of the measured run, on the run's
+    own clock (`origin`: offset 0 of the measured part). The first version counted from
+    before the routers (or peers) were started, so the window came early by their start-up
+    time: a few seconds for the project's routers, tens of seconds for LiteLLM's proxies,
+    whose brownout then fell partly into the warm-up."""
     from factoryctl.components.engines import control_url  # noqa: PLC0415
 
     pods = kubectl_json(env, "get", "pods", "-n", brown.namespace, "-l", POOL_LABEL)["items"]
     ids = engine_ids(pods, brown)
-    origin = time.monotonic() + scenario.warmup_s
     lo, hi = scenario.surge_window
-    start, end = origin + lo * scenario.duration_s, origin + hi * scenario.duration_s
-    return await apply(control_url(ctx, brown.region), ids, brown.stall_s, start, end)
+
+    async def stall(origin: float) -> int:
+        start, end = origin + lo * scenario.duration_s, origin + hi * scenario.duration_s
+        return await apply(control_url(ctx, brown.region), ids, brown.stall_s, start, end)
+
+    return stall
+
+
+def explain_sampler(
+    admin_urls: dict[str, str], admin_key: str, streams: list[Stream], sink: list[dict[str, Any]]
+) -> SideTask:
+    """Every second, each stream's `/admin/explain` on its region's router (what the
+    policy saw: engine vs client-observed TTFT, outliers, the chosen backend), into
+    `sink` (diagnostics only; the figures never depend on it)."""
+
+    async def sample(origin: float) -> int:
+        headers = {"authorization": f"Bearer {admin_key}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                await asyncio.sleep(1.0)
+                for s in streams:
+                    query = {"tenant": s.tenant, "model": s.model, "client_region": s.client_region}
+                    try:
+                        reply = await http.get(f"{admin_urls[s.client_region]}/admin/explain",
+                                               params=query, headers=headers)  # fmt: skip
+                    except httpx.HTTPError:
+                        continue
+                    rows = reply.json().get("candidates", []) if reply.status_code == 200 else []
+                    rows = [_explain_row(r) for r in rows if r.get("eligible")]
+                    sink.append({"t": round(time.monotonic() - origin, 2), "stream": s.name,
+                                 "rows": rows})  # fmt: skip
+
+    return sample
+
+
+def _explain_row(row: dict[str, Any]) -> dict[str, Any]:
+    parts = row.get("parts") or {}
+    keep = ("ttft_source", "ttft_ms", "engine_ttft_ms", "observed_ttft_ms",
+            "observed_region_ttft_ms", "observed_samples", "outstanding", "score")  # fmt: skip
+    return {"pool": row.get("pool"), "verdict": row.get("verdict"),
+            "outlier": row.get("latency_outlier"), **{k: parts.get(k) for k in keep}}  # fmt: skip
 
 
 async def run_peer(
@@ -194,6 +237,7 @@ async def run_peer(
     keys: dict[str, str],
     allowed: dict[str, set[str]],
     home: Path,
+    side_tasks: list[SideTask],
 ) -> list[Record]:
     """The scenario through a peer router, one per stream (see peers.py)."""
     jurisdictions = {
@@ -204,7 +248,7 @@ async def run_peer(
     engines = engines_of(pods, jurisdictions)
     logs = FleetHome(home).logs_dir
     with PeerRouters(peer, scenario.streams, engines, allowed, logs) as peers:
-        records, _ = await run(scenario, peers.urls, keys, peers.headers)
+        records, _ = await run(scenario, peers.urls, keys, peers.headers, side_tasks)
     by_engine = pools_by_engine(engines)
     for rec in records:
         rec.pool = rec.pool or by_engine.get(rec.engine or "")
@@ -294,6 +338,19 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def dump_records(
+    out: Path, label: str, policy: str, records: list[Record], explained: list[dict[str, Any]]
+) -> None:
+    """Every request of one policy's run (JSON lines), and the explain samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{label}-{policy}".replace(" ", "_").replace("/", "-")
+    lines = [json.dumps({**asdict(r), "start": None, "end": round(r.end - r.start, 3)})
+             for r in records]  # fmt: skip
+    (out / f"{tag}.records.jsonl").write_text("\n".join(lines) + "\n")
+    if explained:
+        (out / f"{tag}.explain.jsonl").write_text("\n".join(map(json.dumps, explained)) + "\n")
+
+
 def write_results(out: Path, doc: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -341,20 +398,20 @@ async def main_async(args: argparse.Namespace) -> None:
             results: dict[str, dict[str, Any]] = {}
             for policy in args.policies.split(","):
                 print(f"[{label}, {policy}] starting routers", file=sys.stderr)
-                task = None
-                if brown is not None:
-                    task = asyncio.create_task(brownout_during(env, ctx, brown, scenario))
-                try:
-                    if policy in PEERS:
-                        records = await run_peer(env, policy, scenario, keys, allowed, home)
-                    else:
-                        with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
-                            records, _ = await run(scenario, routers.urls, keys)
-                finally:
-                    if task is not None:
-                        task.cancel()
-                        stalled = await asyncio.gather(task, return_exceptions=True)
-                        print(f"[{label}, {policy}] brownout: {stalled}", file=sys.stderr)
+                sides = [] if brown is None else [brownout_during(env, ctx, brown, scenario)]
+                explained: list[dict[str, Any]] = []
+                if policy in PEERS:
+                    records = await run_peer(env, policy, scenario, keys, allowed, home, sides)
+                else:
+                    with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
+                        if args.records_dir:
+                            sides.append(explain_sampler(routers.admin_urls, env["admin_key"],
+                                                         streams, explained))  # fmt: skip
+                        records, done = await run(scenario, routers.urls, keys, side_tasks=sides)
+                    if brown is not None:
+                        print(f"[{label}, {policy}] brownout: {done[0]} engine(s)", file=sys.stderr)
+                if args.records_dir:
+                    dump_records(Path(args.records_dir), label, policy, records, explained)
                 results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
                 r = results[policy]
                 print(f"[{label}, {policy}] p50 {r['p50_ttft_ms']} p99 "
@@ -388,12 +445,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--slo-ms", type=float, default=300.0)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--surges", type=float, nargs="+", default=[3.0, 5.0],
+    parser.add_argument("--surges", type=float, nargs="*", default=[3.0, 5.0],
                         help="the EU stream's rate multipliers in the surge window, one "
                         "scenario each")  # fmt: skip
     parser.add_argument("--brownouts", nargs="*", default=list(BROWNOUTS),
                         choices=list(BROWNOUTS), help="brownout.py scenarios")  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--records-dir", help="also write every request and, for the "
+                        "project's routers, /admin/explain once a second (JSON lines)")  # fmt: skip
     asyncio.run(main_async(parser.parse_args()))
 
 

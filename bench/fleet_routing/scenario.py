@@ -25,6 +25,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class Record:
     stream: str
     tenant: str
     start: float
+    at_s: float = 0.0  # scheduled offset in the measured run (brownout and surge windows)
     end: float = 0.0
     ttft_s: float | None = None
     status: int = 0
@@ -95,7 +97,7 @@ def arrivals(scenario: Scenario, stream: Stream, seed: int) -> list[float]:
     arrivals are negative). Drawn from the seed before anything runs, so every policy gets
     exactly the same requests at the same offsets, however loaded the machine is."""
     local = random.Random(seed)
-    t, out = -scenario.warmup_s, []
+    t, out = -scenario.warmup_s, list[float]()
     while True:
         t += local.expovariate(scenario.rate_at(stream, max(t, 0.0)))
         if t >= scenario.duration_s:
@@ -103,16 +105,25 @@ def arrivals(scenario: Scenario, stream: Stream, seed: int) -> list[float]:
         out.append(t)
 
 
+SideTask = Callable[[float], Coroutine[Any, Any, Any]]
+
+
 async def run(
     scenario: Scenario,
     routers: dict[str, str],
     keys: dict[str, str],
     stream_headers: dict[str, dict[str, str]] | None = None,
-) -> tuple[list[Record], float]:
+    side_tasks: list[SideTask] | None = None,
+) -> tuple[list[Record], list[Any]]:
     """Run the scenario against one router per client region (`routers` keyed by region),
     or one per stream (keyed by stream name, e.g. peers that know no residency and so get
     one tenant's compliant backends each); records of the measured part. `stream_headers`
-    replace a stream's request headers (a peer's own key)."""
+    replace a stream's request headers (a peer's own key).
+
+    `side_tasks` (a brownout, a sampler) are started with the run's own origin (the
+    monotonic time of offset 0 of the measured part), so that they keep to the scenario's
+    clock however long the routers took to start; they are cancelled when the last request
+    ends, and their results (or exceptions) are returned in order."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
     timeout = httpx.Timeout(60.0, connect=5.0)
     rng = random.Random(scenario.seed)
@@ -122,28 +133,38 @@ async def run(
         for t in arrivals(scenario, stream, rng.randrange(1 << 30))
     )
     records: list[Record] = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
-        tasks: set[asyncio.Task[None]] = set()
-        origin = time.monotonic() + scenario.warmup_s
-        for t, _, stream in schedule:
-            delay = origin + t - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            rec = Record(stream.name, stream.tenant, time.monotonic())
-            if t >= 0:
-                records.append(rec)
-            url = routers.get(stream.name) or routers[stream.client_region]
-            headers = {
-                "authorization": f"Bearer {keys[stream.tenant]}",
-                "x-factory-client-region": stream.client_region,
-                **(stream_headers or {}).get(stream.name, {}),
-            }
-            task = asyncio.create_task(_one(http, url, headers, stream, rec, scenario.max_tokens))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks, timeout=90)
-    return records, origin
+    origin = time.monotonic() + scenario.warmup_s
+    sides: list[asyncio.Task[Any]] = [
+        asyncio.create_task(make(origin)) for make in side_tasks or []
+    ]
+    try:
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+            tasks: set[asyncio.Task[None]] = set()
+            for t, _, stream in schedule:
+                delay = origin + t - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                rec = Record(stream.name, stream.tenant, time.monotonic(), at_s=t)
+                if t >= 0:
+                    records.append(rec)
+                url = routers.get(stream.name) or routers[stream.client_region]
+                headers = {
+                    "authorization": f"Bearer {keys[stream.tenant]}",
+                    "x-factory-client-region": stream.client_region,
+                    **(stream_headers or {}).get(stream.name, {}),
+                }
+                task = asyncio.create_task(
+                    _one(http, url, headers, stream, rec, scenario.max_tokens)
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks, timeout=90)
+    finally:
+        for side in sides:
+            side.cancel()
+        side_results = await asyncio.gather(*sides, return_exceptions=True)
+    return records, list(side_results)
 
 
 async def _one(
