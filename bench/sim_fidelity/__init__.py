@@ -1,1 +1,1 @@
-"""Fidelity benchmark: the H100 profile of factory_sim beside published vLLM figures."""
+"""Fidelity benchmark: factory_sim beside published vLLM figures (H100) and real vLLM (CPU)."""

@@ -1,6 +1,7 @@
 """Run the H100 profile under published workload shapes and compare with vLLM's figures.
 
     PYTHONPATH=sim python -m bench.sim_fidelity [--quick] [--out bench/sim_fidelity/results]
+    PYTHONPATH=sim python -m bench.sim_fidelity --real-engine   # see real_engine.py
 
 Measures from the client side, as ``vllm bench serve`` does: TTFT (request sent -> first
 streamed token), ITL (gaps between streamed tokens), TPOT ((last - first) / (n - 1)),
@@ -26,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.sim_fidelity import real_engine
 from bench.sim_fidelity.published import REFERENCES
 from bench.sim_fidelity.workload import Item, fixed, sharegpt_like
 from factory_sim.server import EngineConfig, SimHost
@@ -265,9 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render-only",
         action="store_true",
-        help="rewrite results.md from an existing results.json",
+        help="rewrite results.md (or real_engine.md) from the JSON",
     )
+    parser.add_argument(
+        "--real-engine",
+        action="store_true",
+        help="the real-engine row instead: real vLLM (CPU) vs the cpu-tiny profile",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="--real-engine: per run")
+    parser.add_argument("--repeats", type=int, default=2, help="--real-engine: repeats")
     args = parser.parse_args(argv)
+    if args.real_engine:
+        return real_engine.main(args.out, args.seconds, args.repeats, args.render_only)
     if args.render_only:
         payload = json.loads((args.out / "results.json").read_text())
         (args.out / "results.md").write_text(_markdown(payload))

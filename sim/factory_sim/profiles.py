@@ -1,5 +1,8 @@
 """Accelerator profiles: how fast an 8B-class model (Llama-3.1-8B-Instruct, BF16) runs.
 
+(One exception, ``cpu-tiny``: the project's tiny model on a 2-core CPU, fitted to the real
+vLLM CPU engine; see its comment.)
+
 The lowest layer of the simulator: plain data, no I/O. Every figure below names its source
 in a comment, and says ``derived`` where it is computed from published hardware or model
 facts rather than read off a published vLLM measurement. The step-time model that uses
@@ -31,7 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ProfileName = Literal["h100", "l4", "inf2", "trn1"]
+ProfileName = Literal["h100", "l4", "inf2", "trn1", "cpu-tiny"]
 
 KV_BYTES_PER_TOKEN = 131_072  # derived from config.json, see the module docstring
 WEIGHT_BYTES = 16.06e9  # 8.03 B params x 2 bytes (BF16), model card
@@ -169,11 +172,67 @@ TRN1 = AcceleratorProfile(
     sources=("https://aws.amazon.com/ec2/instance-types/trn1/",),
 )
 
-PROFILES: dict[str, AcceleratorProfile] = {p.name: p for p in (H100, L4, INF2, TRN1)}
+# Not an 8B model: the project's generated tiny model on the pinned vLLM CPU build, so that
+# the simulator can stand in for (and be compared with) the real engine of the local fleet.
+# Model facts (config.json the project generates, cli/factoryctl/tiny_model.py):
+# LlamaForCausalLM, 2 layers, hidden 128, 4 attention = 4 KV heads of dim 32, vocabulary
+# 2,000, BF16; one KV token = 2 (K,V) x 2 layers x 4 heads x 32 x 2 bytes = 1,024 bytes
+# (derived). On 2 CPU cores its compute is negligible: what costs is vLLM's Python per step
+# and per sequence (API server, engine core, worker), so the step figures below are fitted
+# to client-side measurements, not derived from hardware.
+#
+# The calibration: the first full run of bench/sim_fidelity --real-engine (2026-12-03 13:03
+# UTC, load average 8-14 on the 2 shared cores; kept as results/real_engine_calibration.md).
+# Closed loop of bench/sim_fidelity/closed_loop.py, 32 prompt tokens, 32 output tokens,
+# ignore_eos; means of its 2 repeats of the real engine:
+#   1 client:  TTFT 38.2 ms; TPOT 3.27 ms per output token
+#   8 clients: 681 tok/s, i.e. 376 ms per request per client
+# Three equations for three unknowns (per-request prefill cost P = 32 x prefill_token_s):
+#   base + P = 33.2 ms       (the TTFT less ~5 ms the simulator adds around a step at 1 client)
+#   base + decode = 3.27 ms  (one sequence decoding)
+#   32 x (base + 8 x decode) + 8 x P = 376 ms   (8 clients: 32 steps of 8 sequences, and
+#                                               each client's prefill stalls everyone once)
+# 4 clients were not used to fit; results/real_engine.md (a later run) compares all three
+# shapes. A first guess fitted to a shorter probe at 12:55 UTC (load 10-14, when the real
+# engine ran 2.5x slower at 8 clients) is what results/real_engine_calibration.md's
+# simulated rows show.
+CPU_TINY = AcceleratorProfile(
+    name="cpu-tiny",
+    accelerator="2 x86-64 cores (AVX2), vLLM 0.32 CPU build, the project's tiny model",
+    devices_per_replica=1,
+    # Measured: vLLM's log with --kv-cache-memory-bytes 268435456 (the integration suite's
+    # and the bench's flag): "CPU KV cache size: 262,144 tokens" (= 256 MiB / 1,024 B).
+    kv_cache_tokens=262_144,
+    # vLLM's CPU defaults for the OpenAI server: max_num_seqs=128, max_num_batched_tokens=
+    # 2048 (vllm/engine/arg_utils.py, "cpu specific default values", vLLM 0.32).
+    max_num_seqs=128,
+    max_num_batched_tokens=2048,
+    max_model_len=2048,  # the tiny model's max_position_embeddings (config.json)
+    # Fitted (see above): the floor of one step, whatever the batch: vLLM's Python per step.
+    step_base_s=0.00313,
+    # Fitted (see above): P = 30 ms. Not compute (32 tokens of this model are microseconds
+    # of it) but per-request work (the API server's request handling, the engine's
+    # admission, on 2 busy cores), spread over the prompt's 32 tokens: it will overcharge
+    # long prompts, and it stalls the batch where the real API server works beside it.
+    prefill_token_s=940e-6,
+    # Fitted (see above): one more decoding sequence costs little next to the step floor.
+    decode_token_s=137e-6,
+    # Derived, an assumption: 1,024 B per context token at ~10 GB/s (this VM's memory
+    # bandwidth was not measured); under 1% of a step at these lengths either way.
+    kv_read_s_per_token=1e-7,
+    embedding_dim=128,  # the tiny model's hidden size
+    sources=(
+        "bench/sim_fidelity/results/real_engine.md (calibration probe and comparison)",
+        "vllm/engine/arg_utils.py (CPU batch defaults, vLLM 0.32)",
+        "vLLM 0.32 serve log (CPU KV cache size)",
+    ),
+)
+
+PROFILES: dict[str, AcceleratorProfile] = {p.name: p for p in (H100, L4, INF2, TRN1, CPU_TINY)}
 
 
 def get_profile(name: str) -> AcceleratorProfile:
-    """Return the profile called ``name`` (``h100``, ``l4``, ``inf2``, ``trn1``)."""
+    """Return the profile called ``name`` (``h100``, ``l4``, ``inf2``, ``trn1``, ``cpu-tiny``)."""
     try:
         return PROFILES[name.lower()]
     except KeyError:

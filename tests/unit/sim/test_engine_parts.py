@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from factory_sim.engine.config import EngineConfig, ResolvedLimits
+from factory_sim.engine.costs import step_seconds
 from factory_sim.engine.kv_cache import KVCache, block_hashes
 from factory_sim.engine.tokenizer import count_tokens, encode, render_chat
 from factory_sim.profiles import PROFILES, get_profile
@@ -44,7 +45,7 @@ def test_prefix_cache_lru_eviction() -> None:
 
 
 def test_profiles_and_limits() -> None:
-    assert set(PROFILES) == {"h100", "l4", "inf2", "trn1"}
+    assert set(PROFILES) == {"h100", "l4", "inf2", "trn1", "cpu-tiny"}
     with pytest.raises(ValueError, match="unknown"):
         get_profile("tpu")
     limits = ResolvedLimits.of(EngineConfig(model_name="m", profile="l4", kv_cache_tokens=800))
@@ -52,3 +53,18 @@ def test_profiles_and_limits() -> None:
     for profile in PROFILES.values():
         assert profile.max_model_len <= profile.kv_cache_tokens
         assert profile.step_base_s > 0 and profile.sources
+
+
+def test_cpu_tiny_figures_reproduce_their_calibration() -> None:
+    """The fitted step figures give back the measurements they were fitted to (profiles.py)."""
+    tiny = get_profile("cpu-tiny")
+    # 1 client: a 32-token prefill (the TTFT less the simulator's own ~5 ms), then one
+    # decoding sequence per step.
+    assert step_seconds(tiny, 32, 0, 32) == pytest.approx(0.0332, rel=0.03)
+    assert step_seconds(tiny, 0, 1, 48) == pytest.approx(0.00327, rel=0.03)
+    # 8 clients back to back, per request: 32 steps of 8 decoding sequences, 8 prefills.
+    cycle = 32 * step_seconds(tiny, 0, 8, 8 * 48) + 8 * step_seconds(tiny, 32, 0, 0)
+    cycle -= 8 * tiny.step_base_s  # a prefill rides in a step that is paid for already
+    assert cycle == pytest.approx(0.376, rel=0.03)
+    limits = ResolvedLimits.of(EngineConfig(model_name="tiny", profile="cpu-tiny"))
+    assert limits.max_num_seqs == 128 and limits.max_model_len == 2048
