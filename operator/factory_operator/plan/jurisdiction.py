@@ -6,9 +6,11 @@ its own growth would grow all the pools of a jurisdiction for one surge, so the 
 ask for is pooled here, in requests, per jurisdiction, and handed out in the order the
 router prefers pools: nearer the demand first (within ``NEAR_MS`` of the nearest counts as
 equally near), then cheaper per token (``FleetRegion.spec.pricing``), then by name. A pool
-takes at most its scale-up step and its max; what no pool of the jurisdiction can take,
-once all are at max, is ``CapacityPressure``. Growth never crosses a jurisdiction: the
-router does not send that data elsewhere, so neither does the capacity follow it there.
+that already runs more than its own load asks for takes growth into that spare room first
+(no new replica: the router's load-aware choice sends the overflow there); a pool grows by
+at most its scale-up step, up to its max; what no pool of the jurisdiction can take, once
+all are at max, is ``CapacityPressure``. Growth never crosses a jurisdiction: the router
+does not send that data elsewhere, so neither does the capacity follow it there.
 
 A pool whose region is unknown or whose jurisdiction the factory does not allow is never
 deployed (``plan_factory``); here it gets no decision at all and counts for nothing.
@@ -163,6 +165,11 @@ def plan_jurisdictions(candidates: Sequence[Candidate], now: datetime) -> Jurisd
         short = left > 0
         for c in ranked:
             d = c.decision
+            # Room a pool already runs beyond its own load takes growth first, in the same
+            # order, before any new replica: capacity granted at the last decision (and still
+            # starting, or not yet sent traffic by the router) is not granted again.
+            spare = max(0, d.current - d.wanted) * d.per_replica
+            left = max(0.0, left - spare)
             if short and d.reason in _SHRINKS:
                 note = f"{d.message}; kept: {jurisdiction}'s pools ask for {left:g} more requests"
                 d = replace(_grant(d, d.current, note, now), reason="Spill")

@@ -118,7 +118,9 @@ def _after_more_decisions(
 ) -> None:
     """Wait until the autoscaler has kept deciding for ``seconds`` more (its status records
     when it last read the pool's load): what happens meanwhile is what the test checks."""
-    start = _time(str(_decision(cluster, namespace, pool)["demandTime"]))
+    seen = wait_until(lambda: _decision(cluster, namespace, pool).get("demandTime"), timeout,
+                      what=f"{pool}: a decision in status")  # fmt: skip
+    start = _time(str(seen))
 
     def moved_on() -> bool:
         seen = _decision(cluster, namespace, pool).get("demandTime")
@@ -348,3 +350,42 @@ def test_a_restarted_operator_keeps_the_windows_it_had(
                    what="the scale-down once the window has passed")  # fmt: skip
     assert len(_events(cluster, namespace, "ScaledUp")) == 1
     assert len(_events(cluster, namespace, "ScaledDown")) == 1
+
+
+def test_a_surge_grows_the_cheaper_pool_of_its_jurisdiction_not_every_pool(
+    operator_cluster: KubectlCluster,
+    namespace: str,
+    load_source: LoadSource,
+    autoscaler: RunningOperator,
+) -> None:
+    """32 requests queue at fra (eu-central-1, H100 at 7.91 an hour in the FleetRegion's
+    pricing); dub (eu-west-1, 7.57) is idle. The growth (3 replicas' worth) goes to dub, which
+    the router prefers as cheaper, and fra does not grow as well; dub, holding EU's spill, is
+    not shrunk while fra's queue lasts, and shrinks once it is gone."""
+    cluster = operator_cluster
+    page = load_source.page
+    page.set(PoolKey(namespace, "llama", "dub"), running=0)
+    page.set(PoolKey(namespace, "llama", "fra"), running=32)
+    pools = [_pool("dub", "eu-west-1", 1, 4), _pool("fra", "eu-central-1", 1, 4)]
+    _apply(cluster, namespace, _factory(pools))
+
+    wait_until(lambda: _replicas(cluster, namespace, "llama-dub") == 3, SCALE_UP_SECONDS + 30,
+               interval=0.2, what="dub taking EU's growth")  # fmt: skip
+    _after_more_decisions(cluster, namespace, "dub", seconds=8)  # past dub's window (6 s)
+    assert (
+        _replicas(cluster, namespace, "llama-dub"),
+        _replicas(cluster, namespace, "llama-fra"),
+    ) == (3, 1)
+    assert _decision(cluster, namespace, "dub")["reason"] == "Spill"
+    assert _decision(cluster, namespace, "fra")["reason"] == "Deferred"
+    ups = _events(cluster, namespace, "ScaledUp")
+    assert len(ups) == 1 and ups[0]["message"].startswith("pool dub: 1 -> 3 replicas"), ups
+    assert "takes 2 of EU's growth (dub, fra)" in ups[0]["message"]
+    assert condition(get(cluster, "inferencefactory", "llama", namespace),
+                     "CapacityPressure")["status"] == "False"  # type: ignore[index]  # fmt: skip
+
+    page.set(PoolKey(namespace, "llama", "fra"), running=0)
+    wait_until(lambda: _replicas(cluster, namespace, "llama-dub") == 1, 60, interval=0.2,
+               what="dub back to min once the queue is gone")  # fmt: skip
+    assert _replicas(cluster, namespace, "llama-fra") == 1
+    assert len(_events(cluster, namespace, "ScaledUp")) == 1

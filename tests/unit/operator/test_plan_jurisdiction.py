@@ -157,6 +157,27 @@ def test_no_pool_of_a_short_jurisdiction_shrinks_it_takes_the_growth_instead() -
     assert calm.decisions["eu-central"] == idle.decision and calm.pressure == ()
 
 
+def test_room_a_preferred_pool_already_runs_takes_growth_before_any_new_replica() -> None:
+    """The cheaper pool was granted the other's growth at the last decision (its replicas
+    start, or the router has not moved the traffic yet): the same growth is not granted
+    again, and it is not shrunk meanwhile."""
+    granted = candidate("eu-central", load=PoolLoad(running=0), current=4, price=4.0)
+    asking = candidate("eu-west", load=PoolLoad(running=320), current=1, price=8.0)
+    assert asking.decision.desired == 4  # alone it would grow by 3 (240 requests)
+    plan = plan_jurisdictions([asking, granted], NOW)
+    assert plan.order["EU"] == ("eu-central", "eu-west")
+    assert (plan.decisions["eu-central"].desired, plan.decisions["eu-central"].reason) == (
+        4,
+        "Spill",
+    )
+    assert (plan.decisions["eu-west"].desired, plan.decisions["eu-west"].reason) == (1, "Deferred")
+    assert plan.pressure == ()
+    # Not enough room: only the rest grows, in the same order.
+    small = candidate("eu-central", load=PoolLoad(running=0), current=2, price=4.0)
+    plan = plan_jurisdictions([asking, small], NOW)
+    assert plan.decisions["eu-central"].desired == 3  # 160 of room + 80 more: one replica
+
+
 def test_replica_price_from_region_pricing() -> None:
     assert replica_price({"H100": 6.88, "L4": 0.8}, "H100", 8) == 6.88 * 8
     assert replica_price({"L4": 0.8}, "H100", 1) is None
