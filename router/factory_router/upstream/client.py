@@ -29,7 +29,8 @@ Why aiohttp's client: it is maintained and fuzzed by others, it was the fastest 
 client measured in bench/router_overhead/stack_compare.py, and it is already a dependency.
 `reuse_guard` closes the two gaps it leaves in connection reuse (a byte that arrives when
 none is due never reaches another request). Connection slots are the router's own
-semaphores, so that waiting for a slot is told apart from an engine that does not answer.
+gates (`upstream.gate`), so that waiting for a slot is told apart from an engine that
+does not answer.
 
 A reused keep-alive connection that turns out to be closed before any response byte (the
 engine closed it while idle) is retried once on a new connection to the same backend;
@@ -52,6 +53,7 @@ from yarl import URL
 
 from factory_router.policy.config import Limits, Timeouts
 from factory_router.policy.fleet import Backend
+from factory_router.upstream.gate import Gate
 from factory_router.upstream.reuse_guard import GuardedConnector, exchange_on_reused_connection
 
 RETRYABLE_STATUS = frozenset({401, 403, 404, 429, 500, 502, 503, 504})
@@ -140,7 +142,7 @@ class _Slot:
 
     __slots__ = ("_origin", "_total")
 
-    def __init__(self, total: asyncio.Semaphore, origin: asyncio.Semaphore) -> None:
+    def __init__(self, total: Gate, origin: Gate) -> None:
         self._total, self._origin = total, origin
 
     def release(self) -> None:
@@ -179,9 +181,9 @@ class UpstreamClient:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
         self._connector: GuardedConnector | None = None
-        self._total = asyncio.Semaphore(limits.max_connections)
-        self._per_origin: dict[str, asyncio.Semaphore] = {}
-        self._urls: dict[tuple[str, str], URL] = {}
+        self._total = Gate(limits.max_connections)
+        self._per_origin: dict[str, Gate] = {}
+        self._urls: dict[tuple[str, str], tuple[URL, str]] = {}  # and its origin
 
     async def start(self) -> None:
         if self._session is not None:
@@ -220,17 +222,18 @@ class UpstreamClient:
         """Upstream connections open now (idle ones included)."""
         return self._connector.open_connections if self._connector is not None else 0
 
-    def _url(self, base: str, path: str) -> URL:
+    def _url(self, base: str, path: str) -> tuple[URL, str]:
+        """The URL of `path` on `base`, and its origin (the key of its connection slots)."""
         key = (base, path)
-        url = self._urls.get(key)
-        if url is None:
+        found = self._urls.get(key)
+        if found is None:
             if len(self._urls) >= _MAX_CACHED:
                 self._urls.clear()
             url = URL(base.rstrip("/") + path)
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError("not an http(s) URL")
-            self._urls[key] = url
-        return url
+            found = self._urls[key] = (url, f"{url.scheme}://{url.host}:{url.port}")
+        return found
 
     async def _slot(self, origin: str) -> tuple[_Slot, float]:
         """A connection slot for `origin`, waiting at most Timeouts.pool_acquire; and the
@@ -239,21 +242,19 @@ class UpstreamClient:
         per = self._per_origin.get(origin)
         if per is None:
             if len(self._per_origin) >= _MAX_CACHED:  # forget origins with nothing in use
-                idle = self.limits.max_connections_per_host
-                for key, sem in list(self._per_origin.items()):
-                    if sem._value == idle:  # no holder, so no waiter either
+                for key, gate in list(self._per_origin.items()):
+                    if gate.idle:
                         del self._per_origin[key]
-            per = self._per_origin[origin] = asyncio.Semaphore(self.limits.max_connections_per_host)
-        if not per.locked() and not self._total.locked():
-            # Free slots: taken at once (acquire() does not suspend), no timer to arm.
-            await per.acquire()
-            await self._total.acquire()
-            return _Slot(self._total, per), 0.0
+            per = self._per_origin[origin] = Gate(self.limits.max_connections_per_host)
+        if per.try_take():
+            if self._total.try_take():  # free slots: taken at once, no timer to arm
+                return _Slot(self._total, per), 0.0
+            per.release()
         try:
             async with asyncio.timeout(self.timeouts.pool_acquire):
-                await per.acquire()
+                await per.take()
                 try:
-                    await self._total.acquire()
+                    await self._total.take()
                 except BaseException:
                     per.release()
                     raise
@@ -272,13 +273,13 @@ class UpstreamClient:
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         try:
-            url = self._url(backend.url, path)
+            url, origin = self._url(backend.url, path)
         except ValueError:
             raise ConnectionBroken(f"invalid backend URL {backend.url[:100]!r}") from None
         # A header value with CR or LF cannot come from a parsed request; the client does
         # not rely on that (aiohttp would refuse the whole request).
         safe = {k: v for k, v in headers.items() if "\r" not in v and "\n" not in v}
-        slot, waited = await self._slot(f"{url.scheme}://{url.host}:{url.port}")
+        slot, waited = await self._slot(origin)
         try:
             for _ in range(2):
                 exchange_on_reused_connection.set(False)

@@ -81,6 +81,8 @@ class GuardedResponseHandler(ResponseHandler):
         self._chunked = False
         self._interim = False  # an interim (1xx) answer came first
         self._last = b""  # the last bytes received in this exchange
+        self._poller: select.poll | None = None  # the socket, for bytes not yet delivered
+        self._read_deadline = 0.0  # sock_read: the loop time by which a byte is due
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -143,13 +145,42 @@ class GuardedResponseHandler(ResponseHandler):
             self.set_exception(aiohttp.ServerDisconnectedError("dropped by the reuse guard"))
 
     def _input_pending(self) -> bool:
-        transport = self.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return False
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        poller = self._poller
+        if poller is None:  # registered once per connection; polled at each reuse
+            transport = self.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None:
+                return False
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
+
+    # -- sock_read, re-armed lazily -------------------------------------------------------
+
+    def _reschedule_timeout(self) -> None:
+        """aiohttp's sock_read timeout restarts on every read from the socket: a timer
+        cancelled and armed again per chunk of a stream. Here the deadline moves instead,
+        and the one timer, when it fires early, is armed again for what is left; it fires
+        as aiohttp's would, `read_timeout` seconds after the last byte."""
+        timeout = self._read_timeout
+        if not timeout:
+            super()._reschedule_timeout()  # none: any timer is dropped
+            return
+        deadline = self._read_deadline = self._loop.time() + timeout
+        handle = self._read_timeout_handle
+        if handle is None or handle.when() > deadline:  # (a shorter timeout than armed)
+            if handle is not None:
+                handle.cancel()
+            self._read_timeout_handle = self._loop.call_at(deadline, self._on_read_timeout)
+
+    def _on_read_timeout(self) -> None:
+        if self._loop.time() < self._read_deadline:  # bytes came since it was armed
+            self._read_timeout_handle = self._loop.call_at(
+                self._read_deadline, self._on_read_timeout
+            )
+            return
+        self._read_timeout_handle = None
+        super()._on_read_timeout()
 
     # -- bytes in -------------------------------------------------------------------------
 
