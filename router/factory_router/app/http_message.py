@@ -106,6 +106,7 @@ class Request:
         "_conn",
         "_done",
         "_started",
+        "authenticated",
         "body",
         "body_too_large",
         "headers",
@@ -136,6 +137,9 @@ class Request:
         self.keep_alive = keep_alive
         self.body = b""
         self.body_too_large = False
+        # What a head check learnt of the client (the router: its tenant and the table it
+        # was found in), so that the handler does not look it up again.
+        self.authenticated: object = None
         self._started = False
         self._done = False
         self._chunked = False
@@ -166,28 +170,35 @@ class Request:
         self._conn.write(head if self.method == "HEAD" else head + body)
 
     async def start(
-        self, status: int, headers: dict[str, str], content_length: int | None = None
+        self,
+        status: int,
+        headers: dict[str, str],
+        content_length: int | None = None,
+        first: bytes = b"",
     ) -> None:
         """Send the head of a streamed response: sized by `content_length`, else chunked
-        (HTTP/1.1) or ended by closing the connection (HTTP/1.0)."""
+        (HTTP/1.1) or ended by closing the connection (HTTP/1.0). `first`, the body's
+        first piece when it is at hand, goes in the same write (one send, and one wake-up
+        of the client, fewer)."""
         self._begin()
         if content_length is None:
             if self.http11:
                 self._chunked = True
             else:
                 self.keep_alive = False
-        self._conn.write(self._head(status, headers, content_length))
+        head = self._head(status, headers, content_length)
+        self._conn.write(head + self._framed(first) if first and self.method != "HEAD" else head)
         await self._conn.drain()
 
     async def write(self, chunk: bytes) -> None:
         """One piece of the body, sent as it is (raises ClientGone once the client left)."""
         if not chunk:
             return
-        if self._chunked:
-            self._conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            self._conn.write(chunk)
+        self._conn.write(self._framed(chunk))
         await self._conn.drain()
+
+    def _framed(self, chunk: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk
 
     async def end(self) -> None:
         """The body is complete."""

@@ -83,7 +83,7 @@ async def handle(state: RouterState, request: Request) -> None:
     state.request_started()
     try:
         try:
-            tenant = state.tenants.authenticate(request.headers.get("authorization"))
+            tenant = _tenant(state, request)
             tenant_name = tenant.name
             state.tenant_limits.acquire(tenant)  # 429 at the limit: no engine is asked
             counted = tenant
@@ -138,6 +138,16 @@ async def handle(state: RouterState, request: Request) -> None:
                 "latency_ms": round(elapsed * 1000, 2),
             }
         )
+
+
+def _tenant(state: RouterState, request: Request) -> Tenant:
+    """The request's tenant: as the head check found it in the tenants table in force,
+    else (no head check, or the table was reloaded since) looked up now."""
+    seen = request.authenticated
+    if isinstance(seen, tuple) and seen[0] is state.tenants:
+        tenant: Tenant = seen[1]
+        return tenant
+    return state.tenants.authenticate(request.headers.get("authorization"))
 
 
 def _upstream_headers(state: RouterState, request: Request, rid: str) -> dict[str, str]:
@@ -306,10 +316,10 @@ async def _relay(
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         request.respond(up.status, headers, body)
         return
-    await request.start(up.status, headers, content_length=size)
+    # The head and the first bytes in one write; then each piece as it arrives.
+    await request.start(up.status, headers, content_length=size, first=opened.first_chunk)
     chunk = opened.first_chunk
     while chunk:
-        await request.write(chunk)  # ClientGone once the client left
         try:
             chunk = await up.read()
         except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
@@ -320,4 +330,5 @@ async def _relay(
             out.status, out.reason = 502, f"{out.reason}; {kind} after first byte"
             request.abort()
             return
+        await request.write(chunk)  # ClientGone once the client left (b"": nothing)
     await request.end()

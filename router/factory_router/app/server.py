@@ -197,8 +197,9 @@ def _tenant_key_check(state: RouterState) -> HeadCheck:
     def check(request: Request) -> RouterError | None:
         if request.method != "POST" or request.path not in OPENAI_POST_PATHS:
             return None
+        table = state.tenants
         try:
-            state.tenants.authenticate(request.headers.get("authorization"))
+            tenant = table.authenticate(request.headers.get("authorization"))
         except Unauthenticated as err:
             state.metrics.observe_request("none", "unknown", err.status, 0.0)
             state.access_log.write(
@@ -206,6 +207,7 @@ def _tenant_key_check(state: RouterState) -> HeadCheck:
                  "reason": err.code, "status": err.status, "attempts": 0}
             )  # fmt: skip
             return err
+        request.authenticated = (table, tenant)  # the proxy does not hash the key again
         return None
 
     return check

@@ -43,6 +43,9 @@ class RouterState:
     endpoint_key: str | None = None  # presented to `via_endpoint` backends (their router)
     rtt: RttMatrix | None = None  # --rtt: every fleet installed gets it (reloads included)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _jurisdictions: tuple[Fleet, TenantTable, frozenset[str]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def request_started(self) -> None:
         self.inflight += 1
@@ -104,7 +107,14 @@ class RouterState:
         return state
 
     def known_jurisdictions(self) -> frozenset[str]:
-        return self.fleet.jurisdictions | self.tenants.jurisdictions
+        """The fleet's and the tenants' jurisdictions; computed again only when either is
+        replaced (both are built over every region and tenant: too dear per request)."""
+        fleet, tenants = self.fleet, self.tenants
+        cached = self._jurisdictions
+        if cached is None or cached[0] is not fleet or cached[1] is not tenants:
+            known = fleet.jurisdictions | tenants.jurisdictions
+            cached = self._jurisdictions = (fleet, tenants, known)
+        return cached[2]
 
     def plan(self, req: RouteRequest, *, explain: bool = False) -> RoutePlan:
         """The request's candidates in order, from the fleet and the signals as they are."""
