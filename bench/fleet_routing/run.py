@@ -281,15 +281,16 @@ def _level_markdown(level: dict[str, Any]) -> list[str]:
     policies = level["policies"]
     rows = [
         "| policy | requests | errors | p50 TTFT ms | p99 TTFT ms | SLO met | goodput rps "
-        "| residency violations | $/Mtok busy | $/Mtok provisioned |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| residency violations | $/Mtok busy | $/Mtok provisioned | load 1m before/after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, r in policies.items():
+        load = "/".join(str(x) for x in r.get("load_avg_1m", []))
         rows.append(
             f"| {policy} | {r['requests']} | {r['errors']} | {r['p50_ttft_ms']} | "
             f"{r['p99_ttft_ms']} | {r['slo_attainment']:.1%} | {r['goodput_rps']} | "
             f"{r['residency_violations']} | {r['cost_per_mtok_busy_usd']} | "
-            f"{r['cost_per_mtok_provisioned_usd']} |"
+            f"{r['cost_per_mtok_provisioned_usd']} | {load} |"
         )
     streams = ["", "Per client stream (p50 / p99 TTFT ms; SLO met / requests; regions served):", "",
                "| stream | " + " | ".join(policies) + " |",
@@ -398,6 +399,7 @@ async def main_async(args: argparse.Namespace) -> None:
             results: dict[str, dict[str, Any]] = {}
             for policy in args.policies.split(","):
                 print(f"[{label}, {policy}] starting routers", file=sys.stderr)
+                load_before = os.getloadavg()
                 sides = [] if brown is None else [brownout_during(env, ctx, brown, scenario)]
                 explained: list[dict[str, Any]] = []
                 if policy in PEERS:
@@ -414,6 +416,10 @@ async def main_async(args: argparse.Namespace) -> None:
                     dump_records(Path(args.records_dir), label, policy, records, explained)
                 results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
                 r = results[policy]
+                # The machine is shared and the policies run one after the other: a busy
+                # minute lands on one policy only. The 1-minute load average before and
+                # after each says which figures to distrust.
+                r["load_avg_1m"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
                 print(f"[{label}, {policy}] p50 {r['p50_ttft_ms']} p99 "
                       f"{r['p99_ttft_ms']} ms, goodput {r['goodput_rps']} rps, errors "
                       f"{r['errors']}, violations {r['residency_violations']}",
