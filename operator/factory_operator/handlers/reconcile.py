@@ -57,21 +57,14 @@ def record_autoscaling(
     # A reconcile that did not decide keeps the pressure the last decision exported.
     metrics.set_autoscaling(ns, name, desired, None if scaling.held else missing)
     for pool_name, scale in scaling.pools.items():
-        if scale.direction is None:
-            continue
-        status = scale.status
-        metrics.scale_events.labels(ns, name, pool_name, scale.direction).inc()
-        log.info(
-            "autoscaler: pool %s %s (%s): %s",
-            pool_name,
-            "up" if scale.direction == "Up" else "down",
-            status.reason,
-            status.message,
-            extra={"factory": name, "namespace": ns, "pool": pool_name, "desired": scale.desired,
-                   "reason": status.reason, "mode": mode},
-        )  # fmt: skip
-    for pressure in scaling.pressure:
-        log.warning("autoscaler: %s", pressure.message, extra={"factory": name, "namespace": ns})
+        if scale.direction is not None:
+            metrics.scale_events.labels(ns, name, pool_name, scale.direction).inc()
+    # The same words as the Events: each changed count, and a jurisdiction coming under
+    # CapacityPressure (once, when it begins).
+    for event in scaling.events:
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        context = {"factory": name, "namespace": ns, "reason": event.reason, "mode": mode}
+        log.log(level, "autoscaler: %s", event.message, extra=context)
 
 
 def parse_factory(body: Any) -> InferenceFactory:

@@ -4,6 +4,7 @@ the counts kept between its decisions, no Prometheus URL, mode external's hand-o
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import NODES, NOW, REGIONS, factory, pool
 
 from factory_operator.api import InferenceFactory
+from factory_operator.handlers.reconcile import record_autoscaling
 from factory_operator.k8s import OperatorMetrics
 from factory_operator.k8s.apply import HANDOVER_MANAGER, owns_replicas, replicas_handover
 from factory_operator.main import parse_args
@@ -311,3 +313,30 @@ def test_growth_goes_to_the_pool_cheaper_per_token_when_throughput_is_known() ->
     plan = autoscale_pools(f, regions, deployments, by_token, AT)
     assert (plan.pools["west"].desired, plan.pools["central"].desired) == (1, 3)
     assert plan.pools["west"].status.reason == "Deferred"
+
+
+def test_a_decision_is_logged_in_the_events_words_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = _factory()
+    scaling = autoscale_pools(f, REGIONS, {"a": _deployment("a", 1)}, {"a": PoolLoad(running=30)},
+                              AT)  # fmt: skip
+    plan = plan_factory(f, REGIONS, Observed(now=NOW, nodes=NODES), OperatorSettings(), scaling)
+    metrics = OperatorMetrics()
+    with caplog.at_level(logging.INFO, logger="factory_operator.handlers.reconcile"):
+        record_autoscaling(metrics, f, plan, scaling)
+    assert "autoscaler: pool a: 1 -> 4 replicas (ScaleUp): 30 requests" in caplog.text
+    labels = {"namespace": "ml", "factory": "llama", "pool": "a", "direction": "Up"}
+    assert metrics.registry.get_sample_value("factory_operator_scale_events_total", labels) == 1
+    desired = {"namespace": "ml", "factory": "llama", "pool": "a", "region": "eu-west-1",
+               "jurisdiction": "EU", "mode": "operator"}  # fmt: skip
+    assert (
+        metrics.registry.get_sample_value("inference_factory_pool_desired_replicas", desired) == 4
+    )
+    # A reconcile that kept the counts logs and counts nothing.
+    caplog.clear()
+    remembered = _remembered(f, dict(scaling.pools))
+    held = held_autoscaling(remembered, REGIONS, {"a": _deployment("a", 4)})
+    record_autoscaling(metrics, remembered, plan, held)
+    assert "autoscaler" not in caplog.text
+    assert metrics.registry.get_sample_value("factory_operator_scale_events_total", labels) == 1
