@@ -136,13 +136,15 @@ def forget(home: FleetHome, name: str) -> None:
     _pidfile(home, name).unlink(missing_ok=True)
 
 
-def signal_group(home: FleetHome, name: str, sig: signal.Signals) -> bool:
-    """Send `sig` to process `name`'s session without waiting; False if it does not run."""
+def send_signal(home: FleetHome, name: str, sig: signal.Signals, *, group: bool) -> bool:
+    """Send `sig` to process `name` (`group`: to its whole session, as the end of a
+    container; else to it alone, as a container runtime signals PID 1) without waiting;
+    False if it does not run."""
     pid = running_pid(home, name)
     if pid is None:
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+        (os.killpg if group else os.kill)(pid, sig)
     return True
 
 

@@ -19,8 +19,9 @@ log in `<home>/logs/vllm-<pod uid>.log`), so a restarted agent adopts what runs 
 `factoryctl dev down` stops what is left. An engine that exits is started again after a
 back-off that doubles up to five minutes, as the kubelet's CrashLoopBackOff does; its last
 log lines go to the agent's log and into an Event on the pod. A pod that is gone gets what the
-kubelet would give it: its preStop sleep, then SIGTERM (vLLM finishes in-flight requests
-within `--shutdown-timeout`), then SIGKILL at the end of its termination grace period.
+kubelet would give it: its preStop sleep, then SIGTERM to `vllm serve` alone, as the container
+runtime signals PID 1 (vLLM finishes in-flight requests within `--shutdown-timeout`), then
+SIGKILL to all of it at the end of its termination grace period.
 """
 
 from __future__ import annotations
@@ -337,9 +338,12 @@ class RealEngines:
             prestop, grace = _termination(pod)
             run.term_at, run.kill_at = now + prestop, now + grace
         if run.kill_at is not None and now >= run.kill_at:
-            procs.signal_group(self.home, name, signal.SIGKILL)
+            procs.send_signal(self.home, name, signal.SIGKILL, group=True)
         elif now >= run.term_at:
-            procs.signal_group(self.home, name, signal.SIGTERM)
+            # To `vllm serve` alone, as the runtime signals a container's PID 1: the API
+            # server then drains and stops its engine processes itself (a SIGTERM to the whole
+            # group kills the engine core under the streams it is finishing).
+            procs.send_signal(self.home, name, signal.SIGTERM, group=False)
         return False
 
     def uids(self) -> set[str]:

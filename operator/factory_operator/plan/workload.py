@@ -96,6 +96,9 @@ def _metadata(ctx: PoolContext) -> dict[str, Any]:
     }
 
 
+ENGINE_READY_TIMEOUT_ENV = "VLLM_ENGINE_READY_TIMEOUT_S"
+
+
 def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, envFrom) for the engine container."""
     model = ctx.factory.spec.model
@@ -123,8 +126,13 @@ def _env(ctx: PoolContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         env.append({"name": "NEURON_COMPILE_CACHE_URL", "value": f"{NEURON_CACHE}/neuronx-cc"})
     elif ctx.profile.neuron == "plugin":
         env.append({"name": "VLLM_CACHE_ROOT", "value": f"{NEURON_CACHE}/vllm"})
-    env += [{"name": e.name, "value": e.value} for e in (ctx.engine.env or [])]
-    return env, env_from
+    own = [{"name": e.name, "value": e.value} for e in (ctx.engine.env or [])]
+    if not any(e["name"] == ENGINE_READY_TIMEOUT_ENV for e in own):
+        # vLLM gives up on its engine process after VLLM_ENGINE_READY_TIMEOUT_S (600 s by
+        # default, vllm/envs.py), while a Neuron compile or a large model's load may take the
+        # whole startup budget: wait as long as the startup probe does.
+        env.append({"name": ENGINE_READY_TIMEOUT_ENV, "value": str(_startup_budget(ctx))})
+    return env + own, env_from
 
 
 def _cache_source(ctx: PoolContext) -> dict[str, Any]:

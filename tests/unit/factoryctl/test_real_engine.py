@@ -38,10 +38,10 @@ from tests.unit.factoryctl.test_engines_agent import FakeCore
 NOW = "2026-12-03T00:00:00Z"
 
 
-def sample_container() -> dict[str, Any]:
-    """The engine container the operator renders for the real-engine sample."""
+def sample_pod(uid: str = "u-1") -> dict[str, Any]:
+    """A running pod of the Deployment the operator renders for the real-engine sample."""
     doc = yaml.safe_load(REAL_ENGINE_SAMPLE.read_text())
-    doc["metadata"] |= {"uid": "u-1", "generation": 1}
+    doc["metadata"] |= {"uid": "f-1", "generation": 1}
     factory = InferenceFactory.model_validate(doc)
     region = FleetRegion.model_validate({
         "apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
@@ -49,7 +49,18 @@ def sample_container() -> dict[str, Any]:
     })  # fmt: skip
     plan = plan_factory(factory, {"eu-west-1": region}, Observed(now=NOW), OperatorSettings())
     deployment = next(c for c in plan.apply if c["kind"] == "Deployment")
-    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    template = deployment["spec"]["template"]
+    return {
+        "metadata": {**template["metadata"], "uid": uid, "name": f"tiny-{uid}",
+                     "namespace": "inference", "annotations": {}},
+        "spec": {**template["spec"], "nodeName": "eu-west-1-l4-vllm-0"},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+
+
+def sample_container() -> dict[str, Any]:
+    """The engine container the operator renders for the real-engine sample."""
+    container: dict[str, Any] = sample_pod()["spec"]["containers"][0]
     return container
 
 

@@ -209,7 +209,9 @@ def test_pool_engine_merges_over_spec_engine(settings: OperatorSettings) -> None
     c = _container(_children(f, settings)[("Deployment", "llama-a")])
     assert c["args"][c["args"].index("--max-num-seqs") + 1] == "8"
     assert c["args"][c["args"].index("--max-model-len") + 1] == "4096"
-    assert {e["name"]: e.get("value") for e in c["env"]} == {"X": "pool", "Y": "1"}
+    assert {e["name"]: e.get("value") for e in c["env"]} == {
+        "X": "pool", "Y": "1", "VLLM_ENGINE_READY_TIMEOUT_S": "1800"
+    }  # fmt: skip
 
 
 def test_revision_stable_and_sensitive(settings: OperatorSettings) -> None:
@@ -229,3 +231,26 @@ def test_revision_stable_and_sensitive(settings: OperatorSettings) -> None:
         a[("Deployment", "llama-a")]["metadata"]["labels"]
         == b[("Deployment", "llama-a")]["metadata"]["labels"]
     )
+
+
+def test_vllm_waits_for_its_engine_as_long_as_the_startup_probe(
+    settings: OperatorSettings,
+) -> None:
+    """vLLM's own engine-ready timeout (600 s by default) would end a Neuron compile or a
+    large load that the startup probe still allows; a pool's own value wins."""
+    f = factory([pool("a", "eu-west-1", startupSeconds=2400)])
+    env = {e["name"]: e.get("value") for e in _container(_children(f, settings)[
+        ("Deployment", "llama-a")])["env"]}  # fmt: skip
+    assert env["VLLM_ENGINE_READY_TIMEOUT_S"] == "2400"
+    own = factory(
+        [
+            pool(
+                "a",
+                "eu-west-1",
+                engine={"env": [{"name": "VLLM_ENGINE_READY_TIMEOUT_S", "value": "60"}]},
+            )
+        ]
+    )
+    env = {e["name"]: e.get("value") for e in _container(_children(own, settings)[
+        ("Deployment", "llama-a")])["env"]}  # fmt: skip
+    assert env["VLLM_ENGINE_READY_TIMEOUT_S"] == "60"
