@@ -1,4 +1,10 @@
-"""Component `operator`: `factory-operator` as a process against the local API server."""
+"""Component `operator`: `factory-operator` as a process against the local API server.
+
+Its autoscaler reads the fleet's Prometheus (started after it; the URL is known in advance,
+and until Prometheus answers autoscaled pools hold their replicas), deciding every
+`AUTOSCALE_INTERVAL` seconds: simulated engines start in seconds, so the local fleet
+decides faster than the operator's default. Only factories with `spec.autoscaling` scale.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from factoryctl.fleet import (
     record_env,
     wait_until,
 )
+
+AUTOSCALE_INTERVAL = 5
 
 
 class OperatorComponent:
@@ -39,7 +47,9 @@ class OperatorComponent:
             ctx.home,
             self.name,
             [binary, "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
-             "--liveness", self._health_url(ctx)],
+             "--liveness", self._health_url(ctx),
+             "--prometheus-url", f"http://127.0.0.1:{ctx.home.port('prometheus')}",
+             "--autoscale-interval", str(AUTOSCALE_INTERVAL)],
             env={"KUBECONFIG": str(ctx.home.kubeconfig)},
         )  # fmt: skip
         wait_until(lambda: self._healthy(ctx), 60, "the operator's liveness endpoint")
