@@ -31,6 +31,7 @@ from factory_router.app.state import RouterState
 from factory_router.discovery.static import load_fleet_file
 from factory_router.policy.config import (
     EjectionConfig,
+    HoldConfig,
     Limits,
     RetryBudgetConfig,
     RouterConfig,
@@ -43,7 +44,7 @@ from factory_router.policy.policies import PolicyName
 from factory_router.policy.tenants import load_endpoint_key, load_tenants_text
 
 log = logging.getLogger("factory_router.main")
-_T, _L, _S, _R = Timeouts(), Limits(), ScoringConfig(), RouterConfig()
+_T, _L, _S, _R, _H = Timeouts(), Limits(), ScoringConfig(), RouterConfig(), HoldConfig()
 
 
 class Settings(BaseSettings):
@@ -91,6 +92,21 @@ class Settings(BaseSettings):
         ge=0,
         description="requests one tenant may have in flight (tenants file may override); "
         "beyond: 429; 0: no limit",
+    )
+    hold_max_requests: int = Field(
+        _H.max_requests,
+        ge=0,
+        description="requests held per model while its compliant pools scale from zero; "
+        "beyond: 503 with Retry-After; 0: never hold",
+    )
+    hold_timeout: float = Field(
+        _H.timeout_seconds,
+        ge=0,
+        description="seconds a request is held for a pool scaling from zero; then 503 with "
+        "Retry-After (x-factory-hold-timeout narrows it per request)",
+    )
+    hold_retry_after: int = Field(
+        _H.retry_after_seconds, ge=1, description="Retry-After seconds on a hold's 503"
     )
     prometheus_interval: float = Field(_R.prometheus_interval, gt=0)
     probe_interval: float = Field(
@@ -153,6 +169,11 @@ class Settings(BaseSettings):
             ejection=EjectionConfig(),
             scoring=ScoringConfig(
                 cost_weight_ms=self.cost_weight_ms, snapshot_stale_seconds=self.stale_after
+            ),
+            hold=HoldConfig(
+                max_requests=self.hold_max_requests,
+                timeout_seconds=self.hold_timeout,
+                retry_after_seconds=self.hold_retry_after,
             ),
             prometheus_interval=self.prometheus_interval,
             probe_interval=self.probe_interval,

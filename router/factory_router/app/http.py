@@ -42,6 +42,8 @@ def send_json(
 
 
 def send_error(request: Request, err: RouterError, headers: dict[str, str]) -> None:
+    if err.retry_after is not None:
+        headers = {**headers, "retry-after": str(err.retry_after)}
     send_json(request, err.body(), err.status, headers)
 
 

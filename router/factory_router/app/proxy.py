@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+from factory_router.app.hold import plan_or_hold
 from factory_router.app.http import (
     FORWARD_REQUEST_HEADERS,
     RELAY_RESPONSE_HEADERS,
@@ -101,7 +102,7 @@ async def handle(state: RouterState, request: Request) -> None:
             if state.policy is PolicyName.SCORE:
                 key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
             req = RouteRequest(model, allowed, client_region, key, rid)
-            route = state.plan(req)
+            route = await plan_or_hold(state, req, request.headers)  # scale from zero: hold.py
             await _forward(state, request, route=route, req=req, body=body, out=out)
         except RouterError as err:
             out.status = err.status

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from factory_router.app.hold import Holds
 from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
 from factory_router.policy.config import RouterConfig
@@ -42,6 +43,7 @@ class RouterState:
     fleet_error: str | None = None
     endpoint_key: str | None = None  # presented to `via_endpoint` backends (their router)
     rtt: RttMatrix | None = None  # --rtt: every fleet installed gets it (reloads included)
+    holds: Holds = field(default_factory=lambda: Holds(RouterConfig().hold))  # scale from zero
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     _jurisdictions: tuple[Fleet, TenantTable, frozenset[str]] | None = field(
         default=None, init=False, repr=False
@@ -99,6 +101,7 @@ class RouterState:
             tenant_limits=TenantLimits(cfg.limits.tenant_max_concurrent_requests),
             prometheus_url=prometheus_url,
             rtt=rtt,
+            holds=Holds(cfg.hold, metrics.registry),
         )
         if rtt is not None:
             state.set_fleet(state.fleet)
@@ -134,7 +137,7 @@ class RouterState:
         `--rtt` matrix, when given, replaces the one the fleet came with (a backends file
         reload must not fall back to the file's own or to none)."""
         if self.rtt is not None and fleet.rtt is not self.rtt:
-            fleet = Fleet(fleet.regions, fleet.backends, self.rtt)
+            fleet = replace(fleet, rtt=self.rtt)
         self.fleet = fleet
         self.fleet_error = None
         self.ejector.forget({b.id for b in fleet.backends})

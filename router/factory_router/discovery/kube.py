@@ -12,6 +12,9 @@ Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3)
 - EndpointSlices of Service `<factory>-<pool>` (label `kubernetes.io/service-name`):
   one backend per endpoint; `conditions.serving`/`terminating` are honoured (a terminating
   endpoint is used only when no ready one is left, so rollouts and scale-down drop nothing).
+- Pools (`Fleet.pools`): every pool of `status.pools[]` except `Blocked` ones, with its
+  `desiredReplicas` and whether an autoscaler wakes it (`spec.autoscaling`): a request
+  whose compliant pools are all at zero or starting is held for them (`app/hold.py`).
 - Pods: annotation `inference.factory.dev/address: host:port` overrides the endpoint's
   address (the local fleet's simulated engines listen on 127.0.0.1).
 
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from factory_router.policy.fleet import Backend, Fleet, Region, RttMatrix, build_fleet
+from factory_router.policy.fleet import Backend, Fleet, Pool, Region, RttMatrix, build_fleet
 from factory_router.policy.tenants import normalise_jurisdiction
 
 ADDRESS_ANNOTATION = "inference.factory.dev/address"
@@ -112,6 +115,37 @@ def _max_num_seqs(factory: Obj, pool_name: str) -> int | None:
     return None
 
 
+def _wakeable(factory: Obj, pool_name: str) -> bool:
+    """An autoscaler brings the pool up on demand: the factory has `spec.autoscaling` (policy
+    not `off`) and the pool's `replicas.max` is at least 1."""
+    autoscaling = _get(factory, "spec", "autoscaling")
+    if not isinstance(autoscaling, Mapping) or autoscaling.get("policy") == "off":
+        return False
+    for pool in _get(factory, "spec", "pools") or []:
+        if pool.get("name") == pool_name:
+            top = _get(pool, "replicas", "max")
+            return isinstance(top, int) and top >= 1
+    return False
+
+
+def _pool(factory: Obj, status: Obj, model: str, region: str | None, cost: float) -> Pool:
+    ns, fname = _key(factory)
+    name = str(status.get("name"))
+    desired = status.get("desiredReplicas")
+    return Pool(
+        namespace=ns,
+        factory=fname,
+        name=name,
+        model=model,
+        region=region,
+        service=f"{fname}-{name}",
+        desired_replicas=desired if isinstance(desired, int) and desired > 0 else 0,
+        wakeable=_wakeable(factory, name),
+        cost=cost,
+        max_num_seqs=_max_num_seqs(factory, name),
+    )
+
+
 def fleet_from_objects(
     fleet_regions: list[Obj],
     factories: list[Obj],
@@ -131,6 +165,7 @@ def fleet_from_objects(
         if svc:
             slices.setdefault((_get(s, "metadata", "namespace") or "", svc), []).append(s)
     backends: dict[str, Backend] = {}
+    pools: list[Pool] = []
     for factory in factories:
         ns, fname = _key(factory)
         model = _get(factory, "spec", "model", "name")
@@ -146,6 +181,8 @@ def fleet_from_objects(
                 region = None  # disagreement: fail closed
             svc = f"{fname}-{pname}"
             cost = _pool_cost(factory, pname, region_objs.get(region))
+            if pool.get("state") != "Blocked":  # never deployed: nothing to wake
+                pools.append(_pool(factory, pool, model, region, cost))
             capacity = _max_num_seqs(factory, pname)
             found = False
             for s in slices.get((ns, svc), []):
@@ -191,7 +228,7 @@ def fleet_from_objects(
                         via_endpoint=True,
                     ),
                 )
-    return build_fleet(regions.values(), backends.values(), rtt)
+    return build_fleet(regions.values(), backends.values(), rtt, pools)
 
 
 @dataclass

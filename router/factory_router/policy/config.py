@@ -114,6 +114,25 @@ class LatencyEjectionConfig:
 
 
 @dataclass(frozen=True)
+class HoldConfig:
+    """Scale from zero (`policy.hold`, `app.hold`): a request whose model's compliant pools
+    are all at zero replicas, or starting, waits for one to become ready.
+
+    `timeout_seconds` covers a simulated or small engine and a warm node (pod start, weights
+    from a local cache: tens of seconds); a cold real model load takes minutes (image pull,
+    weights download, Neuron compile), longer than most clients and proxies in front of the
+    router wait (60-120 s). Past it the client gets 503 with `Retry-After`, the pool keeps
+    starting (the operator does not shrink it within its expected startup time) and the
+    retry finds it ready. `max_requests` per model bounds the memory held (each request
+    keeps its body, up to `Limits.max_body_bytes`) and the connections kept open."""
+
+    max_requests: int = 128  # held at once per model; beyond: 503 at once; 0: never hold
+    timeout_seconds: float = 120.0  # longest hold; a client's x-factory-hold-timeout narrows
+    retry_after_seconds: int = 30  # Retry-After on a 503 of a hold (full, or waited out)
+    poll_seconds: float = 0.2  # how often a held request looks for a ready backend
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     """All of the above together."""
 
@@ -123,6 +142,7 @@ class RouterConfig:
     ejection: EjectionConfig = field(default_factory=EjectionConfig)
     latency_ejection: LatencyEjectionConfig = field(default_factory=LatencyEjectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    hold: HoldConfig = field(default_factory=HoldConfig)
     prometheus_interval: float = 2.0  # seconds between load snapshots
     reload_interval: float = 1.0  # seconds between checks of tenants/backends files
     probe_interval: float = 2.0  # seconds between RTT probes of each region (0 = none)

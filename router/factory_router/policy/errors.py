@@ -15,6 +15,8 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     ├── TooManyRequests              (429, code=rate_limit_exceeded) tenant's concurrency limit
     ├── ModelNotFound                (404, code=model_not_found)     nothing allowed serves it
     ├── NoCompliantBackend           (503, code=no_compliant_backend)
+    │   └── ScalingFromZero          (503, code=scaling_from_zero)   + Retry-After: the model's
+    │                                compliant pools are starting; hold queue full or waited out
     ├── UpstreamFailed               (502, code=upstream_error)      every attempt failed
     └── UpstreamTimeout              (504, code=upstream_timeout)    stalled before 1st byte
 
@@ -51,6 +53,7 @@ class RouterError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
     code: ClassVar[str | None] = None
+    retry_after: int | None = None  # seconds: sent as `Retry-After` when set
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         message = clip(message, MAX_MESSAGE_CHARS)
@@ -138,6 +141,17 @@ class NoCompliantBackend(RouterError):
     status = 503
     type = "service_unavailable"
     code = "no_compliant_backend"
+
+
+class ScalingFromZero(NoCompliantBackend):
+    """The model's compliant pools are at zero replicas or starting, and this request was not
+    served in time: the hold queue was full, or the hold timed out. Retry after a while."""
+
+    code = "scaling_from_zero"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamFailed(RouterError):

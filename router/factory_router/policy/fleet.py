@@ -41,6 +41,23 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """One pool of a factory as its status shows it, replicas or none: what a request is held
+    for while the pool scales up from zero (`policy.hold`)."""
+
+    namespace: str
+    factory: str
+    name: str  # the pool's own name (status.pools[].name), as the operator's series label it
+    model: str
+    region: str | None
+    service: str  # `<factory>-<pool>`: `Backend.pool` of its replicas
+    desired_replicas: int = 0  # status.pools[].desiredReplicas: > 0 while it starts
+    wakeable: bool = False  # an autoscaler brings it up on demand (spec.autoscaling, max >= 1)
+    cost: float = 0.0  # one replica-hour (FleetRegion pricing x accelerator count)
+    max_num_seqs: int | None = None
+
+
+@dataclass(frozen=True)
 class RttMatrix:
     """Round-trip times between regions in ms, symmetric; measured values override."""
 
@@ -70,6 +87,7 @@ class Fleet:
     regions: Mapping[str, Region]
     backends: tuple[Backend, ...]
     rtt: RttMatrix = field(default_factory=RttMatrix)
+    pools: tuple[Pool, ...] = ()  # every pool in the factories' status (scale from zero)
 
     def jurisdiction_of(self, backend: Backend) -> str | None:
         if not backend.region:
@@ -83,16 +101,34 @@ class Fleet:
 
     def exclusion_reason(self, backend: Backend, allowed: frozenset[str]) -> str | None:
         """Why a backend may not take a request with these jurisdictions (None: it may)."""
-        if not backend.region:
+        return self.region_exclusion(backend.region, allowed)
+
+    def region_exclusion(self, region: str | None, allowed: frozenset[str]) -> str | None:
+        """Why nothing in `region` may take a request with these jurisdictions (None: it may)."""
+        if not region:
             return "backend has no region"
-        if backend.region not in self.regions:
-            return f"region {backend.region!r} is unknown"
-        jurisdiction = self.regions[backend.region].jurisdiction
+        if region not in self.regions:
+            return f"region {region!r} is unknown"
+        jurisdiction = self.regions[region].jurisdiction
         if not jurisdiction:
-            return f"region {backend.region!r} has no jurisdiction"
+            return f"region {region!r} has no jurisdiction"
         if jurisdiction not in allowed:
             return f"jurisdiction {jurisdiction} not allowed"
         return None
+
+    def waking(self, model: str, allowed: frozenset[str]) -> list[Pool]:
+        """Compliant pools of `model` with no serving replica that are starting or that an
+        autoscaler brings up on demand: what a request may be held for. Empty: nothing
+        compliant can come (fail closed: the request gets today's immediate error)."""
+        serving = {(b.namespace, b.pool) for b in self.backends if b.serving}
+        return [
+            p
+            for p in self.pools
+            if p.model == model
+            and (p.wakeable or p.desired_replicas > 0)
+            and (p.namespace, p.service) not in serving
+            and self.region_exclusion(p.region, allowed) is None
+        ]
 
     def compliant(self, model: str, allowed: frozenset[str]) -> list[Backend]:
         """The residency filter. Raises ModelNotFound when nothing allowed serves `model`
@@ -115,10 +151,14 @@ class Fleet:
 
 
 def build_fleet(
-    regions: Iterable[Region], backends: Iterable[Backend], rtt: RttMatrix | None = None
+    regions: Iterable[Region],
+    backends: Iterable[Backend],
+    rtt: RttMatrix | None = None,
+    pools: Iterable[Pool] = (),
 ) -> Fleet:
     return Fleet(
         regions={r.name: r for r in regions},
         backends=tuple(backends),
         rtt=rtt or RttMatrix(),
+        pools=tuple(pools),
     )
