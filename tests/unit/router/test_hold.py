@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -118,11 +119,11 @@ def test_only_compliant_pools_without_a_serving_replica_are_waited_for() -> None
 
 
 def test_discovery_keeps_the_pools_of_the_factories_status() -> None:
-    regions: list[dict[str, Any]] = [
+    regions: list[Mapping[str, Any]] = [
         {"metadata": {"name": "eu-west-1"}, "spec": {"jurisdiction": "EU", "pricing": {"H100": 4}}}
     ]
     spec_pool = {"accelerator": {"type": "H100", "count": 2}, "replicas": {"min": 0, "max": 2}}
-    factory: dict[str, Any] = {
+    factory: Mapping[str, Any] = {
         "metadata": {"namespace": "ns", "name": "f"},
         "spec": {
             "model": {"name": "m"},
