@@ -10,7 +10,8 @@ Instant queries, one per signal, on the project's label set (``namespace``, ``fa
     ttft_p95  histogram_quantile(0.95, sum by (pool, le) (rate(..._bucket{...}[1m])))
     growth    deriv of running + waiting over the last two minutes (requests per second)
     pending   sum by (pool) (factory_router_pending_requests{...}): requests the router holds
-              for a pool at zero (issue 17, item 3; absent until the router exports it)
+              for a pool at zero or starting, on the one pool that should wake (issue 17,
+              item 3; router/factory_router/app/hold.py); no series: none held
     tokens    sum by (pool) (rate(vllm:generation_tokens_total{...}[2m])): tokens generated
               per second, for the growth's price per token (``FleetRegion.spec.pricing``)
 
