@@ -9,8 +9,9 @@ or starting (`Fleet.waking`), the request is held:
   `Retry-After` at once);
 - for a bounded time (`HoldConfig.timeout_seconds`, narrowed by the client's
   `x-factory-hold-timeout`; waited out: 503 `scaling_from_zero` with `Retry-After`);
-- looking every `HoldConfig.poll_seconds` for a plan; the first one is returned and the request
-  goes on as any other (ranking, failover within its candidates);
+- looking every `HoldConfig.poll_seconds` for a plan; the first one with a replica that is not
+  terminating is returned and the request goes on as any other (ranking, failover within its
+  candidates);
 - with no compliant pool left to wait for (factory deleted, region changed): the residency
   filter's own error at once. A client that goes away cancels the hold and releases its place.
 
@@ -41,6 +42,7 @@ from factory_router.policy.hold import (
     HoldBook,
     PendingKey,
     choose_pool,
+    has_coming_replica,
     hold_timeout,
 )
 from factory_router.policy.policies import RouteRequest
@@ -157,6 +159,8 @@ async def plan_or_hold(
                 holds.book.move(key, moved)
                 key = moved
                 continue
+            if not has_coming_replica(ranked.backend for ranked in route.ordered):
+                continue  # only replicas on their way out: wait for one that is coming
             outcome = "served"
             log.info(
                 "held request routed",

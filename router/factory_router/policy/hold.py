@@ -18,11 +18,11 @@ at zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from factory_router.policy.errors import BadRequest, clip
-from factory_router.policy.fleet import Pool
+from factory_router.policy.fleet import Backend, Pool
 
 HOLD_TIMEOUT_HEADER = "x-factory-hold-timeout"
 # Regions this close to the nearest count as equally near (the operator's NEAR_MS).
@@ -72,6 +72,13 @@ def choose_pool(pools: Sequence[Pool], rtt_ms: Callable[[str | None], float]) ->
         return (0 if p.desired_replicas > 0 else 1, tier, per_slot, p.name, p.namespace, p.factory)
 
     return min(pools, key=key)
+
+
+def has_coming_replica(backends: Iterable[Backend]) -> bool:
+    """A plan worth leaving a hold for: some candidate is not terminating. Replicas on their
+    way out (a pool just scaled to zero, its pod serving while it drains) are not the ones a
+    held request waits for; a request that was not held still uses them as a last resort."""
+    return any(not b.terminating for b in backends)
 
 
 class HoldBook:

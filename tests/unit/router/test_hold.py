@@ -20,7 +20,13 @@ from factory_router.discovery.kube import fleet_from_objects
 from factory_router.policy.config import HoldConfig, RouterConfig, Timeouts
 from factory_router.policy.errors import BadRequest
 from factory_router.policy.fleet import Backend, Pool, RttMatrix, build_fleet
-from factory_router.policy.hold import HoldBook, PendingKey, choose_pool, hold_timeout
+from factory_router.policy.hold import (
+    HoldBook,
+    PendingKey,
+    choose_pool,
+    has_coming_replica,
+    hold_timeout,
+)
 from tests.unit.router.router_testkit import (
     REGIONS,
     auth,
@@ -83,6 +89,13 @@ def test_a_held_request_counts_on_the_pool_that_should_wake() -> None:
     assert choose_pool([_pool("a", cost=1.0), _pool("b", cost=1.0, max_num_seqs=8)], rtt).name == (
         "a"
     )
+
+
+def test_a_held_request_waits_for_a_replica_that_is_coming_not_one_that_is_going() -> None:
+    going = Backend("old", "m", "f-dub", "eu-west-1", "http://x", terminating=True)
+    coming = replace(going, id="new", terminating=False)
+    assert not has_coming_replica([going])
+    assert has_coming_replica([going, coming]) and has_coming_replica([coming])
 
 
 def test_the_hold_book_is_bounded_per_model_and_leaves_no_series_behind() -> None:
