@@ -315,9 +315,13 @@ def engines_agent(home: HomeOption = None, topology: TopologyOption = DEFAULT_TO
     from factoryctl.components.real_engine import setup_of  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe is noise
     ctx = _context(home, topology)
     urls = {r.name: control_url(ctx, r.name) for r in ctx.topology.regions}
     setup = setup_of(ctx.home)
+    if setup is None and (ctx.home.state().get("real_engine") or {}).get("on"):
+        logging.error("real engine on, but the vLLM environment or the tiny model is missing "
+                      "(`factoryctl dev vllm`): the simulator serves every pod")  # fmt: skip
     real = RealEngines(ctx.home, setup) if setup is not None else None
     logging.info("real engine: %s", "on" if real else "off (the simulator serves every pod)")
     EnginesAgent(str(ctx.home.kubeconfig), ctx.topology, urls, targets_file(ctx), real=real).run()

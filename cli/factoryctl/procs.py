@@ -65,9 +65,12 @@ def spawn(
     argv: Sequence[str],
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    inherit_env: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` as process `name` (a pid file, its log, a session of its own) and return
-    it, for a caller that watches its child (and reaps it with `poll`)."""
+    it, for a caller that watches its child (and reaps it with `poll`). `inherit_env` False:
+    `env` is its whole environment."""
     home.ensure()
     log = log_path(home, name).open("ab")
     proc = subprocess.Popen(
@@ -75,7 +78,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if inherit_env else {}), **(env or {})},
         cwd=cwd,
         start_new_session=True,
     )
@@ -93,8 +96,9 @@ def stop(
     Returns True if something was running; returns once it has exited.
     """
     pid = running_pid(home, name)
-    _pidfile(home, name).unlink(missing_ok=True)
     if pid is None:
+        reap_session(home, name)  # what outlived a leader that died on its own
+        _pidfile(home, name).unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
@@ -103,7 +107,39 @@ def stop(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         _wait_gone(pid, 10.0)
+    reap_session(home, name)
+    _pidfile(home, name).unlink(missing_ok=True)
     return True
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (state, ppid, pgrp, session, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def reap_session(home: FleetHome, name: str) -> int:
+    """SIGKILL what is left of process `name`'s session once its leader is gone (children
+    that outlive it: a process group is not ended by its leader's death). Only processes
+    started after the leader count, and nothing is done if the leader's pid now belongs to
+    another process. Returns how many were killed."""
+    try:
+        record = json.loads(_pidfile(home, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    leader, start = int(record["pid"]), record.get("start")
+    if start is None or _start_time(leader) is not None:
+        return 0  # the leader still runs (stop it first) or its pid is someone else's now
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[3]) == leader and int(fields[19]) >= int(start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

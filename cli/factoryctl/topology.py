@@ -238,8 +238,10 @@ class Topology(BaseModel):
         return found
 
     def real_engine_pools(self) -> list[tuple[str, NodePool]]:
-        """(region, node pool) of every pool served by a real engine."""
-        return [(r.name, p) for r in self.regions for p in r.nodePools if p.engine != "sim"]
+        """(region, node pool) of every pool served by a real engine that has nodes."""
+        return [
+            (r.name, p) for r in self.regions for p in r.nodePools if p.engine != "sim" and p.count
+        ]
 
     def rtt_table(self, region: str) -> dict[str, float]:
         """Round trips from every region to `region`."""

@@ -242,28 +242,15 @@ class EnginesAgent:
             if not _running(pod):
                 continue
             labels = nodes.get(pod["spec"]["nodeName"], {})
-            if self.real is not None and labels.get(ENGINE_LABEL) == "vllm":
-                wanted_real.add(pod["metadata"]["uid"])
-                self._converge_real(self.real, pod, targets)
-                continue
-            try:
-                cfg = engine_config(pod, labels, self.topology)
-            except ValueError as exc:
-                log.warning("pod %s: %s: %s", pod["metadata"]["name"], BEHAVIOUR_ANNOTATION, exc)
-                continue
-            if cfg is None or cfg["region"] not in self.control_urls:
-                continue
-            wanted.add(cfg["name"])
-            engine = engines.get(cfg["name"])
-            if engine is None:
-                engine = self._start(cfg)
-                if engine is None:
-                    continue
-            targets.append(scrape_target(pod, engine.port))
-            # The readiness probe: the pod turns Ready (kwok's engine-pod-ready Stage) once
-            # its engine answers; an engine still loading is asked again next pass.
-            if self._announced(pod, engine) or self._answers(engine):
-                self._annotate(pod, f"127.0.0.1:{engine.port}")
+            try:  # one pod's trouble never stops the others' engines
+                if self.real is not None and labels.get(ENGINE_LABEL) == "vllm":
+                    wanted_real.add(pod["metadata"]["uid"])
+                    self._converge_real(self.real, pod, targets)
+                else:
+                    self._converge_sim(pod, labels, engines, wanted, targets)
+            except Exception:
+                log.exception("pod %s/%s: pass failed", pod["metadata"]["namespace"],
+                              pod["metadata"]["name"])  # fmt: skip
         for engine_id in wanted:
             self.draining.pop(engine_id, None)
         for engine_id, engine in engines.items():
@@ -274,6 +261,34 @@ class EnginesAgent:
                 if self.real.release(uid, self.real_pods.get(uid)):
                     self.real_pods.pop(uid, None)
         self._write_targets(targets)
+
+    def _converge_sim(
+        self,
+        pod: dict[str, Any],
+        labels: dict[str, str],
+        engines: dict[str, _Engine],
+        wanted: set[str],
+        targets: list[dict[str, Any]],
+    ) -> None:
+        """A simulated engine for a pod: start it in its region's simulator, probe it."""
+        try:
+            cfg = engine_config(pod, labels, self.topology)
+        except ValueError as exc:
+            log.warning("pod %s: %s: %s", pod["metadata"]["name"], BEHAVIOUR_ANNOTATION, exc)
+            return
+        if cfg is None or cfg["region"] not in self.control_urls:
+            return
+        wanted.add(cfg["name"])
+        engine = engines.get(cfg["name"])
+        if engine is None:
+            engine = self._start(cfg)
+            if engine is None:
+                return
+        targets.append(scrape_target(pod, engine.port))
+        # The readiness probe: the pod turns Ready (kwok's engine-pod-ready Stage) once its
+        # engine answers; an engine still loading is asked again next pass.
+        if self._announced(pod, engine) or self._answers(engine):
+            self._annotate(pod, f"127.0.0.1:{engine.port}")
 
     def _converge_real(
         self, real: RealEngines, pod: dict[str, Any], targets: list[dict[str, Any]]
@@ -296,10 +311,19 @@ class EnginesAgent:
             return
         if not found.running or found.port is None:
             return
-        engine = _Engine(uid, found.port, "")
-        if self._announced(pod, engine) or self._answers(engine):
+        # The pod's own probes, every pass: readiness, liveness and startup budgets from its
+        # spec (the kubelet's job on a node).
+        verdict = real.probe(pod, self._answers(_Engine(uid, found.port, "")))
+        if verdict.ready:
             targets.append(scrape_target(pod, found.port))
             self._annotate(pod, f"127.0.0.1:{found.port}")
+            return
+        annotations = pod["metadata"].get("annotations") or {}
+        if annotations.get(READY_ANNOTATION) == "true":
+            # Not answering now, or the annotation is another engine's (a mode switch).
+            self._set_ready(pod, None, ready=False)
+        if verdict.restart is not None:
+            self._event(pod, "Unhealthy", verdict.restart)
 
     def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
         """A Warning Event on the pod, as the kubelet writes when a container fails."""

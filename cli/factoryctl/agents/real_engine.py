@@ -4,33 +4,32 @@ A node pool marked `engine: vllm` in the topology (label and NoSchedule taint
 `inference.factory.dev/local-engine=vllm`) is served by the pinned real vLLM (CPU build) and
 the tiny model that `factoryctl dev vllm` makes, not by the simulator. The engines agent
 starts, for each running pod on such a node, **the command line the operator generated for the
-pod**, read from its spec, with only what a CPU machine forces changed. Every change is in
-`SUBSTITUTIONS` below and nowhere else, and `command_line` reports each one it made, so an
-invalid flag or value the operator writes fails here as it would on a GPU node:
-
-In short: the executable and the model are the pinned environment's and the tiny model; the
-engine listens on 127.0.0.1 and a free port; tensor parallelism is 1; the GPU memory fraction
-gives way to a KV cache sized in bytes; `--max-model-len` is cut to the tiny model's context;
-`--enforce-eager` is added; Secrets are not there; the pod's volumes and caches are folders of
-the engine. The table of the README's "A real engine" section is the same list.
+pod**, read from its spec, with only what a CPU machine forces changed: every change is listed
+in `factoryctl.agents.vllm_command.SUBSTITUTIONS`, and the agent logs each one it makes.
 
 Each engine is a process of the fleet (`factoryctl.procs`: its own session, a pid file, its
 log in `<home>/logs/vllm-<pod uid>.log`), so a restarted agent adopts what runs and
-`factoryctl dev down` stops what is left. An engine that exits is started again after a
-back-off that doubles up to five minutes, as the kubelet's CrashLoopBackOff does; its last
-log lines go to the agent's log and into an Event on the pod. A pod that is gone gets what the
-kubelet would give it: its preStop sleep, then SIGTERM to `vllm serve` alone, as the container
-runtime signals PID 1 (vLLM finishes in-flight requests within `--shutdown-timeout`), then
-SIGKILL to all of it at the end of its termination grace period.
+`factoryctl dev down` stops what is left, including engine processes that outlived a
+`vllm serve` that died. The agent plays the kubelet for it:
+
+- the pod's own probes from its spec: Ready while `/health` answers within the readiness
+  budget (periodSeconds x failureThreshold), killed and started again when it is silent
+  beyond the liveness budget, or never answers within the startup budget;
+- an engine that exits is started again after a back-off that doubles up to five minutes
+  (CrashLoopBackOff; ten minutes of running reset it), its last log lines in the agent's log
+  and in an Event on the pod;
+- a pod that is gone gets its preStop sleep, then SIGTERM to `vllm serve` alone, as the
+  container runtime signals PID 1 (vLLM finishes in-flight requests within
+  `--shutdown-timeout`), then SIGKILL to all of it at the end of its grace period.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,173 +38,26 @@ from pathlib import Path
 from typing import Any
 
 from factoryctl import procs
+from factoryctl.agents.vllm_command import (
+    ENGINE_ENV,
+    NotServable,
+    RealEngineSetup,
+    command_line,
+    short_tmp,
+)
 from factoryctl.home import FleetHome, free_port
+
+__all__ = ["NotServable", "RealEngineSetup", "RealEngines", "process_name"]
 
 log = logging.getLogger("factoryctl.engines.vllm")
 
 PROCESS_PREFIX = "vllm-"
-KV_CACHE_BYTES = 256 * 2**20
-# vLLM's CPU backend has one device per NUMA node; this kind of machine has one.
-CPU_TENSOR_PARALLEL = 1
 BACKOFF_FIRST_SECONDS = 10.0
 BACKOFF_MAX_SECONDS = 300.0
+BACKOFF_RESET_SECONDS = 600.0  # as the kubelet: ten minutes of running forgive past crashes
 ERROR_LINES = 12
-
-# Every substitution, and why: the one place that says what differs from the pod's spec.
-SUBSTITUTIONS: dict[str, str] = {
-    "executable": "the image's `vllm` is the pinned CPU environment's: no image runs here",
-    "model": "no weights can be downloaded here; the tiny model stands in for the pod's model",
-    "--host": "servers started on this machine listen on 127.0.0.1 only",
-    "--port": "every engine shares this machine's network; a free port instead",
-    "--tensor-parallel-size": "vLLM's CPU backend runs one device per NUMA node; here, one",
-    "--gpu-memory-utilization": "a GPU memory fraction; on CPU the KV cache is sized in bytes",
-    "--max-model-len": "the tiny model's context is 2048 tokens; larger values are cut to it",
-    "--kv-cache-memory-bytes": "added: vLLM's CPU default (92% of memory) refuses to start on a "
-    "shared machine",
-    "--enforce-eager": "added: no torch.compile, about 60 s less to start on 2 cores",
-    "env valueFrom / envFrom": "Secrets and ConfigMaps do not exist on this machine",
-    "env under a volume mount": "the pod's volumes are folders of the engine here",
-    "ENGINE_ENV": "vLLM's and Hugging Face's caches and temporary files stay in the engine's "
-    "folder; nothing is fetched from the Hub",
-}
-DROPPED_FLAGS = {"--gpu-memory-utilization": 1}  # flag -> how many values follow it
-# The environment every real engine gets, paths relative to its folder. (TMPDIR is not
-# there: vLLM binds its processes' ZeroMQ sockets in it, and a Unix socket path has at most
-# 107 bytes, so it is a short folder of the system's temporary directory: `short_tmp`.)
-ENGINE_ENV = {
-    "HF_HOME": "hf",
-    "VLLM_CACHE_ROOT": "vllm-cache",
-    "TORCHINDUCTOR_CACHE_DIR": "inductor",
-}
-FIXED_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
-
-
-class NotServable(ValueError):
-    """The pod's container is not something the real engine can run (not `vllm serve`)."""
-
-
-@dataclass(frozen=True)
-class RealEngineSetup:
-    """What the real engines run with: the pinned vLLM and the tiny model."""
-
-    vllm: Path
-    model: Path
-    max_model_len: int
-    work: Path  # one folder per engine below it
-
-
-@dataclass(frozen=True)
-class Launch:
-    """A command line to run, and the substitutions made to the pod's."""
-
-    argv: list[str]
-    env: dict[str, str]
-    substitutions: list[str]
-
-
-def _split_equals(args: list[str]) -> list[str]:
-    out: list[str] = []
-    for arg in args:
-        if arg.startswith("--") and "=" in arg:
-            out += arg.split("=", 1)
-        else:
-            out.append(arg)
-    return out
-
-
-def command_line(
-    container: dict[str, Any], setup: RealEngineSetup, port: int, folder: Path
-) -> Launch:
-    """The real engine's command line and environment for one pod's engine container.
-
-    Raises NotServable when the container does not run `vllm serve <model>`."""
-    command = list(container.get("command") or [])
-    args = _split_equals(list(container.get("args") or []))
-    if command != ["vllm", "serve"]:
-        raise NotServable(f"the engine container runs {command!r}, not ['vllm', 'serve']")
-    if not args or args[0].startswith("-"):
-        raise NotServable("`vllm serve` is given no model (its first argument)")
-    made = [f"executable: vllm -> {setup.vllm}", f"model: {args[0]} -> {setup.model}"]
-    rest = args[1:]
-    out: list[str] = []
-    index = 0
-    replaced: dict[str, Callable[[str], str]] = {
-        "--host": lambda _v: "127.0.0.1",
-        "--port": lambda _v: str(port),
-        "--tensor-parallel-size": lambda _v: str(CPU_TENSOR_PARALLEL),
-        "--max-model-len": lambda v: _capped_tokens(v, setup.max_model_len),
-    }
-    while index < len(rest):
-        arg = rest[index]
-        if arg in DROPPED_FLAGS:
-            values = rest[index + 1 : index + 1 + DROPPED_FLAGS[arg]]
-            made.append(f"{arg} {' '.join(values)}: dropped")
-            index += 1 + DROPPED_FLAGS[arg]
-            continue
-        if arg in replaced and index + 1 < len(rest):
-            was, now = rest[index + 1], replaced[arg](rest[index + 1])
-            if now != was:
-                made.append(f"{arg}: {was} -> {now}")
-            out += [arg, now]
-            index += 2
-            continue
-        out.append(arg)
-        index += 1
-    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
-        if flag not in out:
-            out += [flag, value]
-            made.append(f"{flag}: added {value}")
-    out += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager"]
-    made += [f"--kv-cache-memory-bytes: added {KV_CACHE_BYTES}", "--enforce-eager: added"]
-    env, env_made = _environment(container, folder)
-    return Launch([str(setup.vllm), "serve", str(setup.model), *out], env, made + env_made)
-
-
-def _capped_tokens(value: str, limit: int) -> str:
-    """A --max-model-len value cut to `limit`, read as vLLM reads it (digits, or a k/K/m/M
-    suffix); a value that is not a number is left for vLLM to refuse, as on a GPU node."""
-    text = value.strip()
-    scale = {"k": 1000, "K": 1024, "m": 1_000_000, "M": 1024 * 1024}.get(text[-1:], 1)
-    digits = text[:-1] if scale != 1 else text
-    try:
-        tokens = int(float(digits) * scale)
-    except ValueError:
-        return value
-    return str(limit) if tokens > limit else value
-
-
-def _environment(container: dict[str, Any], folder: Path) -> tuple[dict[str, str], list[str]]:
-    mounts = sorted(
-        (m["mountPath"].rstrip("/") for m in container.get("volumeMounts") or []),
-        key=len,
-        reverse=True,
-    )
-    env: dict[str, str] = {}
-    made: list[str] = []
-    for item in container.get("env") or []:
-        name = item["name"]
-        if "value" not in item:
-            made.append(f"env {name}: dropped (valueFrom)")
-            continue
-        value = str(item["value"])
-        mount = next((m for m in mounts if value == m or value.startswith(m + "/")), None)
-        if mount is not None:
-            local = folder / "volumes" / mount.lstrip("/") / value[len(mount) :].lstrip("/")
-            made.append(f"env {name}: {value} -> {local}")
-            value = str(local)
-        env[name] = value
-    if container.get("envFrom"):
-        made.append("envFrom: dropped")
-    for name, relative in ENGINE_ENV.items():
-        env.setdefault(name, str(folder / relative))
-    env.setdefault("TMPDIR", str(short_tmp(folder)))
-    env |= FIXED_ENV
-    return env, made
-
-
-def short_tmp(folder: Path) -> Path:
-    """A temporary folder for one engine whose path leaves room for vLLM's socket names."""
-    return Path(tempfile.gettempdir()) / f"factory-vllm-{folder.name[:12]}"
+# Lines of an access log (uvicorn's), which say nothing of why an engine stopped.
+ACCESS_LINE = re.compile(r'"(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) \S+ HTTP/')
 
 
 def process_name(uid: str) -> str:
@@ -220,12 +72,14 @@ def _port_of(argv: list[str]) -> int | None:
 
 
 def last_lines(path: Path, count: int = ERROR_LINES) -> str:
-    """The end of an engine's log: where vLLM writes why it stopped."""
+    """The end of an engine's log, where vLLM writes why it stopped (access-log lines left
+    out: a scrape every second would push the reason out)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log)"
-    return "\n".join(line for line in lines[-count:] if line.strip())
+    kept = [line for line in lines if line.strip() and not ACCESS_LINE.search(line)]
+    return "\n".join(kept[-count:])
 
 
 @dataclass
@@ -243,6 +97,23 @@ class EngineRun:
     kill_at: float | None = None
     substitutions: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None  # None for one a previous agent started
+    last_ok: float | None = None  # when it last answered /health (None: not yet, this run)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The probes' verdict on a running engine."""
+
+    ready: bool
+    restart: str | None = None  # why it was killed (liveness or startup budget spent)
+
+
+def _budget(container: dict[str, Any], probe: str, default: float) -> float:
+    """periodSeconds x failureThreshold of one of the container's probes."""
+    spec = container.get(probe) or {}
+    if not spec:
+        return default
+    return float(spec.get("periodSeconds", 10)) * float(spec.get("failureThreshold", 3))
 
 
 @dataclass(frozen=True)
@@ -281,12 +152,17 @@ class RealEngines:
         name = process_name(uid)
         code = run.process.poll() if run.process is not None else None
         if code is None and procs.running_pid(self.home, name) is not None:
+            if run.started is not None and self.clock() - run.started > BACKOFF_RESET_SECONDS:
+                run.failures = 0
             return Poll(run.port, running=True)
         exited = None
         if run.started is not None:  # it ran and is gone: the engine's own words say why
             exited = last_lines(procs.log_path(self.home, name))
             if code is not None:
                 exited += f"\n(exit code {code})"
+            # Its engine and worker processes outlive `vllm serve` when it dies hard: end
+            # them, as the end of a container ends every process in it.
+            procs.reap_session(self.home, name)
             procs.forget(self.home, name)
             run.process = None
             run.started = None
@@ -312,9 +188,11 @@ class RealEngines:
             (folder / relative).mkdir(parents=True, exist_ok=True)
         short_tmp(folder).mkdir(parents=True, exist_ok=True)
         run.process = procs.spawn(
-            self.home, process_name(run.uid), launch.argv, env=launch.env, cwd=folder
-        )
+            self.home, process_name(run.uid), launch.argv, env=launch.env, cwd=folder,
+            inherit_env=False,
+        )  # fmt: skip
         run.port, run.started, run.substitutions = port, self.clock(), launch.substitutions
+        run.last_ok = None
         log.info(
             "real engine of pod %s/%s on port %d: %s\n  substitutions: %s",
             pod["metadata"]["namespace"], pod["metadata"]["name"], port,
@@ -329,6 +207,7 @@ class RealEngines:
         if run is not None and run.process is not None:
             run.process.poll()  # reap it if it has exited
         if run is None or procs.running_pid(self.home, name) is None:
+            procs.reap_session(self.home, name)
             procs.forget(self.home, name)
             self.runs.pop(uid, None)
             self._clean(uid)
@@ -345,6 +224,32 @@ class RealEngines:
             # group kills the engine core under the streams it is finishing).
             procs.send_signal(self.home, name, signal.SIGTERM, group=False)
         return False
+
+    def probe(self, pod: dict[str, Any], answers: bool) -> Verdict:
+        """Apply the pod's readiness, liveness and startup probes to a running engine, given
+        whether it answered /health now; an engine out of its liveness or startup budget is
+        killed (the next poll starts it again after the back-off)."""
+        run = self.runs[pod["metadata"]["uid"]]
+        now = self.clock()
+        if answers:
+            run.last_ok = now
+            return Verdict(ready=True)
+        container = pod["spec"]["containers"][0]
+        if run.last_ok is None:
+            budget = _budget(container, "startupProbe", float("inf"))
+            if run.started is not None and now - run.started > budget:
+                self._kill(run.uid)
+                return Verdict(False, f"Startup probe failed: no answer in {budget:.0f}s")
+            return Verdict(ready=False)
+        silent = now - run.last_ok
+        if silent > _budget(container, "livenessProbe", float("inf")):
+            self._kill(run.uid)
+            return Verdict(False, f"Liveness probe failed: no answer for {silent:.0f}s")
+        return Verdict(ready=silent <= _budget(container, "readinessProbe", 0.0))
+
+    def _kill(self, uid: str) -> None:
+        procs.send_signal(self.home, process_name(uid), signal.SIGKILL, group=True)
+        self.runs[uid].last_ok = None
 
     def uids(self) -> set[str]:
         return set(self.runs)
@@ -381,9 +286,14 @@ def _termination(pod: dict[str, Any] | None) -> tuple[float, float]:
 
 
 def stop_all_recorded(home: FleetHome) -> int:
-    """Stop every real engine of a home (for `dev down`, with or without an agent)."""
+    """Stop every real engine of a home, and what is left of engines that died (for `dev
+    down`, with or without an agent); their temporary folders go too."""
     stopped = 0
     for name in procs.names(home):
-        if name.startswith(PROCESS_PREFIX) and procs.stop(home, name, grace=30):
+        if not name.startswith(PROCESS_PREFIX):
+            continue
+        if procs.stop(home, name, grace=30):
             stopped += 1
+        uid = name.removeprefix(PROCESS_PREFIX)
+        shutil.rmtree(short_tmp(Path(uid)), ignore_errors=True)
     return stopped

@@ -58,10 +58,13 @@ class EnginesComponent:
             url = control_url(ctx, region.name)
             wait_until(partial(_healthy, url), 30, f"the simulator of {region.name}")
         before = (ctx.home.state().get("real_engine") or {}).get("on")
-        if real_engine.prepare(ctx) != before and procs.running_pid(ctx.home, AGENT) is not None:
+        on = real_engine.prepare(ctx)
+        if on != before and procs.running_pid(ctx.home, AGENT) is not None:
             # The agent reads the choice when it starts: start it again (it adopts the
             # engines that run).
             procs.stop(ctx.home, AGENT)
+        if not on:
+            real_engine.stop_engines(ctx)  # those of an earlier `dev up` with it on
         procs.start(
             ctx.home,
             AGENT,

@@ -26,11 +26,12 @@ from typing import Any
 from factoryctl import procs
 from factoryctl.agents.real_engine import PROCESS_PREFIX, RealEngineSetup, stop_all_recorded
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
+from factoryctl.fleet import ComponentStatus, FleetContext, State, wait_until
 from factoryctl.home import FleetHome
 from factoryctl.topology import ENGINE_LABEL
 
 MIN_AVAILABLE_GIB = 8.0
+OFF_WORDS = {"0", "false", "no", "off"}
 READY_DEADLINE_SECONDS = 900  # 80-130 s on 2 idle cores; minutes more on a busy machine
 NO_POD_SECONDS = 120  # a real-engine node that no pod comes to is not waited for
 
@@ -53,7 +54,7 @@ def decide(ctx: FleetContext, asked: bool | None) -> tuple[bool, str]:
         return False, "no node pool of the topology has engine: vllm"
     if asked is False:
         return False, "turned off (--no-real-engine)"
-    if asked is None and os.environ.get("FACTORY_REAL_ENGINE", "").lower() in {"0", "false", "no"}:
+    if asked is None and os.environ.get("FACTORY_REAL_ENGINE", "").lower() in OFF_WORDS:
         return False, "turned off (FACTORY_REAL_ENGINE=0)"
     memory = available_gib()
     if asked is None and memory < MIN_AVAILABLE_GIB:
@@ -156,7 +157,16 @@ class RealEngineComponent:
         engines = [n for n in procs.names(ctx.home) if n.startswith(PROCESS_PREFIX)]
         running = [n for n in engines if procs.running_pid(ctx.home, n) is not None]
         detail = f"{'on' if decided['on'] else 'off'}: {decided['why']}"
-        if decided["on"]:
+        if running or decided["on"]:
             detail += f"; {len(running)} vLLM process(es)"
-        return ComponentStatus(self.name, "running" if decided["on"] else "n/a", detail,
+        state: State = "running" if decided["on"] else "n/a"
+        if decided["on"] and setup_of(ctx.home) is None:
+            state, detail = (
+                "degraded",
+                detail
+                + (
+                    "; the vLLM environment or the tiny model is missing: run `factoryctl dev vllm`"
+                ),
+            )
+        return ComponentStatus(self.name, state, detail,
                                data={"on": decided["on"], "engines": len(running)})  # fmt: skip

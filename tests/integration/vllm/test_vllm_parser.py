@@ -258,7 +258,7 @@ def _case(case_id: str, container: dict[str, Any], change: Any = None) -> dict[s
 
 def _real_engine_case(env: VllmEnv, work: Path) -> dict[str, Any]:
     """The local fleet's real-engine sample after the engines agent's substitutions."""
-    from factoryctl.agents.real_engine import RealEngineSetup, command_line  # noqa: PLC0415
+    from factoryctl.agents.vllm_command import RealEngineSetup, command_line  # noqa: PLC0415
     from factoryctl.vllm_env import tiny_model_dir  # noqa: PLC0415
     from tests.unit.factoryctl.test_real_engine import sample_container  # noqa: PLC0415
 

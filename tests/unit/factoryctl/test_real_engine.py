@@ -9,6 +9,7 @@ tests/e2e/test_real_engine.py and in the parser test (tests/integration/vllm).
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,13 @@ from factory_operator.api import FleetRegion, InferenceFactory
 from factory_operator.plan import Observed, OperatorSettings, plan_factory
 from factoryctl import procs
 from factoryctl.agents.engines import READY_ANNOTATION, EnginesAgent
-from factoryctl.agents.real_engine import (
+from factoryctl.agents.real_engine import RealEngines, last_lines, process_name
+from factoryctl.agents.vllm_command import (
     KV_CACHE_BYTES,
     SUBSTITUTIONS,
     NotServable,
-    RealEngines,
     RealEngineSetup,
     command_line,
-    process_name,
 )
 from factoryctl.components.resources import REAL_ENGINE_SAMPLE
 from factoryctl.home import FleetHome
@@ -100,6 +100,8 @@ def test_the_operators_command_line_runs_with_only_the_listed_substitutions(
     for made in launch.substitutions:
         head = made.split(":", 1)[0].split(" ", 1)[0]
         assert head in SUBSTITUTIONS or made.startswith(("env ", "envFrom")), made
+    # The sample's own `--revision`-free, Hub model: nothing of it is dropped but the fraction.
+    assert [m for m in launch.substitutions if "dropped" in m] == []
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,11 @@ def test_the_operators_command_line_runs_with_only_the_listed_substitutions(
         (["--max-model-len", "1024"], ["--max-model-len", "1024"]),
         # Not a number: vLLM refuses it, as it would on a GPU node.
         (["--max-model-len", "lots"], ["--max-model-len", "lots"]),
+        (["--max-model-len=1e999"], ["--max-model-len", "1e999"]),  # inf: vLLM's to refuse
+        (["-tp", "4"], ["--tensor-parallel-size", "1"]),
+        (["--tensor-parallel", "4"], ["--tensor-parallel-size", "1"]),  # an abbreviation
+        (["--load-format", "runai_streamer", "--revision", "main"], []),
+        (["--kv-cache-memory-bytes", "1"], ["--kv-cache-memory-bytes", "1"]),  # the pod's
         (["--tensor-parallel-size", "8", "--gpu-memory-utilization", "0.9"],
          ["--tensor-parallel-size", "1"]),
         (["--misspelled-flag", "x"], ["--misspelled-flag", "x"]),
@@ -119,6 +126,51 @@ def test_substitutions_of_flags(tmp_path: Path, args: list[str], expected: list[
     container = {"command": ["vllm", "serve"], "args": ["org/model", *args]}
     launch = command_line(container, setup(tmp_path), 9, tmp_path)
     assert launch.argv[3 : 3 + len(expected)] == expected
+    assert launch.argv.count("--kv-cache-memory-bytes") == 1
+
+
+def test_the_pods_own_eager_choice_is_kept(tmp_path: Path) -> None:
+    container = {"command": ["vllm", "serve"], "args": ["m", "--no-enforce-eager"]}
+    argv = command_line(container, setup(tmp_path), 9, tmp_path).argv
+    assert "--no-enforce-eager" in argv and "--enforce-eager" not in argv
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        # Code of the pod's choosing on the host (the fleet runs engines as host processes).
+        {"env": [{"name": "PYTHONPATH", "value": "/tmp/evil"}]},
+        {"env": [{"name": "LD_PRELOAD", "value": "/tmp/evil.so"}]},
+        # Paths out of the engine's folder, through a mount or a value under one.
+        {"volumeMounts": [{"name": "x", "mountPath": "/a/../../../.."}]},
+        {"volumeMounts": [{"name": "c", "mountPath": "/root/.cache"}],
+         "env": [{"name": "HF_HOME", "value": "/root/.cache/../../../../../tmp/escaped"}]},
+    ],
+)  # fmt: skip
+def test_a_pod_cannot_act_on_the_host(tmp_path: Path, container: dict[str, Any]) -> None:
+    with pytest.raises(NotServable):
+        command_line({"command": ["vllm", "serve"], "args": ["m"], **container},
+                     setup(tmp_path), 9, tmp_path / "e")  # fmt: skip
+
+
+def test_the_engine_starts_from_a_clean_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACTORY_HOME", "/somewhere")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "agent-secret")
+    container = {"command": ["vllm", "serve"], "args": ["m"],
+                 "env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]}  # fmt: skip
+    launch = command_line(container, setup(tmp_path), 9, tmp_path / "e")
+    assert "FACTORY_HOME" not in launch.env and "AWS_SECRET_ACCESS_KEY" not in launch.env
+    assert launch.env["HF_HUB_OFFLINE"] == "1"
+    assert "env HF_HUB_OFFLINE: 0 -> 1" in launch.substitutions
+
+
+def test_an_engines_last_words_leave_out_its_access_log(tmp_path: Path) -> None:
+    log = tmp_path / "engine.log"
+    scrape = 'INFO:     127.0.0.1:1 - "GET /metrics HTTP/1.1" 200 OK\n'
+    log.write_text("ValueError: bad\n" + scrape * 30)
+    assert last_lines(log) == "ValueError: bad"
 
 
 def test_environment_secrets_dropped_volumes_and_caches_local(tmp_path: Path) -> None:
@@ -163,6 +215,10 @@ print("starting", " ".join(args), flush=True)
 if "--bad-flag" in args:
     print("vllm serve: error: unrecognized arguments: --bad-flag", flush=True)
     sys.exit(2)
+if "--spawn-child" in args:  # an engine process in the same session, as vLLM's EngineCore
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print("child", child.pid, flush=True)
 if "--ignore-term" in args:
     signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
 else:
@@ -282,3 +338,53 @@ def test_the_agent_puts_an_event_and_not_ready_on_a_pod_whose_engine_failed(
         assert pod["metadata"]["annotations"][READY_ANNOTATION] == "false"
     finally:
         agent.close()
+
+
+def _child_pid(log: Path) -> int | None:
+    for line in log.read_text().splitlines():
+        if line.startswith("child "):
+            return int(line.split()[1])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_what_a_dead_engine_leaves_behind_is_ended(tmp_path: Path) -> None:
+    """vLLM's engine and worker processes outlive `vllm serve` killed with SIGKILL."""
+    home = FleetHome(tmp_path / "home")
+    engines = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    pod = _pod("u5", ["--spawn-child"])
+    assert engines.poll(pod).running
+    log = procs.log_path(home, process_name("u5"))
+    child = wait_until(lambda: _child_pid(log), 20, what="the engine's child process")
+    procs.send_signal(home, process_name("u5"), signal.SIGKILL, group=False)  # the leader only
+    wait_until(lambda: engines.poll(pod).exited_now, 20, what="the exit seen")
+    wait_until(lambda: not _alive(child), 20, what="the orphaned child ended")
+    engines.stop_all()
+
+
+def test_the_pods_probes_ready_unready_and_restart(tmp_path: Path) -> None:
+    """Readiness 5 s x 3, liveness 15 s x 4, as the operator writes them."""
+    home = FleetHome(tmp_path / "home")
+    clock = Clock()
+    engines = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)), clock=clock)
+    pod = sample_pod("u6")
+    pod["spec"]["containers"][0]["args"] = ["m"]
+    assert engines.poll(pod).running
+    assert not engines.probe(pod, answers=False).ready  # still loading: startup budget
+    assert engines.probe(pod, answers=True).ready
+    clock.now += 10
+    assert engines.probe(pod, answers=False).ready  # one missed probe: still Ready
+    clock.now += 6
+    assert not engines.probe(pod, answers=False).ready  # past the readiness budget
+    clock.now += 50
+    verdict = engines.probe(pod, answers=False)  # past the liveness budget: killed
+    assert verdict.restart is not None and verdict.restart.startswith("Liveness probe failed")
+    wait_until(lambda: engines.poll(pod).exited_now, 20, what="the killed engine's exit")
+    engines.stop_all()
