@@ -151,11 +151,14 @@ def test_the_routers_load_view_comes_from_the_real_engines_metrics(
 def test_dev_status_shows_which_pools_are_real(fleet: Fleet, real_pod: dict[str, Any]) -> None:
     done = fleet.factoryctl("dev", "status", timeout=120)
     assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines()]
-    real = [r for r in rows if len(r) > 4 and r[2] == MODEL and r[3] == REAL_POOL]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("REGION"))
+    table = [line.split() for line in lines[header + 1 :] if line.strip()]
+    real = [r for r in table if r[2] == MODEL and r[3] == REAL_POOL]
     assert real and real[0][4] == "vllm", done.stdout
-    others = [r for r in rows if len(r) > 4 and r[0] != "REGION" and r[2] != MODEL and "-" in r[0]]
+    others = [r for r in table if r[2] != MODEL]
     assert others and {r[4] for r in others} == {"sim"}, done.stdout
+    rows = [line.split() for line in lines[:header]]
     component = next(r for r in rows if r and r[0] == "real-engine")
     assert component[1] == "running" and "on:" in " ".join(component), done.stdout
 
