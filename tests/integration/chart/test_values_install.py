@@ -1,5 +1,6 @@
 """The values schema at `helm install` time, against the real cluster: a misspelled key and a
-wrong type each stop the install with a message naming the key, and nothing is installed.
+wrong type, a router peer without an address and an API server address that is no CIDR each
+stop the install with a message naming the key, and nothing is installed.
 (The same for `helm template` without a cluster: tests/unit/chart/test_chart.py.)"""
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
     (("--set", "operatr.enabled=false"), "additional properties 'operatr' not allowed"),
     (("--set", "router.replicas=two"), "/router/replicas': got string, want integer"),
     (("--set", "operator.resyncSeconds=true"), "/operator/resyncSeconds': got boolean"),
+    # A peer without cidrs, namespaceLabels or podLabels: its egress would allow any address.
+    (("--set", "networkPolicy.routerPeers[0].name=us",
+      "--set", "networkPolicy.routerPeers[0].ports={443}"), "missing property 'cidrs'"),
+    (("--set", "networkPolicy.apiServer.cidrs={10.96.0.1}"),
+     "/networkPolicy/apiServer/cidrs/0': '10.96.0.1' does not match pattern"),
 ], ids=["misspelled-key", "misspelled-top-level-key", "string-for-integer",
-        "boolean-for-integer"])  # fmt: skip
+        "boolean-for-integer", "router-peer-without-address", "api-server-not-a-cidr"])  # fmt: skip
 def test_install_refuses_bad_values(
     cluster: KubectlCluster, helm: Helm, namespace: str, bad: tuple[str, ...], expected: str
 ) -> None:
