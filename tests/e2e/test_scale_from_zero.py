@@ -204,11 +204,15 @@ def idle(fleet: Fleet) -> Iterator[Fleet]:
         yield fleet
     finally:
         for name in (FACTORY, GHOST):
+            # kubectl's own --timeout, within the subprocess's (the operator removes the
+            # children first, which takes a while on a loaded machine).
             fleet.cluster.kubectl(
                 "delete", "inferencefactory", name, "-n", NAMESPACE,
-                "--ignore-not-found", "--timeout=120s", check=False,
+                "--ignore-not-found", "--timeout=120s", check=False, timeout=150,
             )  # fmt: skip
-        fleet.cluster.kubectl("delete", "namespace", NAMESPACE, "--timeout=120s", check=False)
+        fleet.cluster.kubectl(
+            "delete", "namespace", NAMESPACE, "--timeout=120s", check=False, timeout=150
+        )
 
 
 def test_an_idle_model_is_woken_by_held_requests_and_goes_back_to_zero(idle: Fleet) -> None:
