@@ -157,6 +157,17 @@ def engine_config(
 
 
 FLEET_LABELS = ("factory", "pool", "region", "jurisdiction")
+EVENT_MESSAGE_CHARS = 1024  # the kubelet's Events are about as long
+
+
+def _clip(message: str) -> str:
+    """An Event's message: its first line whole (what happened), then as much of the end
+    (the engine's last words) as fits."""
+    if len(message) <= EVENT_MESSAGE_CHARS:
+        return message
+    head, _, rest = message.partition("\n")
+    room = max(EVENT_MESSAGE_CHARS - len(head) - 5, 0)
+    return f"{head}\n...\n{rest[-room:]}" if room else head[:EVENT_MESSAGE_CHARS]
 
 
 def scrape_target(pod: dict[str, Any], port: int) -> dict[str, Any]:
@@ -333,7 +344,7 @@ class EnginesAgent:
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
-            "reason": reason, "type": "Warning", "message": message[-1024:],
+            "reason": reason, "type": "Warning", "message": _clip(message),
             "source": {"component": "factoryctl-engines-agent"},
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }  # fmt: skip

@@ -388,3 +388,11 @@ def test_the_pods_probes_ready_unready_and_restart(tmp_path: Path) -> None:
     assert verdict.restart is not None and verdict.restart.startswith("Liveness probe failed")
     wait_until(lambda: engines.poll(pod).exited_now, 20, what="the killed engine's exit")
     engines.stop_all()
+
+
+def test_an_events_message_keeps_what_happened_and_the_last_words() -> None:
+    from factoryctl.agents.engines import EVENT_MESSAGE_CHARS, _clip  # noqa: PLC0415
+
+    message = _clip("vLLM exited; its last log lines:\n" + "x" * 5000 + "\nValueError: bad")
+    assert message.startswith("vLLM exited; its last log lines:\n")
+    assert message.endswith("ValueError: bad") and len(message) <= EVENT_MESSAGE_CHARS
