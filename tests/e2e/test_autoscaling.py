@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import threading
 import time
@@ -334,22 +335,20 @@ def _serves(url: str, key: str) -> bool:
 @pytest.fixture(scope="module")
 def probe(fleet: Fleet) -> Iterator[Fleet]:
     """The test's factory in its own namespace, settled at one replica a pool and served."""
-    fleet.cluster.kubectl("create", "namespace", NAMESPACE)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    fleet.cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace))
     try:
         fleet.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(_factory_doc()))
         yield fleet
     finally:
-        fleet.cluster.kubectl(
-            "delete",
-            "inferencefactory",
-            FACTORY,
-            "-n",
-            NAMESPACE,
-            "--ignore-not-found",
-            "--timeout=120s",
-            check=False,
+        # kubectl's own --timeout, within the subprocess's (a deletion can take over a minute
+        # on a loaded machine).
+        wait = ("--ignore-not-found", "--timeout=120s")
+        delete = fleet.cluster.kubectl
+        delete(
+            "delete", "inferencefactory", FACTORY, "-n", NAMESPACE, *wait, check=False, timeout=150
         )
-        fleet.cluster.kubectl("delete", "namespace", NAMESPACE, "--timeout=120s", check=False)
+        delete("delete", "namespace", NAMESPACE, *wait, check=False, timeout=150)
 
 
 def _ready_at_min(fleet: Fleet) -> tuple[str, str]:
@@ -463,8 +462,9 @@ def test_an_eu_surge_scales_the_eu_pools_up_and_back_down_without_flapping_or_dr
     assert moved == dict(by_event), (moved, by_event)
 
 
+# The missing requests are whole replicas' worth at 3.2 each: 12.8, 16, 19.2...
 PRESSURE = re.compile(
-    r"EU: every pool at its ceiling \(dub, fra\); (\d+) requests, about "
+    r"EU: every pool at its ceiling \((?:dub, fra|fra, dub)\); ([\d.]+) requests, about "
     r"(\d+) more replicas of (\w+), have nowhere compliant to go"
 )
 
@@ -518,14 +518,16 @@ def test_an_eu_surge_beyond_the_eu_maximum_reports_capacity_pressure_and_stays_i
     print(f"\nCapacityPressure: {found['message']}; metrics {missing} {replicas}")
     match = PRESSURE.search(found["message"])
     assert match is not None
-    requests_missing, replicas_missing = int(match.group(1)), int(match.group(2))
+    requests_missing, replicas_missing = float(match.group(1)), int(match.group(2))
     # The load is 40 requests in flight against 19.2 at the target: about 21 missing, counted
-    # in whole replicas of 3.2 (the pools' wanted counts beyond their max). Prometheus sees
-    # fewer than 40 when clients are between two requests or still in the router (16 = 5
-    # replicas, twice, on a busy 2-core machine): a lower bound with room, never above 21.
+    # in whole replicas of 3.2 per pool (each pool's wanted count, rounded up, beyond its
+    # max: up to one replica more per pool). Prometheus sees fewer than 40 when clients are
+    # between two requests or still in the router (16 = 5 replicas, twice, on a busy 2-core
+    # machine; 19.2 on a quiet one): a lower bound with room.
     target = clients - EU_MAX * len(EU_POOLS) * PER_REPLICA
-    assert target / 2 <= requests_missing <= target + 1, found["message"]
-    assert replicas_missing == -(-requests_missing // PER_REPLICA), found["message"]
+    rounding = len(EU_POOLS) * PER_REPLICA
+    assert target / 2 <= requests_missing <= target + rounding, found["message"]
+    assert replicas_missing == math.ceil(requests_missing / PER_REPLICA - 1e-9), found["message"]
     eu = {"jurisdiction": "EU", "namespace": NAMESPACE, "factory": FACTORY}
     key_of = tuple(sorted(eu.items()))
     assert missing.get(key_of, 0) > 0 and replicas.get(key_of, 0) > 0, (missing, replicas)
