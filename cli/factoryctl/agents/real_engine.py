@@ -207,6 +207,8 @@ class RealEngines:
         if run is not None and run.process is not None:
             run.process.poll()  # reap it if it has exited
         if run is None or procs.running_pid(self.home, name) is None:
+            if run is not None and run.process is not None:
+                run.process.wait(5)  # it has exited (perhaps just now): reap it
             procs.reap_session(self.home, name)
             procs.forget(self.home, name)
             self.runs.pop(uid, None)
