@@ -4,8 +4,10 @@ fleet's real Prometheus under load (alert expressions without their threshold co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def rule_expressions() -> list[tuple[str, str]]:
         for rule in group["rules"]:
             name = rule.get("alert") or rule["record"]
             for i, part in enumerate(without_thresholds(rule["expr"])):
-                found.append((f"rule:{name}:{i}", part))
+                found.append((f"rule:{name}:{i}", present(part)))
     return found
 
 
@@ -88,15 +90,33 @@ def dashboard_expressions() -> list[tuple[str, str]]:
         for panel in dashboard.get("panels", []):
             for i, target in enumerate(panel.get("targets", [])):
                 if expr := target.get("expr"):
+                    # Grafana's interval variables (at least four scrape intervals), then the
+                    # template variables (every value: the namespace filter, ...).
+                    expr = re.sub(r"\$__(rate_)?interval\b", "1m", expr)
                     expr = re.sub(r"\$\w+", ".*", expr)
                     found.append((f"{path.stem}:{panel.get('title')}:{i}", expr))
     return found
+
+
+ABSENT = re.compile(r"absent(_over_time)?\((?P<inner>.*)\)", re.DOTALL)
+
+
+def present(expr: str) -> str:
+    """What an `absent(...)` alert watches: the series that must be there (absent() itself
+    returns data only when they are gone, so a healthy fleet shows none)."""
+    match = ABSENT.fullmatch(_unwrap(expr))
+    if match is None:
+        return expr
+    inner = match["inner"].strip()
+    return re.sub(r"\[[^\]]*\]$", "", inner) if match.group(1) else inner
 
 
 def test_threshold_stripping() -> None:
     assert without_thresholds('max by (a) (m{x="1"}) == 1') == ['max by (a) (m{x="1"})']
     assert without_thresholds("(sum(a) == 0) and on (r) (sum(b) > 0)") == ["sum(a)", "sum(b)"]
     assert without_thresholds("r:x > (14.4 * 0.01) and r:y > (14.4 * 0.01)") == ["r:x", "r:y"]
+    assert present('absent(up{job="factory-router"})') == 'up{job="factory-router"}'
+    assert present("absent_over_time(m[5m])") == "m"
 
 
 EXPRESSIONS = rule_expressions() + dashboard_expressions()
@@ -114,13 +134,35 @@ TOO_BIG = {
 }  # fmt: skip
 
 
+# An autoscaled EU model with one batch slot and no room to grow: the workload's share of it
+# queues, so the autoscaler reports CapacityPressure (and scale events are counted).
+PRESSURED = {
+    "apiVersion": "inference.factory.dev/v1alpha1", "kind": "InferenceFactory",
+    "metadata": {"name": "pressured", "namespace": "monitoring-check"},
+    "spec": {
+        "model": {"name": "pressured-8b", "uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+        "engine": {"args": {"maxNumSeqs": 1}},
+        "residency": {"jurisdictions": ["EU"]},
+        "autoscaling": {},
+        "pools": [{"name": "dub", "region": "eu-west-1",
+                   "accelerator": {"kind": "nvidia", "type": "H100", "count": 1},
+                   "replicas": {"min": 1, "max": 2}}],
+    },
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def loaded_prometheus(fleet: Fleet) -> Iterator[PrometheusConnect]:
     """Prometheus after a short mixed workload through the router, with some residency
-    denials and one factory that cannot be placed (so the not-ready and lack-of-accelerators
-    expressions have something to show)."""
+    denials, one factory that cannot be placed (so the not-ready and lack-of-accelerators
+    expressions have something to show) and one short of capacity in its jurisdiction."""
     fleet.cluster.kubectl("create", "namespace", "monitoring-check")
     fleet.cluster.kubectl("apply", "-f", "-", input=json.dumps(TOO_BIG))
+    fleet.cluster.kubectl("apply", "-f", "-", input=json.dumps(PRESSURED))
+    wait_until(lambda: "1" in fleet.cluster.kubectl(
+        "get", "inferencefactory", "pressured", "-n", "monitoring-check",
+        "-o", "jsonpath={.status.readyPools}"), 120, interval=1,
+        what="the pressured factory's pool Ready")  # fmt: skip
     try:
         yield _load(fleet)
     finally:
@@ -129,7 +171,8 @@ def loaded_prometheus(fleet: Fleet) -> Iterator[PrometheusConnect]:
 
 def _load(fleet: Fleet) -> PrometheusConnect:
     env = fleet.env
-    tenants = {name: t["api_key"] for name, t in env["tenants"].items()}
+    all_tenants = {name: t["api_key"] for name, t in env["tenants"].items()}
+    tenants = dict(all_tenants)
     models = {"eu-only": ["llama-3.1-8b-instruct"], "us-only": ["qwen2.5-7b-instruct"],
               "global": ["llama-3.1-8b-instruct", "qwen2.5-7b-instruct"]}  # fmt: skip
     tenants = {k: v for k, v in tenants.items() if k in models}
@@ -142,7 +185,37 @@ def _load(fleet: Fleet) -> PrometheusConnect:
                             json={"model": "llama-3.1-8b-instruct",
                                   "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
         assert denied.status_code == 403
-    result = asyncio.run(run(work))
+    # Server-side errors for the 5xx ratio: the unplaceable factory's model, not waited for.
+    for _ in range(5):
+        unserved = httpx.post(f"{env['router_url']}/v1/chat/completions", timeout=10,
+                              headers={"Authorization": f"Bearer {all_tenants['global']}",
+                                       "x-factory-hold-timeout": "0"},
+                              json={"model": "too-big",
+                                    "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert unserved.status_code == 503, unserved.text
+    stop = threading.Event()
+
+    def flood() -> None:  # more than the pressured model's two one-slot replicas can take
+        body = {"model": "pressured-8b", "max_tokens": 512, "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+        auth = {"Authorization": f"Bearer {tenants['eu-only']}"}
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError), httpx.stream(
+                "POST", f"{env['router_url']}/v1/chat/completions", json=body, headers=auth,
+                timeout=60,
+            ) as reply:  # fmt: skip
+                for _ in reply.iter_bytes():
+                    pass
+
+    flooders = [threading.Thread(target=flood, daemon=True) for _ in range(12)]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        result = asyncio.run(run(work))
+    finally:
+        stop.set()
+    for flooder in flooders:
+        flooder.join(timeout=90)
     assert result.by_status.get(200, 0) > 0.9 * result.sent, result.summary()
     return PrometheusConnect(url=env["prometheus_url"], disable_ssl=True)
 
