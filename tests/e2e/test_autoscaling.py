@@ -45,7 +45,7 @@ from factoryctl.fleet import FleetContext
 from factoryctl.home import FleetHome
 from factoryctl.topology import load_topology
 from tests.e2e.conftest import Fleet
-from tests.e2e.test_router_openai import assert_stayed_inside, engine_requests
+from tests.e2e.test_router_openai import assert_stayed_inside, settled_engine_requests
 from tests.support.waiting import wait_until
 
 NAMESPACE, FACTORY, MODEL = "e2e-autoscaling", "autoscale-probe", "autoscale-probe-8b"
@@ -215,20 +215,6 @@ def _live_engines(fleet: Fleet) -> int:
         )
 
 
-def _region_requests(fleet: Fleet) -> dict[str, float]:
-    """`engine_requests`, read again if an engine stopped between its listing and its read."""
-
-    def read() -> dict[str, float] | None:
-        try:
-            return engine_requests(fleet)
-        except httpx.TransportError:
-            return None
-
-    found = wait_until(read, 30, interval=0.5, what="every region's engine counters")
-    assert found is not None
-    return found
-
-
 def _first_queue(fleet: Fleet, start: float, end: float) -> float | None:
     """When the EU pools' engines first had a request waiting, from Prometheus (unix s)."""
     query = (
@@ -375,7 +361,7 @@ def test_an_eu_surge_scales_the_eu_pools_up_and_back_down_without_flapping_or_dr
     fleet = probe
     url, key = _ready_at_min(fleet)
     scale_before = _operator_samples(fleet, "factory_operator_scale_events_total")
-    engines_before, regions_before = _engine_totals(fleet), _region_requests(fleet)
+    engines_before, regions_before = _engine_totals(fleet), settled_engine_requests(fleet)
     load = ClosedLoop(url, key)
     load.add(2)  # a baseline that lasts through the scale-down
     surge = load.add(10)  # 12 requests in flight: about 4 replicas' worth
@@ -439,7 +425,7 @@ def test_an_eu_surge_scales_the_eu_pools_up_and_back_down_without_flapping_or_dr
     assert {a.jurisdiction for a in load.answers} == {"EU"}
     assert served["stop"] + served["length"] == served["received"], served
     assert served["abort"] == 0 and served["error"] == 0, served
-    assert_stayed_inside(regions_before, _region_requests(fleet), {"EU"})
+    assert_stayed_inside(regions_before, settled_engine_requests(fleet), {"EU"})
 
     events = _scale_events(fleet)
     print("scale events: " + "; ".join(f"{t:%H:%M:%S} {m}" for t, _, _, m in events))
@@ -484,7 +470,7 @@ def test_an_eu_surge_beyond_the_eu_maximum_reports_capacity_pressure_and_stays_i
     missing requests, while the US pool of the same model stays idle at one replica."""
     fleet = probe
     url, key = _ready_at_min(fleet)
-    regions_before = _region_requests(fleet)
+    regions_before = settled_engine_requests(fleet)
     load = ClosedLoop(url, key)
     clients = 40
     load.add(clients)
@@ -533,7 +519,7 @@ def test_an_eu_surge_beyond_the_eu_maximum_reports_capacity_pressure_and_stays_i
     assert missing.get(key_of, 0) > 0 and replicas.get(key_of, 0) > 0, (missing, replicas)
     assert all(dict(k)["jurisdiction"] == "EU" for k, v in missing.items() if v), missing
 
-    assert_stayed_inside(regions_before, _region_requests(fleet), {"EU"})
+    assert_stayed_inside(regions_before, settled_engine_requests(fleet), {"EU"})
     assert {a.jurisdiction for a in load.answers if a.status == 200} == {"EU"}
     hung = [a for a in load.answers if a.status == 0]
     assert not hung, hung[:5]

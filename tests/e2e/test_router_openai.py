@@ -21,6 +21,7 @@ from factoryctl.fleet import FleetContext
 from factoryctl.home import FleetHome
 from factoryctl.topology import load_topology
 from tests.e2e.conftest import Fleet
+from tests.support.waiting import wait_until
 
 LLAMA = "llama-3.1-8b-instruct"  # EU only (eu-west-1, eu-central-1)
 QWEN = "qwen2.5-7b-instruct"  # US and IN (us-east-1, ap-south-1)
@@ -58,6 +59,21 @@ def engine_requests(fleet: Fleet) -> dict[str, float]:
                     if family.name == "factory_sim_requests":
                         total += sum(s.value for s in family.samples if s.name.endswith("_total"))
             counts[region] = total
+    return counts
+
+
+def settled_engine_requests(fleet: Fleet) -> dict[str, float]:
+    """`engine_requests`, read again when an engine stopped between being listed and being
+    read (a pool scaling down or going back to zero drains and stops its engines)."""
+
+    def read() -> dict[str, float] | None:
+        try:
+            return engine_requests(fleet)
+        except httpx.TransportError:
+            return None
+
+    counts = wait_until(read, 30, interval=0.5, what="every region's engine counters")
+    assert counts is not None
     return counts
 
 

@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Fleet
-from tests.e2e.test_router_openai import assert_stayed_inside, engine_requests
+from tests.e2e.test_router_openai import assert_stayed_inside, settled_engine_requests
 from tests.support.waiting import wait_until
 
 NAMESPACE = "e2e-scale-zero"
@@ -161,21 +161,6 @@ def _pending_series(fleet: Fleet) -> list[dict[str, Any]]:
     return series
 
 
-def _engine_requests(fleet: Fleet) -> dict[str, float]:
-    """`engine_requests`, read again when an engine stopped between being listed and being
-    read (this test's own pool goes back to zero: its engine drains and stops)."""
-
-    def read() -> dict[str, float] | None:
-        try:
-            return engine_requests(fleet)
-        except httpx.TransportError:
-            return None
-
-    counts = wait_until(read, 30, interval=0.5, what="the engines' counters")
-    assert counts is not None
-    return counts
-
-
 def _why(fleet: Fleet, answers: list[tuple[httpx.Response, float]]) -> str:
     """What the router and the engines agent said about the test's model (failure message)."""
     said = [f"{a.status_code} {a.headers.get('x-factory-pool')} {a.text[:200]}" for a, _ in answers]
@@ -222,7 +207,7 @@ def test_an_idle_model_is_woken_by_held_requests_and_goes_back_to_zero(idle: Fle
                what="both pools created at zero")  # fmt: skip
     wait_until(lambda: _holds_for(url, key, MODEL), SETTLE_S, interval=0.5,
                what="the router to know the model's pools at zero")  # fmt: skip
-    before = _engine_requests(fleet)
+    before = settled_engine_requests(fleet)
 
     # The first request: held until dub is Ready, then served there.
     [(first, cold_s)] = asyncio.run(_burst(url, key, MODEL, 1))
@@ -256,7 +241,7 @@ def test_an_idle_model_is_woken_by_held_requests_and_goes_back_to_zero(idle: Fle
 
     # The US pool, outside the tenant's jurisdiction, was never woken; no request left the EU.
     assert _asked(fleet, FACTORY, "iad") == 0
-    assert_stayed_inside(before, _engine_requests(fleet), {"EU"})
+    assert_stayed_inside(before, settled_engine_requests(fleet), {"EU"})
 
 
 def test_a_pool_that_cannot_start_gets_503_with_retry_after_within_the_bound(idle: Fleet) -> None:
@@ -266,7 +251,7 @@ def test_a_pool_that_cannot_start_gets_503_with_retry_after_within_the_bound(idl
                what="the ghost pool created at zero")  # fmt: skip
     wait_until(lambda: _holds_for(url, key, GHOST_MODEL), SETTLE_S, interval=0.5,
                what="the router to know the ghost pool")  # fmt: skip
-    before = _engine_requests(fleet)
+    before = settled_engine_requests(fleet)
 
     answers = asyncio.run(_burst(url, key, GHOST_MODEL, 3, hold=GHOST_HOLD_S))
     for answer, seconds in answers:
@@ -282,4 +267,4 @@ def test_a_pool_that_cannot_start_gets_503_with_retry_after_within_the_bound(idl
                what="the operator to scale the ghost pool from zero")  # fmt: skip
     ready = _deployments(fleet, GHOST)["ghost"].get("status", {}).get("readyReplicas")
     assert not ready
-    assert_stayed_inside(before, _engine_requests(fleet), {"EU"})
+    assert_stayed_inside(before, settled_engine_requests(fleet), {"EU"})
