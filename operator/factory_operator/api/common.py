@@ -11,9 +11,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-GROUP = "inference.factory.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from factory_contract import grammar, names
+
+# The API's names and grammars are the contract's (factory_contract), under the names the
+# operator has always used.
+GROUP = names.GROUP
+VERSION = names.VERSION
+API_VERSION = names.API_VERSION
+JURISDICTION = grammar.JURISDICTION
 
 # Bounds that keep CEL rules within the API server's cost budget and objects readable.
 MAX_NAME = 63
@@ -23,8 +28,7 @@ MAX_LABELS = 32
 MAX_CONDITIONS = 8
 
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-JURISDICTION = r"^[A-Z][A-Z0-9]{1,7}$"
+DNS1123_LABEL = grammar.REGION  # a region name is a DNS-1123 label
 CAMEL_CASE_REASON = r"^[A-Z][A-Za-z0-9]*$"
 RFC3339 = "date-time"
 LabelValue = Annotated[str, StringConstraints(max_length=MAX_NAME)]

@@ -11,6 +11,7 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from factory_contract.names import DEFAULT_PREFIX
 from factory_operator.api.accelerators import NodeLabelScheme
 
 # Image table (re-check on upgrades; sources cited per line).
@@ -54,11 +55,11 @@ class OperatorSettings(BaseSettings):
         "(one cluster per region); others are reported ManagedElsewhere.",
     )
     annotation_prefix: str = Field(
-        default="inference.factory.dev",
+        default=DEFAULT_PREFIX,
         description="Prefix of the operator's annotations and labels.",
     )
     finalizer: str = Field(
-        default="inference.factory.dev/finalizer",
+        default=f"{DEFAULT_PREFIX}/finalizer",
         description="Finalizer name kopf uses (only while daemons run).",
     )
     api_timeout_seconds: float = Field(default=30.0, gt=0, description="Per-request timeout.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from factory_contract import metrics, names
 from factory_operator.api import EngineSpec, InferenceFactory, Pool
 from factory_operator.api.accelerators import RESOURCE_BY_KIND
 
@@ -17,7 +18,7 @@ from .engine import MODEL_MOUNT, NEURON_CACHE, EngineProfile
 from .placement import Placement, default_requests, topology_spread
 from .settings import PROGRESS_MARGIN_SECONDS, OperatorSettings
 
-MANAGED_BY = "inference-factory"
+MANAGED_BY = names.MANAGED_BY
 SERVICE_PORT = 8000
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 Manifest = dict[str, Any]
@@ -41,7 +42,7 @@ class PoolContext:
     @property
     def name(self) -> str:
         """``<factory>-<pool>``."""
-        return f"{self.factory.metadata.name}-{self.pool.name}"
+        return names.pool_object_name(self.factory.metadata.name, self.pool.name)
 
     @property
     def namespace(self) -> str:
@@ -51,27 +52,27 @@ class PoolContext:
 
 def label_key(settings: OperatorSettings, key: str) -> str:
     """``<annotation prefix>/<key>``."""
-    return f"{settings.annotation_prefix}/{key}"
+    return names.prefixed(key, settings.annotation_prefix)
 
 
 def selector_labels(ctx: PoolContext) -> dict[str, str]:
     """Immutable selector: factory + pool (never the revision)."""
     return {
-        label_key(ctx.settings, "factory"): ctx.factory.metadata.name,
-        label_key(ctx.settings, "pool"): ctx.pool.name,
+        label_key(ctx.settings, names.FACTORY_LABEL): ctx.factory.metadata.name,
+        label_key(ctx.settings, names.POOL_LABEL): ctx.pool.name,
     }
 
 
 def pool_labels(ctx: PoolContext) -> dict[str, str]:
     """All labels of a pool's children and pods."""
     return {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        names.MANAGED_BY_LABEL: MANAGED_BY,
         "app.kubernetes.io/name": "vllm",
         "app.kubernetes.io/instance": ctx.name,
         **selector_labels(ctx),
-        label_key(ctx.settings, "region"): ctx.pool.region,
-        label_key(ctx.settings, "jurisdiction"): ctx.jurisdiction,
-        label_key(ctx.settings, "revision"): ctx.revision,
+        label_key(ctx.settings, names.REGION_LABEL): ctx.pool.region,
+        label_key(ctx.settings, names.JURISDICTION_LABEL): ctx.jurisdiction,
+        label_key(ctx.settings, names.REVISION_LABEL): ctx.revision,
     }
 
 
@@ -393,12 +394,8 @@ def pod_disruption_budget(ctx: PoolContext) -> Manifest:
 
 
 def pod_monitor(ctx: PoolContext) -> Manifest:
-    """Prometheus Operator PodMonitor with the project's label set."""
-    source = "__meta_kubernetes_pod_label_"
-    relabel = [
-        {"sourceLabels": [source + _meta(label_key(ctx.settings, k))], "targetLabel": k}
-        for k in ("factory", "pool", "region", "jurisdiction")
-    ]
+    """Prometheus Operator PodMonitor with the project's label set (the contract's)."""
+    relabel = metrics.podmonitor_relabelings(ctx.settings.annotation_prefix)
     metadata = _metadata(ctx)
     # Prometheus Operator selects monitors by label (kube-prometheus-stack: release=<name>).
     metadata["labels"] = {**ctx.settings.podmonitor_labels, **metadata["labels"]}
@@ -411,11 +408,6 @@ def pod_monitor(ctx: PoolContext) -> Manifest:
             "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "relabelings": relabel}],
         },
     }
-
-
-def _meta(label: str) -> str:
-    """A label name as Prometheus service discovery spells it."""
-    return "".join(c if c.isalnum() else "_" for c in label)
 
 
 def service_endpoint(ctx: PoolContext) -> str:
