@@ -1,6 +1,8 @@
 """Kubernetes objects -> Fleet: a pure translation, plus the cache that watch events update.
 
-Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3):
+Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3), the
+FleetRegions and InferenceFactories read through the contract's views
+(`factory_contract.status`: a field the router cannot use reads as absent):
 
 - FleetRegion (cluster-scoped): `metadata.name` is the region, `spec.jurisdiction` its
   jurisdiction (absent or malformed: the region is unknown, nothing in it is routable),
@@ -29,12 +31,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from factory_router.policy.fleet import Backend, Fleet, Pool, Region, RttMatrix, build_fleet
-from factory_router.policy.tenants import normalise_jurisdiction
+from pydantic import ValidationError
 
-ADDRESS_ANNOTATION = "inference.factory.dev/address"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=inference-factory"
+from factory_contract import names
+from factory_contract.status import FactoryView, PoolStatusView, RegionView
+from factory_router.policy.fleet import Backend, Fleet, Pool, Region, RttMatrix, build_fleet
+
+ADDRESS_ANNOTATION = names.prefixed(names.ADDRESS_ANNOTATION)
+SERVICE_NAME_LABEL = names.SERVICE_NAME_LABEL
+MANAGED_BY_SELECTOR = names.MANAGED_BY_SELECTOR
 DEFAULT_PORT = 8000
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
@@ -55,14 +60,28 @@ def _key(obj: Obj) -> Key:
     return (_get(obj, "metadata", "namespace") or "", _get(obj, "metadata", "name") or "")
 
 
-def region_of(obj: Obj) -> Region:
-    name = _get(obj, "metadata", "name") or ""
-    raw = _get(obj, "spec", "jurisdiction")
+def region_view(obj: Obj) -> RegionView | None:
+    """The FleetRegion as the router reads it; None when it cannot be read at all."""
     try:
-        jurisdiction = normalise_jurisdiction(raw) if isinstance(raw, str) and raw else None
-    except ValueError:
-        jurisdiction = None
-    return Region(name, jurisdiction)
+        return RegionView.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def factory_view(obj: Obj) -> FactoryView | None:
+    """The InferenceFactory as the router reads it; None (skipped: nothing of it is routed)
+    when it cannot be read at all."""
+    try:
+        return FactoryView.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def region_of(obj: Obj) -> Region:
+    view = region_view(obj)
+    if view is None:
+        return Region(_get(obj, "metadata", "name") or "", None)
+    return Region(view.name, view.spec.jurisdiction)
 
 
 def _address(endpoint: Obj, pod: Obj | None, port: int) -> str | None:
@@ -92,57 +111,31 @@ def _serving(endpoint: Obj) -> tuple[bool, bool]:
     return bool(is_serving), bool(terminating)
 
 
-def _pool_cost(factory: Obj, pool_name: str, region: Obj | None) -> float:
-    pricing = _get(region, "spec", "pricing") or {}
-    for pool in _get(factory, "spec", "pools") or []:
-        if pool.get("name") != pool_name:
-            continue
-        acc = pool.get("accelerator") or {}
-        price = pricing.get(acc.get("type")) if isinstance(pricing, Mapping) else None
-        if isinstance(price, int | float):
-            return float(price) * float(acc.get("count") or 1)
-    return 0.0
+def _pool_cost(factory: FactoryView, pool_name: str, region: RegionView | None) -> float:
+    spec = factory.pool_spec(pool_name)
+    if spec is None or region is None or spec.accelerator.type is None:
+        return 0.0
+    price = region.spec.pricing.get(spec.accelerator.type)
+    if price is None:
+        return 0.0
+    return price * float(spec.accelerator.count or 1)
 
 
-def _max_num_seqs(factory: Obj, pool_name: str) -> int | None:
-    """The pool's `engine.args.maxNumSeqs`, else the factory's; None when neither sets it."""
-    for pool in _get(factory, "spec", "pools") or []:
-        if pool.get("name") == pool_name:
-            value = _get(pool, "engine", "args", "maxNumSeqs")
-            if value is None:
-                value = _get(factory, "spec", "engine", "args", "maxNumSeqs")
-            return value if isinstance(value, int) and value >= 1 else None
-    return None
-
-
-def _wakeable(factory: Obj, pool_name: str) -> bool:
-    """An autoscaler brings the pool up on demand: the factory has `spec.autoscaling` (policy
-    not `off`) and the pool's `replicas.max` is at least 1."""
-    autoscaling = _get(factory, "spec", "autoscaling")
-    if not isinstance(autoscaling, Mapping) or autoscaling.get("policy") == "off":
-        return False
-    for pool in _get(factory, "spec", "pools") or []:
-        if pool.get("name") == pool_name:
-            top = _get(pool, "replicas", "max")
-            return isinstance(top, int) and top >= 1
-    return False
-
-
-def _pool(factory: Obj, status: Obj, model: str, region: str | None, cost: float) -> Pool:
-    ns, fname = _key(factory)
-    name = str(status.get("name"))
-    desired = status.get("desiredReplicas")
+def _pool(
+    factory: FactoryView, status: PoolStatusView, model: str, region: str | None, cost: float
+) -> Pool:
+    desired = status.desired_replicas
     return Pool(
-        namespace=ns,
-        factory=fname,
-        name=name,
+        namespace=factory.metadata.namespace,
+        factory=factory.metadata.name,
+        name=status.name,
         model=model,
         region=region,
-        service=f"{fname}-{name}",
-        desired_replicas=desired if isinstance(desired, int) and desired > 0 else 0,
-        wakeable=_wakeable(factory, name),
+        service=names.pool_object_name(factory.metadata.name, status.name),
+        desired_replicas=desired if desired is not None and desired > 0 else 0,
+        wakeable=factory.wakeable(status.name),
         cost=cost,
-        max_num_seqs=_max_num_seqs(factory, name),
+        max_num_seqs=factory.max_num_seqs(status.name),
     )
 
 
@@ -157,7 +150,7 @@ def fleet_from_objects(
 ) -> Fleet:
     """Pure: the current objects to a Fleet (see the module docstring for the rules)."""
     regions = {r.name: r for r in map(region_of, fleet_regions) if r.name}
-    region_objs = {_get(o, "metadata", "name"): o for o in fleet_regions}
+    region_views = {v.name: v for v in map(region_view, fleet_regions) if v is not None}
     pods_by_key = {_key(p): p for p in pods}
     slices: dict[Key, list[Obj]] = {}
     for s in endpoint_slices:
@@ -166,24 +159,24 @@ def fleet_from_objects(
             slices.setdefault((_get(s, "metadata", "namespace") or "", svc), []).append(s)
     backends: dict[str, Backend] = {}
     pools: list[Pool] = []
-    for factory in factories:
-        ns, fname = _key(factory)
-        model = _get(factory, "spec", "model", "name")
-        if not isinstance(model, str) or not model:
+    for factory in filter(None, map(factory_view, factories)):
+        ns, fname = factory.metadata.namespace, factory.metadata.name
+        model = factory.spec.model.name
+        if not model:
             continue
-        for pool in _get(factory, "status", "pools") or []:
-            pname, region = pool.get("name"), pool.get("region")
+        for pool in factory.status.pools:
+            pname, region = pool.name, pool.region
             if not pname:
                 continue
             known = regions.get(region) if region else None
-            claimed = pool.get("jurisdiction")
-            if known is not None and claimed and known.jurisdiction != str(claimed).upper():
+            claimed = pool.jurisdiction
+            if known is not None and claimed and known.jurisdiction != claimed.upper():
                 region = None  # disagreement: fail closed
-            svc = f"{fname}-{pname}"
-            cost = _pool_cost(factory, pname, region_objs.get(region))
-            if pool.get("state") != "Blocked":  # never deployed: nothing to wake
+            svc = names.pool_object_name(fname, pname)
+            cost = _pool_cost(factory, pname, region_views.get(region) if region else None)
+            if pool.state != "Blocked":  # never deployed: nothing to wake
                 pools.append(_pool(factory, pool, model, region, cost))
-            capacity = _max_num_seqs(factory, pname)
+            capacity = factory.max_num_seqs(pname)
             found = False
             for s in slices.get((ns, svc), []):
                 port = _port(s)
@@ -211,7 +204,8 @@ def fleet_from_objects(
                         serving=serving,
                         terminating=terminating,
                     )
-            endpoint = _get(region_objs.get(region), "spec", "endpoint")
+            view = region_views.get(region) if region else None
+            endpoint = view.spec.endpoint if view is not None else None
             if not found and endpoint and region and region != local_region:
                 bid = f"region:{region}/{model}"
                 backends.setdefault(
@@ -221,7 +215,7 @@ def fleet_from_objects(
                         model=model,
                         pool=svc,
                         region=region,
-                        url=str(endpoint).rstrip("/"),
+                        url=endpoint.rstrip("/"),
                         factory=fname,
                         namespace=ns,
                         cost=cost,

@@ -16,6 +16,7 @@ from typing import Any
 
 import kubernetes
 
+from factory_contract import names
 from factory_router.discovery.kube import MANAGED_BY_SELECTOR, KubeCache
 from factory_router.policy.fleet import Fleet, RttMatrix
 
@@ -26,7 +27,7 @@ watch: Any = kubernetes.watch
 
 log = logging.getLogger("factory_router.discovery.kube")
 
-GROUP, VERSION = "inference.factory.dev", "v1alpha1"
+GROUP, VERSION = names.GROUP, names.VERSION
 WATCH_TIMEOUT_SECONDS = 300  # server-side; the watch is re-established after it
 BACKOFF_MAX_SECONDS = 30.0
 
@@ -63,11 +64,11 @@ class KubeWatcher:
         return {
             "regions": (
                 custom.list_cluster_custom_object,
-                {"group": GROUP, "version": VERSION, "plural": "fleetregions"},
+                {"group": GROUP, "version": VERSION, "plural": names.REGION_PLURAL},
             ),
             "factories": (
                 custom.list_cluster_custom_object,
-                {"group": GROUP, "version": VERSION, "plural": "inferencefactories"},
+                {"group": GROUP, "version": VERSION, "plural": names.FACTORY_PLURAL},
             ),
             "slices": (
                 client.DiscoveryV1Api().list_endpoint_slice_for_all_namespaces,

@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from factory_contract.grammar import normalise_jurisdiction
 from factory_router.policy.errors import PolicyError
 from factory_router.policy.fleet import Backend, Fleet, Region, RttMatrix, build_fleet
-from factory_router.policy.tenants import normalise_jurisdiction
 
 
 class _RegionDoc(BaseModel):

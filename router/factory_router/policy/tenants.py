@@ -5,7 +5,7 @@ Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
     admin_keys_sha256: [<64 hex>]          # at least one; the admin key is not a tenant
     tenants:
       - name: acme-eu
-        jurisdictions: [EU]                # non-empty; no wildcard
+        jurisdictions: [EU]                # non-empty; no wildcard (factory_contract.grammar)
         api_keys_sha256: [<64 hex>, ...]   # several during a rotation
         max_concurrent_requests: 64        # optional; else the router's default
 
@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from factory_contract.grammar import normalise_jurisdiction
 from factory_router.policy.errors import (
     InvalidResidency,
     PolicyError,
@@ -42,20 +43,11 @@ from factory_router.policy.errors import (
 )
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_JURISDICTION = re.compile(r"^[A-Z][A-Z0-9_-]{0,15}$")
 
 
 def hash_key(api_key: str) -> str:
     """The stored form of an API key."""
     return hashlib.sha256(api_key.encode()).hexdigest()
-
-
-def normalise_jurisdiction(code: str) -> str:
-    """Upper-cased code; raises ValueError on anything but a plain code (no wildcard)."""
-    norm = code.strip().upper()
-    if not _JURISDICTION.match(norm):
-        raise ValueError(f"invalid jurisdiction code {code!r}")
-    return norm
 
 
 class _TenantDoc(BaseModel):

@@ -1,13 +1,19 @@
 """Background load snapshot from Prometheus (prometheus-api-client, in a worker thread).
 
 Every `interval` seconds four instant queries are made (the labels are the project's
-Prometheus label set; `pod` identifies a replica):
+Prometheus label set, `factory_contract.metrics`; `pod` identifies a replica):
 
-    waiting  sum by (namespace, pool, region, pod) (vllm:num_requests_waiting)
-    running  sum by (namespace, pool, region, pod) (vllm:num_requests_running)
-    kv       max by (namespace, pool, region, pod) (vllm:kv_cache_usage_perc)
+    waiting  sum by (namespace, factory, pool, region, pod) (vllm:num_requests_waiting)
+    running  sum by (namespace, factory, pool, region, pod) (vllm:num_requests_running)
+    kv       max by (namespace, factory, pool, region, pod) (vllm:kv_cache_usage_perc)
     ttft     sum by (...) (rate(vllm:time_to_first_token_seconds_sum[1m]))
            / sum by (...) (rate(vllm:time_to_first_token_seconds_count[1m]))
+
+A replica's figures are its pod's; a backend whose pod has no series takes its pool's, the
+average of the pool's replicas (`Snapshot.by_pool`), keyed by (pool, region) under both the
+series' bare `pool` label and the Service name `<factory>-<pool>` that Kubernetes discovery
+gives a backend's pool (issue 16: keyed by the bare name only, the fallback never matched a
+discovered backend).
 
 The TTFT is the mean over the last minute, not a quantile: vLLM's buckets are coarse where
 it matters (0.1, 0.25, 0.5 s), and a p50 interpolated inside one of them is off by tens of
@@ -32,18 +38,27 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from factory_contract import metrics, names
 from factory_router.policy.scoring import LoadSample
 
 log = logging.getLogger("factory_router.signals")
 
-_BY = "namespace, pool, region, pod"
+_BY = ", ".join(
+    (
+        metrics.NAMESPACE_SERIES_LABEL,
+        names.FACTORY_LABEL,
+        names.POOL_LABEL,
+        names.REGION_LABEL,
+        metrics.POD_SERIES_LABEL,
+    )
+)
 QUERIES = {
-    "waiting": f"sum by ({_BY}) (vllm:num_requests_waiting)",
-    "running": f"sum by ({_BY}) (vllm:num_requests_running)",
-    "kv": f"max by ({_BY}) (vllm:kv_cache_usage_perc)",
+    "waiting": f"sum by ({_BY}) ({metrics.NUM_REQUESTS_WAITING})",
+    "running": f"sum by ({_BY}) ({metrics.NUM_REQUESTS_RUNNING})",
+    "kv": f"max by ({_BY}) ({metrics.KV_CACHE_USAGE})",
     "ttft": (
-        f"sum by ({_BY}) (rate(vllm:time_to_first_token_seconds_sum[1m])) "
-        f"/ sum by ({_BY}) (rate(vllm:time_to_first_token_seconds_count[1m]))"
+        f"sum by ({_BY}) (rate({metrics.TTFT_SECONDS_SUM}[1m])) "
+        f"/ sum by ({_BY}) (rate({metrics.TTFT_SECONDS_COUNT}[1m]))"
     ),
 }
 
@@ -58,7 +73,7 @@ class Snapshot:
 
 def snapshot_from_results(results: dict[str, list[dict[str, Any]]], taken_at: float) -> Snapshot:
     """Pure: PromQL vectors to per-pod and per-pool (per-replica average) samples."""
-    per_pod: defaultdict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    per_pod: defaultdict[tuple[str, str, str, str], dict[str, float]] = defaultdict(dict)
     for name, vector in results.items():
         for series in vector:
             labels = series.get("metric", {})
@@ -68,11 +83,16 @@ def snapshot_from_results(results: dict[str, list[dict[str, Any]]], taken_at: fl
                 continue
             if math.isnan(value) or math.isinf(value):
                 continue
-            key = (labels.get("pod", ""), labels.get("pool", ""), labels.get("region", ""))
+            key = (
+                labels.get(metrics.POD_SERIES_LABEL, ""),
+                labels.get(names.FACTORY_LABEL, ""),
+                labels.get(names.POOL_LABEL, ""),
+                labels.get(names.REGION_LABEL, ""),
+            )
             per_pod[key][name] = value
     by_pod: dict[str, LoadSample] = {}
     pools: defaultdict[tuple[str, str], list[LoadSample]] = defaultdict(list)
-    for (pod, pool, region), vals in per_pod.items():
+    for (pod, factory, pool, region), vals in per_pod.items():
         sample = LoadSample(
             waiting=vals.get("waiting", 0.0),
             running=vals.get("running", 0.0),
@@ -82,6 +102,8 @@ def snapshot_from_results(results: dict[str, list[dict[str, Any]]], taken_at: fl
         if pod:
             by_pod[pod] = sample
         pools[(pool, region)].append(sample)
+        if factory and pool:  # the name Kubernetes discovery knows the pool by
+            pools[(names.pool_object_name(factory, pool), region)].append(sample)
     by_pool = {key: _average(samples) for key, samples in pools.items()}
     return Snapshot(taken_at=taken_at, by_pod=by_pod, by_pool=by_pool)
 
