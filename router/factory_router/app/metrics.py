@@ -4,7 +4,8 @@ The per-request series are reached through `observe_request` and `observe_ttfb`,
 the labelled children in a dict: `labels()` validates and locks on every call, which was a
 few percent of the router's CPU per request (bench/router_overhead). Label values are
 bounded (regions, models the fleet serves or "unknown", HTTP statuses), and so are the
-dicts.
+dicts. The token counters add `tenant` (names from the tenants file) and `pool` (from
+the fleet): bounded as well.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from factory_router.metering.usage import Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -95,6 +98,23 @@ class RouterMetrics:
             ["file"],
             registry=r,
         )
+        usage_labels = ["tenant", "model", "region", "pool"]
+        self.prompt_tokens = Counter(
+            "factory_router_prompt_tokens",
+            "Prompt tokens of the requests answered, as the engines reported them in `usage`, "
+            "by tenant, model, backend region and pool.",
+            usage_labels,
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "factory_router_completion_tokens",
+            "Completion tokens of the requests answered, by tenant, model, backend region, "
+            "pool and source: engine (the engines' `usage`) or estimated (a stream cut short "
+            "before its usage chunk: one token per content event relayed).",
+            [*usage_labels, "source"],
+            registry=r,
+        )
+        self._usage_series: dict[tuple[str, str, str, str, str], tuple[Counter, Counter]] = {}
         self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttfb_series: dict[str, Histogram] = {}
 
@@ -115,3 +135,17 @@ class RouterMetrics:
         if series is None:
             series = self._ttfb_series[region] = self.ttfb.labels(region)
         series.observe(seconds)
+
+    def observe_usage(self, tenant: str, model: str, region: str, pool: str, usage: Usage) -> None:
+        key = (tenant, model, region, pool, usage.source)
+        series = self._usage_series.get(key)
+        if series is None:
+            series = (
+                self.prompt_tokens.labels(tenant, model, region, pool),
+                self.completion_tokens.labels(tenant, model, region, pool, usage.source),
+            )
+            self._usage_series[key] = series
+        if usage.prompt_tokens:
+            series[0].inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            series[1].inc(usage.completion_tokens)

@@ -5,6 +5,12 @@ candidate of the same plan (every one of which passed the residency filter), and
 while the per-request attempt limit and the router-wide retry budget allow. Once bytes
 flow, they are relayed chunk by chunk as they arrive (never buffered); a client that
 goes away cancels the handler (`http_server`), which closes the upstream connection.
+
+Metering (`factory_router.metering`): a completion stream whose client did not ask for
+usage is sent upstream with `stream_options.include_usage`, and the usage chunk of its
+answer is stripped; each request's tokens (the engine's `usage`, else the estimate of a
+stream cut short) go to the token counters and its access line, in `handle`'s `finally`
+(a client that leaves cancels the handler: what was relayed until then is recorded).
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from factory_router.app.http import (
 )
 from factory_router.app.http_message import ClientGone, Request
 from factory_router.app.state import RouterState
+from factory_router.metering.answer import TAIL_BYTES, usage_from_json_tail
+from factory_router.metering.request import ask_for_usage
+from factory_router.metering.sse import StreamMeter
+from factory_router.metering.usage import Usage
 from factory_router.policy.affinity import prefix_key
 from factory_router.policy.errors import (
     BadRequest,
@@ -50,6 +60,7 @@ from factory_router.upstream.client import (
 log = logging.getLogger("factory_router.proxy")
 _WHOLE_BODY_MAX = 256 * 1024  # sized non-SSE answers up to this are relayed in one write
 _NO_BODY_STATUS = frozenset({204, 304})
+_COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})  # they stream
 
 _DENIAL_REASON: dict[type[RouterError], str] = {
     InvalidResidency: "invalid_header",
@@ -62,7 +73,10 @@ _DENIAL_REASON: dict[type[RouterError], str] = {
 class _Outcome:
     """What the access log and the metrics record about one request."""
 
-    __slots__ = ("attempts", "backend", "jurisdiction", "pool", "reason", "region", "status")
+    __slots__ = (
+        "attempts", "backend", "jurisdiction", "meter", "pool", "reason", "region", "status",
+        "usage",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.status = 0
@@ -72,6 +86,8 @@ class _Outcome:
         self.backend: str | None = None
         self.reason = ""
         self.attempts = 0
+        self.usage: Usage | None = None  # a non-streaming answer's
+        self.meter: StreamMeter | None = None  # a stream's, read when the request ends
 
 
 async def handle(state: RouterState, request: Request) -> None:
@@ -102,8 +118,13 @@ async def handle(state: RouterState, request: Request) -> None:
             if state.policy is PolicyName.SCORE:
                 key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
             req = RouteRequest(model, allowed, client_region, key, rid)
+            strip_usage = False
+            if request.path in _COMPLETION_PATHS:
+                body, strip_usage = ask_for_usage(doc, body)
             route = await plan_or_hold(state, req, request.headers)  # scale from zero: hold.py
-            await _forward(state, request, route=route, req=req, body=body, out=out)
+            await _forward(
+                state, request, route=route, req=req, body=body, out=out, strip_usage=strip_usage
+            )
         except RouterError as err:
             out.status = err.status
             out.reason = err.code or err.type
@@ -123,6 +144,13 @@ async def handle(state: RouterState, request: Request) -> None:
         known_model = model if model and out.pool else "unknown"
         region = out.region or "none"
         state.metrics.observe_request(region, known_model, out.status, elapsed)
+        usage = out.meter.usage if out.meter is not None else out.usage
+        if usage is not None:
+            # tenant: a name from the tenants file (bounded); only requests that reached an
+            # engine have a usage, and they were authenticated.
+            state.metrics.observe_usage(
+                tenant_name or "unknown", known_model, region, out.pool or "none", usage
+            )
         state.access_log.write(
             {
                 "request_id": rid,
@@ -137,6 +165,9 @@ async def handle(state: RouterState, request: Request) -> None:
                 "status": out.status,
                 "attempts": out.attempts,
                 "latency_ms": round(elapsed * 1000, 2),
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "usage": usage.source if usage else None,
             }
         )
 
@@ -186,6 +217,7 @@ async def _forward(
     body: bytes,
     req: RouteRequest,
     out: _Outcome,
+    strip_usage: bool,
 ) -> None:
     rid = req.request_key
     to_engine = _upstream_headers(state, request, rid)
@@ -230,7 +262,7 @@ async def _forward(
             out.pool = backend.pool
             out.backend = backend.id
             out.reason = route.reason if out.attempts == 1 else f"failover #{out.attempts - 1}"
-            await _relay(state, request, opened, rid, out)
+            await _relay(state, request, opened, rid, out, strip_usage=strip_usage)
             completed = out.status < 500
             return
         finally:
@@ -286,6 +318,8 @@ async def _relay(
     opened: Opened,
     rid: str,
     out: _Outcome,
+    *,
+    strip_usage: bool,
 ) -> None:
     up = opened.response
     headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
@@ -315,12 +349,26 @@ async def _relay(
             state.metrics.upstream_errors.labels(out.region or "none", "stream_broken").inc()
             raise UpstreamFailed("The model backend broke off its answer.") from None
         body = parts[0] if len(parts) == 1 else b"".join(parts)
+        if 200 <= up.status < 300 and up.content_type == "application/json":
+            out.usage = usage_from_json_tail(body[-TAIL_BYTES:])
         request.respond(up.status, headers, body)
         return
+    meter: StreamMeter | None = None
+    tail: bytes | None = None  # the end of a JSON answer, for its usage
+    first = opened.first_chunk
+    if 200 <= up.status < 300 and up.content_type == "application/json":
+        tail = b""
+    elif 200 <= up.status < 300 and up.content_type == "text/event-stream":
+        meter = out.meter = StreamMeter(strip_usage)
+        first = meter.feed(first)
+        if strip_usage:
+            size = None  # the router frames what it relays (an event may be dropped)
     # The head and the first bytes in one write; then each piece as it arrives.
-    await request.start(up.status, headers, content_length=size, first=opened.first_chunk)
+    await request.start(up.status, headers, content_length=size, first=first)
     chunk = opened.first_chunk
     while chunk:
+        if tail is not None:
+            tail = (tail + chunk)[-TAIL_BYTES:]
         try:
             chunk = await up.read()
         except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
@@ -331,5 +379,10 @@ async def _relay(
             out.status, out.reason = 502, f"{out.reason}; {kind} after first byte"
             request.abort()
             return
-        await request.write(chunk)  # ClientGone once the client left (b"": nothing)
+        if meter is None:
+            await request.write(chunk)  # ClientGone once the client left (b"": nothing)
+        else:
+            await request.write(meter.feed(chunk) if chunk else meter.finish())
+    if tail is not None:
+        out.usage = usage_from_json_tail(tail)
     await request.end()

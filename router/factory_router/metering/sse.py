@@ -1,0 +1,128 @@
+"""An SSE answer relayed event by event: its usage chunk read, and stripped when the router
+asked for it.
+
+`StreamMeter.feed(chunk)` returns the bytes to relay now: the complete events of what has
+arrived, in the engine's bytes; the rest of an event that has not ended yet is held until
+its end arrives (a client's SSE parser cannot act on part of an event either, so holding it
+delays nothing a client sees). Events end at a blank line as the SSE standard (WHATWG)
+frames them and as the `openai` client's decoder reads them: two line ends in a row, a line
+end being CRLF, LF or CR; a CR at the end of what has arrived is held until the next byte
+says whether it is half of a CRLF.
+
+Only events that can hold a `usage` key are parsed: their bytes contain `usage`, or a `\\u`
+escape (a key spelled with escapes); in every other event no JSON parser could find one, so
+skipping them is as strict as parsing them all. vLLM sends one such event per stream (the
+usage chunk, last before `data: [DONE]`), unless the client asked for
+`continuous_usage_stats` (usage in every chunk).
+
+- usage: the last `usage` object seen (the usage chunk's, or the latest running figure);
+- stripped (when `strip_usage`): every event whose data is a JSON object with
+  `"choices": []` and a `usage` object; nothing else is ever changed or dropped;
+- estimate: data events other than `[DONE]`, the usage chunk and the role chunk
+  (`"role"`: vLLM's first chat chunk, no token): one token each, as vLLM sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from factory_router.metering.usage import Usage, usage_from_object
+
+_LINE_END = rb"(?:\r\n|\n|\r(?!\n))"
+_EVENT_END = re.compile(_LINE_END + _LINE_END)
+_LINES = re.compile(rb"\r\n|\n|\r")
+
+
+class StreamMeter:
+    __slots__ = ("_held", "done", "engine_usage", "events", "strip_usage", "stripped")
+
+    def __init__(self, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.engine_usage: Usage | None = None
+        self.events = 0  # content events (the estimate)
+        self.stripped = 0
+        self.done = False  # `data: [DONE]` seen
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of `chunk` (after those held) to relay now."""
+        data = self._held + chunk if self._held else chunk
+        # A CR at the very end may be the first half of a CRLF: decided by the next byte.
+        scan_end = len(data) - 1 if data.endswith(b"\r") else len(data)
+        return self._scan(data, scan_end)
+
+    def finish(self) -> bytes:
+        """At the end of the answer: what is still held (an unended last event, relayed as
+        the engine sent it unless it is a usage chunk to strip; a client drops it anyway)."""
+        data, self._held = self._held, b""
+        out = self._scan(data, len(data))
+        rest, self._held = self._held, b""
+        if rest and self._is_stripped_usage(rest):
+            return out
+        return out + rest
+
+    @property
+    def usage(self) -> Usage:
+        """The engine's figures when it sent any, else the estimate."""
+        if self.engine_usage is not None:
+            return self.engine_usage
+        return Usage(None, self.events, "estimated")
+
+    def _scan(self, data: bytes, scan_end: int) -> bytes:
+        pos = 0
+        kept: list[bytes] | None = None  # built only once an event is dropped
+        cursor = 0
+        while True:
+            end = _EVENT_END.search(data, pos, scan_end)
+            if end is None:
+                break
+            if self._is_stripped_usage(data[pos : end.start()]):
+                if kept is None:
+                    kept = []
+                kept.append(data[cursor:pos])
+                cursor = end.end()
+            pos = end.end()
+        self._held = data[pos:]
+        if kept is None:
+            return data[:pos]  # the same object when everything is relayed
+        kept.append(data[cursor:pos])
+        return b"".join(kept)
+
+    def _is_stripped_usage(self, event: bytes) -> bool:
+        """Counts the event; True when it is a usage chunk to strip."""
+        if b"usage" in event or b"\\u" in event:
+            doc = _json_data(event)
+            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
+                found = usage_from_object(doc["usage"])
+                if found is not None:
+                    self.engine_usage = found
+                if doc.get("choices") == []:
+                    if self.strip_usage:
+                        self.stripped += 1
+                        return True
+                    return False
+        if event.startswith(b"data:"):
+            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                self.done = True
+            elif b'"role"' not in event:
+                self.events += 1
+        return False
+
+
+def _json_data(event: bytes) -> object:
+    """The event's data (its `data` fields joined by LF, as the `openai` client joins them)
+    parsed as JSON; None when it is not JSON (or not UTF-8, which that client refuses)."""
+    parts: list[bytes] = []
+    for line in _LINES.split(event):
+        if line.startswith(b":"):
+            continue  # a comment
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    if not parts:
+        return None
+    try:
+        return json.loads(b"\n".join(parts).decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return None
