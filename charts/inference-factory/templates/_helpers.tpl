@@ -178,3 +178,21 @@ than allowing any address. */}}
     matchLabels:
       {{- toYaml $np.prometheus.podLabels | nindent 6 }}
 {{- end -}}
+
+{{/*
+The keys the chart shares with the operator, the router and the local fleet: the operator's
+label prefix (its --annotation-prefix default) and the label every child of a factory
+carries. Spelled once in factory_contract.names; tests/unit/contract holds these to it.
+*/}}
+{{- define "if.labelPrefix" -}}
+inference.factory.dev
+{{- end -}}
+
+{{- define "if.managedByLabel" -}}
+app.kubernetes.io/managed-by: inference-factory
+{{- end -}}
+
+{{/* The engines' pool labels (factory_contract.metrics.POOL_SERIES_LABELS), as a list. */}}
+{{- define "if.poolSeriesLabels" -}}
+factory pool region jurisdiction
+{{- end -}}

@@ -45,15 +45,17 @@ import httpx
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
+from factory_contract import metrics, names
 from factoryctl.agents.real_engine import NotServable, RealEngines
 from factoryctl.topology import ENGINE_LABEL, Topology
 
 log = logging.getLogger("factoryctl.engines")
 
-MANAGED = "app.kubernetes.io/managed-by=inference-factory"
-ADDRESS_ANNOTATION = "inference.factory.dev/address"
-READY_ANNOTATION = "inference.factory.dev/engine-ready"
-BEHAVIOUR_ANNOTATION = "inference.factory.dev/sim-behaviour"
+# The keys are the contract's (factory_contract.names), under the operator's default prefix.
+MANAGED = names.MANAGED_BY_SELECTOR
+ADDRESS_ANNOTATION = names.prefixed(names.ADDRESS_ANNOTATION)
+READY_ANNOTATION = names.prefixed(names.ENGINE_READY_ANNOTATION)
+BEHAVIOUR_ANNOTATION = names.prefixed(names.SIM_BEHAVIOUR_ANNOTATION)
 BEHAVIOUR_ENV = "FACTORY_SIM_BEHAVIOUR"
 BEHAVIOUR_KEYS = {
     "slow": float, "error_rate": float, "error_status": int, "answer_seed": str, "load_s": float,
@@ -156,7 +158,6 @@ def engine_config(
     return cfg
 
 
-FLEET_LABELS = ("factory", "pool", "region", "jurisdiction")
 EVENT_MESSAGE_CHARS = 1024  # the kubelet's Events are about as long
 
 
@@ -170,15 +171,18 @@ def _clip(message: str) -> str:
     return f"{head}\n...\n{rest[-room:]}" if room else head[:EVENT_MESSAGE_CHARS]
 
 
-def scrape_target(pod: dict[str, Any], port: int) -> dict[str, Any]:
-    """A Prometheus file_sd target for one engine, with the fleet's label set."""
+def scrape_target(
+    pod: dict[str, Any], port: int, prefix: str = names.DEFAULT_PREFIX
+) -> dict[str, Any]:
+    """A Prometheus file_sd target for one engine, with the fleet's label set (the pool
+    labels read under the operator's label prefix)."""
     labels = pod["metadata"].get("labels") or {}
     return {
         "targets": [f"127.0.0.1:{port}"],
         "labels": {
-            "namespace": pod["metadata"]["namespace"],
-            "pod": pod["metadata"]["name"],
-            **{key: labels.get(f"inference.factory.dev/{key}", "") for key in FLEET_LABELS},
+            metrics.NAMESPACE_SERIES_LABEL: pod["metadata"]["namespace"],
+            metrics.POD_SERIES_LABEL: pod["metadata"]["name"],
+            **metrics.pool_series_labels(labels, prefix),
         },
     }
 
