@@ -1,0 +1,335 @@
+"""Metering's pure parts: the request rewrite, the SSE meter against the `openai` client's
+own SSE decoder, the JSON answer's usage against `json.loads`, the token counters."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai._streaming import SSEDecoder
+
+from factory_router.app.metrics import RouterMetrics
+from factory_router.metering.answer import TAIL_BYTES, usage_from_json_tail
+from factory_router.metering.request import ask_for_usage
+from factory_router.metering.sse import StreamMeter
+from factory_router.metering.usage import Usage, usage_from_object
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": 'hé "usage": {}'}]}
+
+
+def _ask(doc: dict[str, Any], raw: bytes | None = None) -> tuple[dict[str, Any], bool, bytes]:
+    body = raw if raw is not None else json.dumps(doc).encode()
+    sent, strip = ask_for_usage(json.loads(body), body)
+    return json.loads(sent), strip, sent
+
+
+# -- the request ------------------------------------------------------------------------
+
+
+def test_a_stream_without_stream_options_asks_for_usage_and_keeps_the_clients_bytes() -> None:
+    body = b'{"model": "m", "stream": true, "prompt": "x"}  \n'
+    sent, strip = ask_for_usage(json.loads(body), body)
+    assert strip
+    assert sent == b'{"model": "m", "stream": true, "prompt": "x","stream_options":' \
+        b'{"include_usage":true}}  \n'  # fmt: skip
+    assert json.loads(sent) == {**json.loads(body), "stream_options": {"include_usage": True}}
+
+
+@pytest.mark.parametrize(
+    ("options", "sent_options", "strip"),
+    [
+        (None, {"include_usage": True}, True),
+        ({"include_usage": False}, {"include_usage": True}, True),
+        ({"include_usage": None}, {"include_usage": True}, True),
+        (
+            {"include_usage": False, "continuous_usage_stats": True, "x": 1},
+            {"include_usage": True, "continuous_usage_stats": False, "x": 1},
+            True,
+        ),
+        ({"include_usage": True}, {"include_usage": True}, False),
+        ({}, {}, False),  # vLLM: include_usage defaults to true inside stream_options
+        ({"continuous_usage_stats": True}, {"continuous_usage_stats": True}, False),
+        ({"include_usage": "yes"}, {"include_usage": "yes"}, False),  # the engine's to read
+        ([1], [1], False),  # the engine refuses it
+    ],
+)
+def test_stream_options_of_the_client(options: Any, sent_options: Any, strip: bool) -> None:
+    doc = {**CHAT, "stream": True, "stream_options": options}
+    sent, stripped, _ = _ask(doc)
+    assert stripped is strip
+    assert sent == {**doc, "stream_options": sent_options}
+
+
+@pytest.mark.parametrize("stream", [False, None, "true", 1])
+def test_a_request_that_does_not_stream_is_sent_unchanged(stream: Any) -> None:
+    body = json.dumps({**CHAT, "stream": stream}).encode()
+    assert ask_for_usage(json.loads(body), body) == (body, False)
+    body = json.dumps(CHAT).encode()
+    assert ask_for_usage(json.loads(body), body) == (body, False)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_a_body_json_reads_in_another_encoding_is_sent_as_utf8(encoding: str) -> None:
+    doc = {**CHAT, "stream": True}
+    raw = json.dumps(doc).encode(encoding)
+    sent, strip, sent_bytes = _ask(doc, raw)
+    assert strip and sent == {**doc, "stream_options": {"include_usage": True}}
+    assert sent_bytes.decode("utf-8")
+
+
+def test_duplicate_keys_are_sent_as_json_loads_read_them() -> None:
+    raw = b'{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":true},' \
+        b'"stream_options":{"include_usage":false}}'  # fmt: skip
+    sent, strip, sent_bytes = _ask({}, raw)
+    assert strip and sent["stream_options"] == {"include_usage": True}
+    assert sent_bytes.count(b"stream_options") == 1
+
+
+# -- the SSE stream -----------------------------------------------------------------------
+
+
+def _usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _content(text: str) -> dict[str, Any]:
+    return {"id": "c", "choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def _sse(*payloads: dict[str, Any] | str) -> bytes:
+    return b"".join(
+        b"data: " + (p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))).encode()
+        + b"\n\n"
+        for p in payloads
+    )  # fmt: skip
+
+
+def _relay(meter: StreamMeter, pieces: list[bytes]) -> bytes:
+    return b"".join(meter.feed(p) for p in pieces) + meter.finish()
+
+
+def _decoded(stream: bytes) -> list[tuple[str | None, str]]:
+    return [(e.event, e.data) for e in SSEDecoder().iter_bytes(iter([stream]))]
+
+
+def _is_usage_chunk(data: str) -> bool:
+    doc = _loads(data)
+    return isinstance(doc, dict) and doc.get("choices") == [] and isinstance(doc.get("usage"), dict)
+
+
+VLLM_STREAM = _sse(
+    {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    _content("Hello"),
+    _content(" world"),
+    {"id": "c", "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]},
+    _usage_chunk(7, 3),
+    "[DONE]",
+)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_the_usage_chunk_is_read_and_stripped_only_when_the_router_asked(strip: bool) -> None:
+    for size in (1, 2, 7, len(VLLM_STREAM)):
+        pieces = [VLLM_STREAM[i : i + size] for i in range(0, len(VLLM_STREAM), size)]
+        meter = StreamMeter(strip_usage=strip)
+        out = _relay(meter, pieces)
+        assert meter.usage == Usage(7, 3, "engine")
+        assert meter.done
+        if strip:
+            assert out == VLLM_STREAM.replace(_sse(_usage_chunk(7, 3)), b"")
+            assert meter.stripped == 1
+        else:
+            assert out == VLLM_STREAM
+
+
+def test_a_stream_cut_short_is_estimated_one_token_per_content_event() -> None:
+    cut = VLLM_STREAM[: VLLM_STREAM.index(_sse(_usage_chunk(7, 3)))]
+    meter = StreamMeter(strip_usage=True)
+    assert _relay(meter, [cut[:50], cut[50:]]) == cut
+    assert meter.usage == Usage(None, 3, "estimated")  # Hello, world, the stop token
+    assert not meter.done
+
+
+def test_a_partial_event_is_held_until_its_end_arrives() -> None:
+    meter = StreamMeter(strip_usage=False)
+    assert meter.feed(b'data: {}\n\ndata: {"a"') == b"data: {}\n\n"
+    assert meter.feed(b":1}\r") == b""  # a CR may be half of a CRLF
+    assert meter.feed(b"\n\r\n") == b'data: {"a":1}\r\n\r\n'
+    # A usage chunk ended by LF CRLF, its CR and LF apart: all of its bytes go, no more.
+    meter = StreamMeter(strip_usage=True)
+    usage = _sse(_usage_chunk(1, 1))[:-1]
+    assert meter.feed(usage) + meter.feed(b"\r") + meter.feed(b"\ndata: [DONE]\n\n") == (
+        b"data: [DONE]\n\n"
+    )
+
+
+def test_decoys_are_not_usage_and_escaped_keys_are() -> None:
+    decoy = _content('{"choices":[],"usage":{"prompt_tokens":1}}')  # text, not structure
+    escaped = '{"choices":[],"us\\u0061ge":{"prompt_tokens":5,"completion_tokens":2}}'
+    comment = b': {"choices":[],"usage":{"prompt_tokens":9}}\n\n'
+    stream = _sse(decoy) + comment + _sse(escaped, "[DONE]")
+    meter = StreamMeter(strip_usage=True)
+    out = _relay(meter, [stream])
+    assert out == _sse(decoy) + comment + _sse("[DONE]")
+    assert meter.usage == Usage(5, 2, "engine")
+
+
+def test_running_usage_in_every_chunk_is_relayed_and_the_last_one_counts() -> None:
+    chunks = [{**_content("a"), "usage": {"prompt_tokens": 4, "completion_tokens": i}}
+              for i in (1, 2)]  # fmt: skip
+    stream = _sse(*chunks, _usage_chunk(4, 2), "[DONE]")
+    meter = StreamMeter(strip_usage=False)
+    assert _relay(meter, [stream]) == stream
+    assert meter.usage == Usage(4, 2, "engine")
+
+
+_text = st.text(alphabet=st.sampled_from('ab "\\:{}[],\nusage\u00e9'), max_size=12)
+_line_end = st.sampled_from([b"\n", b"\r", b"\r\n"])
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> list[bytes]:
+    """An SSE stream's events, each one's bytes with its own line ends."""
+    out: list[bytes] = []
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["content", "usage", "running", "comment", "named", "multi"]))
+        end = draw(_line_end)
+        if kind == "content":
+            lines = [b"data: " + json.dumps(_content(draw(_text))).encode()]
+        elif kind == "usage":
+            lines = [b"data:" + json.dumps(_usage_chunk(draw(st.integers(0, 9)), 2)).encode()]
+        elif kind == "running":
+            doc = {**_content("x"), "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+            lines = [b"data: " + json.dumps(doc).encode()]
+        elif kind == "comment":
+            lines = [b": " + json.dumps(_usage_chunk(1, 1)).encode()]
+        elif kind == "named":
+            lines = [b"event: usage", b"data: " + json.dumps(_usage_chunk(3, 3)).encode()]
+        else:  # one JSON document over two data lines
+            text = json.dumps(_usage_chunk(2, 2))
+            cut = draw(st.integers(1, len(text) - 1))
+            lines = [b"data: " + text[:cut].encode(), b"data: " + text[cut:].encode()]
+        out.append(b"".join(line + end for line in lines) + draw(_line_end))
+    out.append(b"data: [DONE]" + draw(_line_end) + draw(_line_end))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=_events(), cuts=st.lists(st.integers(0, 2000), max_size=8), strip=st.booleans())
+def test_the_meter_strips_exactly_what_the_openai_decoder_reads_as_usage_chunks(
+    events: list[bytes], cuts: list[int], strip: bool
+) -> None:
+    stream = b"".join(events)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    meter = StreamMeter(strip_usage=strip)
+    out = _relay(meter, pieces)
+    seen = _decoded(stream)
+    if not strip or not any(_is_usage_chunk(data) for _, data in seen):
+        assert out == stream
+    else:
+        # Whole events are dropped, nothing else: the client's decoder reads what it would
+        # have read, minus every usage chunk.
+        assert _decoded(out) == [e for e in seen if not _is_usage_chunk(e[1])]
+    docs = [_loads(data) for _, data in seen]
+    usages = [d["usage"] for d in docs if isinstance(d, dict) and isinstance(d.get("usage"), dict)]
+    assert meter.engine_usage == (usage_from_object(usages[-1]) if usages else None)
+
+
+def _loads(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+# -- the JSON answer ----------------------------------------------------------------------
+
+
+def _answer(usage: dict[str, Any] | None, *, after: dict[str, Any] | None = None) -> bytes:
+    doc: dict[str, Any] = {
+        "id": "x",
+        "choices": [{"index": 0, "message": {"content": 'a "usage": {"prompt_tokens": 1}'},
+                     "logprobs": {"top_logprobs": [{'"usage': -0.1}]}}],
+    }  # fmt: skip
+    if usage is not None:
+        doc["usage"] = usage
+    doc.update(after or {})
+    return json.dumps(doc).encode()
+
+
+def test_the_answers_top_level_usage_is_read_from_its_tail() -> None:
+    counts = {"prompt_tokens": 12, "total_tokens": 17, "completion_tokens": 5}
+    assert usage_from_json_tail(_answer(counts)) == Usage(12, 5, "engine")
+    after = {"prompt_logprobs": None, "kv_transfer_params": None}
+    assert usage_from_json_tail(_answer(counts, after=after)) == Usage(12, 5, "engine")
+    embeddings = {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0}
+    big = json.dumps({"data": [{"embedding": [0.1] * 50_000}], "usage": embeddings}).encode()
+    assert len(big) > TAIL_BYTES
+    assert usage_from_json_tail(big[-TAIL_BYTES:]) == Usage(3, 0, "engine")
+    assert usage_from_json_tail(_answer(None)) is None
+    nested = _answer(None, after={"x": {"usage": counts}})
+    assert usage_from_json_tail(nested) is None
+    assert usage_from_json_tail(_answer({"prompt_tokens": -1})) is None
+    assert usage_from_json_tail(_answer({"prompt_tokens": True})) is None
+    assert usage_from_json_tail(b'{"usage":{"prompt_tokens":1},}') is None  # not JSON
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), _text)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["usage", '"usage', "a", "choices"]), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    doc=st.dictionaries(st.sampled_from(["usage", "a", "b", '"usage']), _json, max_size=4),
+    usage=st.one_of(st.none(), st.fixed_dictionaries(
+        {"prompt_tokens": st.integers(0, 99), "completion_tokens": st.integers(0, 99)})),
+    indent=st.sampled_from([None, 1]),
+)  # fmt: skip
+def test_the_tail_reader_never_disagrees_with_json_loads(
+    doc: dict[str, Any], usage: dict[str, Any] | None, indent: int | None
+) -> None:
+    if usage is not None:
+        doc["usage"] = usage
+    body = json.dumps(doc, indent=indent).encode()
+    found = usage_from_json_tail(body)
+    parsed = json.loads(body).get("usage")
+    truth = usage_from_object(parsed)
+    assert found is None or found == truth
+    if usage is not None and list(doc)[-1] == "usage":
+        assert found == truth  # vLLM's layout: usage last
+
+
+# -- the counters ---------------------------------------------------------------------------
+
+
+def test_token_counters_by_tenant_model_region_pool_and_source() -> None:
+    metrics = RouterMetrics(load_age=lambda: 0.0, load_stale=lambda: 0.0)
+    metrics.observe_usage("acme", "m", "eu-west-1", "p", Usage(10, 4, "engine"))
+    metrics.observe_usage("acme", "m", "eu-west-1", "p", Usage(5, 1, "engine"))
+    metrics.observe_usage("acme", "m", "eu-west-1", "p", Usage(None, 3, "estimated"))
+    labels = {"tenant": "acme", "model": "m", "region": "eu-west-1", "pool": "p"}
+    value = metrics.registry.get_sample_value
+    assert value("factory_router_prompt_tokens_total", labels) == 15
+    assert value("factory_router_completion_tokens_total", {**labels, "source": "engine"}) == 5
+    assert value("factory_router_completion_tokens_total", {**labels, "source": "estimated"}) == 3
