@@ -83,7 +83,7 @@ class Cluster:
     pods: list[Obj]
 
 
-def _plan(doc: Obj, regions: list[Obj], settings: OperatorSettings, running: Plan | None) -> Plan:
+def plan_of(doc: Obj, regions: list[Obj], settings: OperatorSettings, running: Plan | None) -> Plan:
     factory = InferenceFactory.model_validate(
         {**doc, "metadata": {**doc["metadata"], "uid": "uid-1", "generation": 1}}
     )
@@ -248,8 +248,8 @@ SCENARIOS = [
 @pytest.mark.parametrize(("doc", "regions"), SCENARIOS)
 def test_planned_pools_are_the_backends_discovery_builds(doc: Obj, regions: list[Obj]) -> None:
     settings = OperatorSettings()
-    starting = _plan(doc, regions, settings, running=None)
-    running = _plan(doc, regions, settings, running=starting)
+    starting = plan_of(doc, regions, settings, running=None)
+    running = plan_of(doc, regions, settings, running=starting)
     assert {p.state for p in running.status.pools} == {"Running"}
     cluster = _apply(doc, running)
     fleet = fleet_from_objects(regions, [cluster.factory], cluster.slices, cluster.pods)
@@ -260,7 +260,7 @@ def test_planned_pools_are_the_backends_discovery_builds(doc: Obj, regions: list
 def test_pools_still_starting_are_held_for(doc: Obj) -> None:
     """Before any pod runs: no backend, every deployed pool in the fleet's pools with its
     desired replicas (what a request is held for)."""
-    plan = _plan(doc, LOCAL_REGIONS, OperatorSettings(), running=None)
+    plan = plan_of(doc, LOCAL_REGIONS, OperatorSettings(), running=None)
     factory = {**doc, "status": plan.status.to_wire()}
     fleet = fleet_from_objects(LOCAL_REGIONS, [factory], [], [])
     assert fleet.backends == ()
@@ -280,8 +280,8 @@ def test_one_cluster_per_region_reaches_other_regions_through_their_endpoint(doc
     endpoint."""
     local = "eu-west-1"
     settings = OperatorSettings(region=local)
-    starting = _plan(doc, EXAMPLE_REGIONS, settings, running=None)
-    running = _plan(doc, EXAMPLE_REGIONS, settings, running=starting)
+    starting = plan_of(doc, EXAMPLE_REGIONS, settings, running=None)
+    running = plan_of(doc, EXAMPLE_REGIONS, settings, running=starting)
     cluster = _apply(doc, running)
     fleet = fleet_from_objects(
         EXAMPLE_REGIONS, [cluster.factory], cluster.slices, cluster.pods, local_region=local
