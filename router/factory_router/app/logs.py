@@ -1,9 +1,10 @@
 """Structured logs: JSON lines.
 
-- `AccessLog`: one JSON line per routed request (the residency audit trail): tenant,
-  model, region, jurisdiction, pool, reason, status, latency. It writes to a buffered
-  binary stream flushed at least every `flush_interval` seconds and at shutdown, instead
-  of going through `logging` (a LogRecord, a caller lookup and a flush per request cost
+- `AccessLog`: one JSON line per routed request (the residency audit trail, and the
+  request's usage record): tenant, model, region, jurisdiction, pool, reason, status,
+  latency, prompt and completion tokens and their source (`metering`). It writes to a
+  buffered binary stream flushed at least every `flush_interval` seconds and at shutdown,
+  instead of going through `logging` (a LogRecord, a caller lookup and a flush per request cost
   about a tenth of the router's CPU per request; see bench/router_overhead).
 - Everything else goes through `logging` with `JsonFormatter`.
 
