@@ -78,6 +78,8 @@ def factory_view(obj: Obj) -> FactoryView | None:
 
 
 def region_of(obj: Obj) -> Region:
+    """The policy's Region: the FleetRegion's name and jurisdiction (None when absent or
+    malformed: nothing in the region is routable)."""
     view = region_view(obj)
     if view is None:
         return Region(_get(obj, "metadata", "name") or "", None)
@@ -149,8 +151,8 @@ def fleet_from_objects(
     local_region: str | None = None,
 ) -> Fleet:
     """Pure: the current objects to a Fleet (see the module docstring for the rules)."""
-    regions = {r.name: r for r in map(region_of, fleet_regions) if r.name}
     region_views = {v.name: v for v in map(region_view, fleet_regions) if v is not None}
+    regions = {r.name: r for r in map(region_of, fleet_regions) if r.name}
     pods_by_key = {_key(p): p for p in pods}
     slices: dict[Key, list[Obj]] = {}
     for s in endpoint_slices:

@@ -20,7 +20,7 @@ from factory_router.policy import tenants
 from factoryctl.agents import engines
 from factoryctl.components.stages import ENGINE_READY_ANNOTATION
 from tests.unit.chart.chart_tools import helm_template, of_kind
-from tests.unit.contract.test_plan_to_discovery import FACTORIES, LOCAL_REGIONS, plan_of
+from tests.unit.contract.fleet_world import FACTORIES, LOCAL_REGIONS, plan_of
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_DIRS = (ROOT / "crds", ROOT / "charts" / "inference-factory" / "files" / "crds")
