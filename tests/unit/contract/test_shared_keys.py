@@ -17,7 +17,9 @@ from factory_operator.plan import OperatorSettings
 from factory_operator.plan.workload import label_key
 from factory_router.discovery import kube, kube_watch
 from factory_router.policy import tenants
+from factoryctl import report
 from factoryctl.agents import engines
+from factoryctl.components import resources
 from factoryctl.components.stages import ENGINE_READY_ANNOTATION
 from tests.unit.chart.chart_tools import helm_template, of_kind
 from tests.unit.contract.fleet_world import FACTORIES, LOCAL_REGIONS, plan_of
@@ -146,6 +148,15 @@ def test_annotations_and_selectors_are_the_contract_ones() -> None:
     assert (common.GROUP, common.VERSION, common.API_VERSION) == (
         names.GROUP, names.VERSION, names.API_VERSION,
     )  # fmt: skip
+
+
+def test_the_local_fleets_other_copies_agree_with_the_contract() -> None:
+    """What the local fleet's CLI still spells itself (outside the engines agent)."""
+    assert set(resources.CRD_NAMES) == {
+        f"{names.REGION_PLURAL}.{names.GROUP}",
+        f"{names.FACTORY_PLURAL}.{names.GROUP}",
+    }
+    assert report.LABEL == names.DEFAULT_PREFIX
 
 
 def _patterns(node: Any, key: str) -> list[str]:
