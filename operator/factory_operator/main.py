@@ -16,10 +16,11 @@ import kopf
 from prometheus_client import start_http_server
 
 from factory_operator.api.accelerators import NODE_LABEL_SCHEMES
-from factory_operator.handlers import build_registry
-from factory_operator.k8s import Kube, OperatorMetrics, load_api_client
+from factory_operator.handlers import WATCHABLE, build_registry
+from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, may_watch
 from factory_operator.plan import OperatorSettings
 
+log = logging.getLogger("factory_operator")
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
@@ -125,16 +126,39 @@ def setup_logging(settings: OperatorSettings) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
+def watchable_kinds(settings: OperatorSettings) -> list[str]:
+    """The kinds of ``WATCHABLE`` the operator's credentials may list and watch; the others
+    are listed per reconcile (a role that predates the operator's cache), and a log line
+    says which."""
+    api_client = load_api_client()
+    allowed = [
+        kind
+        for kind, (group, plural) in WATCHABLE.items()
+        if may_watch(api_client, group, plural, settings.namespaces)
+    ]
+    missing = sorted(set(WATCHABLE) - set(allowed))
+    if missing:
+        log.warning(
+            "may not watch %s: read per reconcile instead of from memory; grant list and "
+            "watch on them to avoid it",
+            ", ".join(missing),
+        )
+    return allowed
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``factory-operator``."""
     settings = parse_args(argv)
     setup_logging(settings)
+    watch = watchable_kinds(settings)
     metrics = OperatorMetrics()
     if settings.metrics_port:
         start_http_server(
             settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
         )
-    registry = build_registry(settings, lambda: Kube(load_api_client(), settings, metrics), metrics)
+    registry = build_registry(
+        settings, lambda: Kube(load_api_client(), settings, metrics), metrics, watch
+    )
     kopf.run(
         registry=registry,
         standalone=True,

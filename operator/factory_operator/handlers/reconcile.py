@@ -18,11 +18,13 @@ from factory_operator.k8s import (
     Kube,
     LoadReader,
     OperatorMetrics,
+    Watched,
     execute,
     observe,
     plan_scaling,
     read_factory,
 )
+from factory_operator.k8s.cache import TOP_LEVEL
 from factory_operator.plan import OperatorSettings, Plan, plan_factory
 from factory_operator.plan.scaling import AutoscalePlan
 
@@ -95,30 +97,40 @@ async def reconcile_factory(
     loads: LoadReader | None = None,
     *,
     decide: bool = False,
+    watched: Watched | None = None,
 ) -> Plan:
     """Bring one factory's children and status in line with its spec and the fleet.
 
     ``decide``: the autoscaler's decision (reads the load from ``loads``; without one, pools
-    are held at replicas.min). Raises kopf.PermanentError for a spec that can never work
-    (after writing the status that says why) and kopf.TemporaryError for transient API
-    failures.
+    are held at replicas.min). ``watched``: the operator's watches, read instead of the API
+    server (``k8s.cache``); without it everything is read fresh. Raises kopf.PermanentError
+    for a spec that can never work (after writing the status that says why) and
+    kopf.TemporaryError for transient API failures.
     """
     started = time.monotonic()
     meta = body["metadata"]
     try:
-        # Plan from the factory as stored now, not from kopf's body: the body can predate our
-        # own last status patch, and conditions planned from it would flap (read_factory).
-        live = await read_factory(kube, meta.get("namespace") or "default", meta["name"])
+        # Plan from the factory as stored now, not from kopf's body alone: the body can predate
+        # our own last status patch, and conditions planned from it would flap (read_factory;
+        # with the watches, the newer of the body and that patch's answer).
+        namespace = meta.get("namespace") or "default"
+        if watched is not None:
+            seen = {k: body[k] for k in TOP_LEVEL if k in body}
+            live = watched.own.fresher("InferenceFactory", namespace, meta["name"], seen)
+        else:
+            live = await read_factory(kube, namespace, meta["name"])
         if live is None:
             return Plan()  # deleted since kopf saw it
         factory = parse_factory(live)
         if factory.metadata.deletion_timestamp:
             return Plan()  # garbage collection removes owned children
         now = datetime.now(UTC).replace(microsecond=0)
-        world = await observe(kube, factory, settings, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        world = await observe(kube, factory, settings, stamp, watched)
         scaling = await plan_scaling(factory, world, settings, loads, decide=decide, now=now)
         plan = plan_factory(factory, world.regions, world.observed, settings, scaling)
-        writes = await execute(kube, factory, plan, world, settings)
+        own = watched.own if watched else None
+        writes = await execute(kube, factory, plan, world, settings, own=own)
         record_metrics(metrics, factory, plan)
         record_autoscaling(metrics, factory, plan, scaling)
     except SpecError as err:

@@ -1,8 +1,9 @@
 """kopf glue: every handler of the operator, registered on a fresh registry (no globals).
 
+- The indexes of ``handlers.indexes``: what every reconcile reads instead of listing.
 - InferenceFactory create/update/resume (ids ``factory-create``/``-update``/``-resume``) and
   a per-factory daemon (``factory-resync``) that re-evaluates on a timer or when woken;
-  all call ``reconcile_factory``.
+  all call ``reconcile_factory`` with the indexes.
 - A timer per factory with ``spec.autoscaling`` (``factory-autoscale``, every
   ``--autoscale-interval`` seconds): the autoscaler's decision, the same reconcile with the
   load read from ``--prometheus-url``; the other handlers keep its counts.
@@ -12,7 +13,9 @@
   capacity) and wake their factories.
 - Deployment events of our children (``child-changed``): wake the owning factory.
 
-Watch handlers never write to wake a factory: they set an in-memory event (``FactoryIndex``).
+Watch handlers never write to wake a factory: they set an in-memory event (the factory's
+``FactoryRuntime``, found through the ``factory_runtimes`` and ``factories_by_region``
+indexes).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import kopf
@@ -31,23 +34,29 @@ from factory_operator.k8s import (
     Kube,
     LoadReader,
     OperatorMetrics,
+    OwnWrites,
+    Watched,
     load_api_client,
     node_info,
-    read_region,
 )
-from factory_operator.plan import OperatorSettings, plan_region_status
+from factory_operator.plan import NodeInfo, OperatorSettings, plan_region_status
 
-from .index import FactoryIndex, Key
+from .index import RegionRefreshes, changed_regions, regions_of_node
+from .indexes import (
+    BY_REGION_INDEX,
+    FACTORIES,
+    REGIONS,
+    RUNTIMES_INDEX,
+    WATCHABLE,
+    FactoryRuntime,
+    register_indexes,
+    runtime,
+    watched_view,
+)
 from .reconcile import reconcile_factory, utc_now
 
 log = logging.getLogger(__name__)
-FACTORIES = "inferencefactories"
-REGIONS = "fleetregions"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "inference-factory"}
-
-
-def _pool_regions(spec: Any) -> frozenset[str]:
-    return frozenset(p.get("region", "") for p in (spec or {}).get("pools") or [])
 
 
 def connection_info() -> kopf.ConnectionInfo:
@@ -91,11 +100,19 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, op: OperatorSettings) -
 
 
 def build_registry(
-    settings: OperatorSettings, kube_factory: Callable[[], Kube], metrics: OperatorMetrics
+    settings: OperatorSettings,
+    kube_factory: Callable[[], Kube],
+    metrics: OperatorMetrics,
+    watch: Collection[str] = tuple(WATCHABLE),
 ) -> kopf.OperatorRegistry:
-    """A kopf registry with all of the operator's handlers bound to these settings."""
+    """A kopf registry with all of the operator's handlers bound to these settings.
+
+    ``watch``: the kinds of ``indexes.WATCHABLE`` read from watches (the operator may watch
+    them); the others are listed per reconcile."""
     registry = kopf.OperatorRegistry()
-    index = FactoryIndex()
+    register_indexes(registry, settings, watch)
+    refreshes = RegionRefreshes()
+    own = OwnWrites()
     op_settings = settings  # kopf passes its own settings under the name `settings`
     clients: dict[str, Kube] = {}
 
@@ -106,11 +123,19 @@ def build_registry(
 
     loads = LoadReader(settings.prometheus_url) if settings.prometheus_url else None
 
-    async def reconcile(body: Any, key: Key, *, decide: bool = False) -> None:
-        entry = index.entry(key)
-        index.set_regions(key, _pool_regions(body.get("spec")))
-        async with entry.lock:
-            await reconcile_factory(kube(), body, settings, metrics, loads, decide=decide)
+    async def reconcile(
+        body: Any, memo: Any, indexes: Mapping[str, Any], *, decide: bool = False
+    ) -> None:
+        watched = watched_view(indexes, own)
+        async with runtime(memo).lock:
+            await reconcile_factory(
+                kube(), body, settings, metrics, loads, decide=decide, watched=watched
+            )
+
+    def wake(runtimes: Any) -> int:
+        for found in runtimes:
+            found.wake.set()
+        return len(runtimes)
 
     # A fresh registry has none of kopf's default login handlers: log in with the same
     # credentials as the operator's own client (in-cluster service account, else $KUBECONFIG).
@@ -125,31 +150,34 @@ def build_registry(
     @kopf.on.create(GROUP, VERSION, FACTORIES, id="factory-create", registry=registry)
     @kopf.on.update(GROUP, VERSION, FACTORIES, id="factory-update", registry=registry)
     @kopf.on.resume(GROUP, VERSION, FACTORIES, id="factory-resume", registry=registry)
-    async def factory_changed(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
-        await reconcile(body, (namespace or "", name))
+    async def factory_changed(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
+        await reconcile(body, memo, indexes)
 
     @kopf.daemon(
         GROUP, VERSION, FACTORIES, id="factory-resync", registry=registry, cancellation_timeout=5.0
     )
     async def factory_resync(
-        body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
+        body: kopf.Body,
+        name: str,
+        namespace: str | None,
+        memo: kopf.Memo,
+        stopped: kopf.DaemonStopped,
+        **indexes: Any,
     ) -> None:
-        key = (namespace or "", name)
-        entry = index.entry(key)
+        state: FactoryRuntime = runtime(memo)
         try:
             while not stopped:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(entry.wake.wait(), timeout=settings.resync_seconds)
-                entry.wake.clear()
+                    await asyncio.wait_for(state.wake.wait(), timeout=settings.resync_seconds)
+                state.wake.clear()
                 if stopped:
                     break
                 try:
-                    await reconcile(body, key)
+                    await reconcile(body, memo, indexes)
                 except (kopf.PermanentError, kopf.TemporaryError) as err:
                     log.warning("resync: %s", err, extra={"factory": name})
         finally:
-            index.forget(key)
-            metrics.forget_factory(*key)
+            metrics.forget_factory(namespace or "", name)
 
     def autoscaled(spec: kopf.Spec, **_: Any) -> bool:
         return spec.get("autoscaling") is not None
@@ -166,60 +194,74 @@ def build_registry(
         when=autoscaled,
     )
     async def factory_autoscale(
-        body: kopf.Body, name: str, namespace: str | None, **_: Any
+        body: kopf.Body, name: str, memo: kopf.Memo, **indexes: Any
     ) -> None:
         try:
-            await reconcile(body, (namespace or "", name), decide=True)
+            await reconcile(body, memo, indexes, decide=True)
         except (kopf.PermanentError, kopf.TemporaryError) as err:
             # The next tick is the retry: no backoff state for kopf to keep in annotations.
             log.warning("autoscale: %s", err, extra={"factory": name})
 
-    async def refresh_region(name: str) -> None:
-        """The region's status from the region and the nodes as they are now; concurrent
-        callers for one region share one refresh."""
-        index.mark_region_stale(name)
-        async with index.region_lock(name):
-            if not index.take_stale(name):
+    async def refresh_region(name: str, watched: Watched) -> None:
+        """The region's status from the region and the nodes as the watches hold them;
+        concurrent callers for one region share one refresh."""
+        refreshes.mark_stale(name)
+        async with refreshes.lock(name):
+            if not refreshes.take_stale(name):
                 return
             try:
-                obj = await read_region(kube(), name)
+                obj = watched.region_object(name)
                 if obj is not None:
-                    await refresh_region_status(
-                        kube(), region_model(obj), settings.node_label_scheme
+                    answer = await refresh_region_status(
+                        kube(), region_model(obj), settings.node_label_scheme, watched.node_list()
                     )
+                    if answer:
+                        own.wrote(answer)
             except TransientError as err:
-                index.mark_region_stale(name)  # the next change or event tries again
+                refreshes.mark_stale(name)  # the next change or event tries again
                 log.warning("region status: %s", err, extra={"region": name})
 
+    def selectors(watched: Watched) -> dict[str, dict[str, str]]:
+        return {
+            (region := region_model(obj)).name: dict(region.spec.selector(region.name))
+            for obj in watched.region_objects()
+        }
+
     @kopf.on.event(GROUP, VERSION, REGIONS, id="region-changed", registry=registry)
-    async def region_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
-        if type == "DELETED":
-            index.set_region_selector(name, None)
-        else:
-            region = region_model(body)
-            index.set_region_selector(name, region.spec.selector(name))
-            await refresh_region(name)
-        index.wake_regions({name})
+    async def region_changed(name: str, type: str | None, **indexes: Any) -> None:
+        if type != "DELETED":
+            await refresh_region(name, watched_view(indexes, own))
+        wake(indexes[BY_REGION_INDEX].get(name, ()))
 
     @kopf.on.event("", "v1", "nodes", id="node-changed", registry=registry)
-    async def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
+    async def node_changed(
+        body: kopf.Body, type: str | None, memo: kopf.Memo, **indexes: Any
+    ) -> None:
         info = None if type == "DELETED" else node_info(dict(body))
-        regions = index.node_changed(name, info)
+        before: NodeInfo | None = memo.get("facts")
+        memo["facts"] = info
+        if before == info and not refreshes.any_stale:
+            return  # a heartbeat
+        watched = watched_view(indexes, own)
+        known = selectors(watched)
+        regions = changed_regions(before, info, known)
         if info is not None:
-            regions |= index.stale_regions_of_node(info.labels)
+            regions |= refreshes.stale_among(regions_of_node(info.labels, known))
         for region in sorted(regions):
-            await refresh_region(region)
-        index.wake_regions(regions)
+            await refresh_region(region, watched)
+        by_region = indexes[BY_REGION_INDEX]
+        for region in regions:
+            wake(by_region.get(region, ()))
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="child-changed", registry=registry, labels=MANAGED_BY
     )
-    async def child_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def child_changed(body: kopf.Body, namespace: str | None, **indexes: Any) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(
             f"{settings.annotation_prefix}/factory"
         )
         if owner and namespace:
-            index.wake((namespace, owner))
+            wake(indexes[RUNTIMES_INDEX].get((namespace, owner), ()))
 
     return registry
 
@@ -231,13 +273,19 @@ def region_model(obj: Any) -> FleetRegion:
 
 
 async def refresh_region_status(
-    kube: Kube, region: FleetRegion, default_scheme: str = "gfd"
-) -> None:
-    """Patch a FleetRegion's status from its nodes, only when it changed."""
-    nodes = [node_info(n) for n in await kube.list("v1", "Node")]
+    kube: Kube,
+    region: FleetRegion,
+    default_scheme: str = "gfd",
+    nodes: list[NodeInfo] | None = None,
+) -> dict[str, Any] | None:
+    """Patch a FleetRegion's status from its nodes (listed when not given), only when it
+    changed; returns the API server's answer to the patch, None when nothing was sent."""
+    if nodes is None:
+        nodes = [node_info(n) for n in await kube.list("v1", "Node")]
     status = plan_region_status(region, nodes, utc_now(), default_scheme)
     current = region.status.to_wire() if region.status else None
-    if status.to_wire() != current:
-        await kube.patch_status(
-            f"{GROUP}/{VERSION}", "FleetRegion", region.name, None, status.to_wire()
-        )
+    if status.to_wire() == current:
+        return None
+    return await kube.patch_status(
+        f"{GROUP}/{VERSION}", "FleetRegion", region.name, None, status.to_wire()
+    )

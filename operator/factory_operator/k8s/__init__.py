@@ -3,19 +3,25 @@ Prometheus (the autoscaler's load)."""
 
 from .apply import execute
 from .autoscaler import plan_scaling
-from .client import FIELD_MANAGER, Kube, load_api_client
+from .cache import CachedObject, OwnWrites, Watched, cached_object
+from .client import FIELD_MANAGER, Kube, load_api_client, may_watch
 from .load import LoadReader
 from .metrics import OperatorMetrics
 from .observe import World, node_info, observe, read_factory, read_region
 
 __all__ = [
     "FIELD_MANAGER",
+    "CachedObject",
     "Kube",
     "LoadReader",
     "OperatorMetrics",
+    "OwnWrites",
+    "Watched",
     "World",
+    "cached_object",
     "execute",
     "load_api_client",
+    "may_watch",
     "node_info",
     "observe",
     "plan_scaling",

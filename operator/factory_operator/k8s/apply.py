@@ -17,6 +17,7 @@ import logging
 from factory_operator.api import InferenceFactory
 from factory_operator.plan import OperatorSettings, Plan
 
+from .cache import OwnWrites
 from .client import FIELD_MANAGER, Kube, Obj
 from .diff import first_drift, needs_apply, with_hash
 from .observe import World
@@ -77,10 +78,22 @@ def _event(
     }
 
 
+def _remember(own: OwnWrites | None, answer: Obj | None) -> None:
+    if own is not None and answer:
+        own.wrote(answer)
+
+
 async def execute(
-    kube: Kube, factory: InferenceFactory, plan: Plan, world: World, settings: OperatorSettings
+    kube: Kube,
+    factory: InferenceFactory,
+    plan: Plan,
+    world: World,
+    settings: OperatorSettings,
+    *,
+    own: OwnWrites | None = None,
 ) -> int:
-    """Carry out the plan; returns how many writes were sent."""
+    """Carry out the plan; returns how many writes were sent. ``own`` keeps what they left
+    until the watches deliver it (``k8s.cache``)."""
     key = f"{settings.annotation_prefix}/applied-hash"
     writes = 0
     for manifest in plan.apply:
@@ -104,11 +117,14 @@ async def execute(
                 )
                 await kube.apply(handover, field_manager=HANDOVER_MANAGER)
                 writes += 1
-            await kube.apply(with_hash(manifest, key))
+            _remember(own, await kube.apply(with_hash(manifest, key)))
             writes += 1
     namespace = factory.metadata.namespace or "default"
     for child in plan.delete:
         await kube.delete(child.api_version, child.kind, child.name, namespace)
+        if own is not None:
+            meta = (world.live.get((child.kind, child.name)) or {}).get("metadata") or {}
+            own.deleted(child.kind, namespace, child.name, meta.get("uid") or "")
         writes += 1
     for event in plan.events:
         await kube.create_event(
@@ -118,8 +134,9 @@ async def execute(
     desired = plan.status.to_wire()
     current = factory.status.to_wire() if factory.status else None
     if desired != current:
-        await kube.patch_status(
+        answer = await kube.patch_status(
             FACTORY_API, "InferenceFactory", factory.metadata.name, namespace, desired
         )
+        _remember(own, answer)
         writes += 1
     return writes

@@ -89,6 +89,10 @@ class Kube:
                 )
             return self._resources[key]
 
+    @staticmethod
+    def _plain(answer: Any) -> Obj:
+        return dict(answer.to_dict()) if answer is not None else {}
+
     async def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind (e.g. the PodMonitor CRD is installed).
 
@@ -159,24 +163,27 @@ class Kube:
         self.metrics.api_reads.labels(kind=kind).inc()
         return await self._call(run)
 
-    async def apply(self, manifest: Obj, field_manager: str = FIELD_MANAGER) -> None:
+    async def apply(self, manifest: Obj, field_manager: str = FIELD_MANAGER) -> Obj:
         """Server-side apply under the operator's field manager; force takes back our fields
-        from a concurrent writer instead of failing on the conflict."""
+        from a concurrent writer instead of failing on the conflict. Returns the object as
+        the API server stored it."""
         meta = manifest["metadata"]
 
-        def run() -> None:
-            self.dynamic.server_side_apply(
-                self._resource(manifest["apiVersion"], manifest["kind"]),
-                body=manifest,
-                name=meta["name"],
-                namespace=meta.get("namespace"),
-                field_manager=field_manager,
-                force_conflicts=True,
-                _request_timeout=self.timeout,
+        def run() -> Obj:
+            return self._plain(
+                self.dynamic.server_side_apply(
+                    self._resource(manifest["apiVersion"], manifest["kind"]),
+                    body=manifest,
+                    name=meta["name"],
+                    namespace=meta.get("namespace"),
+                    field_manager=field_manager,
+                    force_conflicts=True,
+                    _request_timeout=self.timeout,
+                )
             )
 
         self.metrics.api_writes.labels(verb="apply", kind=manifest["kind"]).inc()
-        await self._call(run)
+        return await self._call(run)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         """Delete (foreground-free, background propagation); absent is fine."""
@@ -198,22 +205,25 @@ class Kube:
 
     async def patch_status(
         self, api_version: str, kind: str, name: str, namespace: str | None, status: Obj
-    ) -> None:
-        """Merge-patch the status subresource (lists such as conditions are replaced whole)."""
+    ) -> Obj:
+        """Merge-patch the status subresource (lists such as conditions are replaced whole).
+        Returns the object as the API server stored it."""
 
-        def run() -> None:
+        def run() -> Obj:
             res = self._resource(api_version, kind)
-            self.dynamic.patch(
-                res.subresources["status"],
-                body={"status": status},
-                name=name,
-                namespace=namespace,
-                content_type="application/merge-patch+json",
-                _request_timeout=self.timeout,
+            return self._plain(
+                self.dynamic.patch(
+                    res.subresources["status"],
+                    body={"status": status},
+                    name=name,
+                    namespace=namespace,
+                    content_type="application/merge-patch+json",
+                    _request_timeout=self.timeout,
+                )
             )
 
         self.metrics.api_writes.labels(verb="patch-status", kind=kind).inc()
-        await self._call(run)
+        return await self._call(run)
 
     async def create_event(self, event: Obj) -> None:
         """Record a core/v1 Event."""
@@ -228,3 +238,27 @@ class Kube:
 
         self.metrics.api_writes.labels(verb="create", kind="Event").inc()
         await self._call(run)
+
+
+def may_watch(api_client: Any, group: str, resource: str, namespaces: list[str]) -> bool:
+    """Whether the operator's credentials may list and watch a resource (everywhere, or in
+    each of ``namespaces``): SelfSubjectAccessReviews, which every authenticated client may
+    create. A failed review counts as no."""
+    api = _k8s.client.AuthorizationV1Api(api_client)
+    scopes: list[str | None] = [*namespaces] if namespaces else [None]
+    for namespace in scopes:
+        for verb in ("list", "watch"):
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {
+                    "group": group, "resource": resource, "verb": verb, "namespace": namespace,
+                }},
+            }  # fmt: skip
+            try:
+                answer = api.create_self_subject_access_review(review, _request_timeout=10)
+            except (ApiException, HTTPError):
+                return False
+            if not answer.status.allowed:
+                return False
+    return True

@@ -1,5 +1,9 @@
 """Observe one factory's world: the factory itself, FleetRegions, accelerator nodes, its
-children, its pods' scheduling problems and its ReplicaSets' creation failures. Reads only."""
+children, its pods' scheduling problems and its ReplicaSets' creation failures. Reads only.
+
+With a ``Watched`` view (the operator's watches, ``k8s.cache``) every kind it holds is read
+from memory, so a converged reconcile sends no request; a kind it does not hold, and every
+kind without one (tests, tools), is listed from the API server."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from factory_operator.plan import (
 )
 from factory_operator.plan.storage import claim_names
 
+from .cache import Watched, pod_problem, replica_set_problem
 from .client import Kube, Obj
 
 CHILD_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
@@ -90,30 +95,9 @@ def _deployment_info(obj: Obj, pool_key: str, revision_key: str) -> DeploymentIn
 
 
 def _pod_problems(pods: list[Obj], rsets: list[Obj], pool_key: str) -> list[PodProblem]:
-    problems = []
-    for pod in pods:
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                problems.append(
-                    PodProblem(
-                        _labels(pod).get(pool_key, ""), "Unschedulable", cond.get("message") or ""
-                    )
-                )
-    for rs in rsets:
-        if not int((rs.get("spec") or {}).get("replicas") or 0):
-            continue  # old ReplicaSets scaled to zero keep stale failure conditions
-        for cond in (rs.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-                problems.append(
-                    PodProblem(
-                        _labels(rs).get(pool_key, ""), "FailedCreate", cond.get("message") or ""
-                    )
-                )
-    return problems
+    found = [pod_problem(pod, pool_key) for pod in pods]
+    found += [replica_set_problem(rs, pool_key) for rs in rsets]
+    return [p for p in found if p is not None]
 
 
 async def read_claims(kube: Kube, namespace: str, names: list[str]) -> dict[str, list[str]] | None:
@@ -152,22 +136,62 @@ async def read_region(kube: Kube, name: str) -> Obj | None:
     return items[0] if items else None
 
 
+def _region_model(obj: Obj) -> FleetRegion:
+    return FleetRegion.model_validate(
+        {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj}
+    )
+
+
+async def _problems(
+    kube: Kube, watched: Watched | None, namespace: str, factory: str, prefix: str
+) -> list[PodProblem]:
+    key, selector = f"{prefix}/pool", f"{prefix}/factory={factory}"
+    pods = watched.factory_problems("Pod", namespace, factory) if watched else None
+    if pods is None:
+        pending = await kube.list(
+            "v1", "Pod", namespace, label_selector=selector, field_selector="status.phase=Pending"
+        )
+        pods = _pod_problems(pending, [], key)
+    rsets = watched.factory_problems("ReplicaSet", namespace, factory) if watched else None
+    if rsets is None:
+        found = await kube.list("apps/v1", "ReplicaSet", namespace, label_selector=selector)
+        rsets = _pod_problems([], found, key)
+    return [*pods, *rsets]
+
+
+def _watched_claims(
+    watched: Watched | None, namespace: str, names: list[str]
+) -> dict[str, list[str]] | None:
+    if watched is None or watched.claims is None:
+        return None
+    claims: dict[str, list[str]] = {}
+    for name in names:
+        for modes in watched.claims.get((namespace, name), ()):
+            claims[name] = list(modes)
+    return claims
+
+
 async def observe(
-    kube: Kube, factory: InferenceFactory, settings: OperatorSettings, now: str
+    kube: Kube,
+    factory: InferenceFactory,
+    settings: OperatorSettings,
+    now: str,
+    watched: Watched | None = None,
 ) -> World:
-    """Everything ``plan_factory`` needs about the cluster, read fresh."""
+    """Everything ``plan_factory`` needs about the cluster: from the watches where
+    ``watched`` holds the kind, else read fresh."""
     prefix = settings.annotation_prefix
     pool_key, revision_key = f"{prefix}/pool", f"{prefix}/revision"
     namespace = factory.metadata.namespace or "default"
-    selector = f"{prefix}/factory={factory.metadata.name}"
+    name = factory.metadata.name
+    selector = f"{prefix}/factory={name}"
 
-    regions = {}
-    for obj in await kube.list(*REGION_KIND):
-        region = FleetRegion.model_validate(
-            {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj}
-        )
-        regions[region.name] = region
-    nodes = [node_info(n) for n in await kube.list("v1", "Node")]
+    if watched is not None:
+        region_objs, nodes = watched.region_objects(), watched.node_list()
+    else:
+        region_objs = await kube.list(*REGION_KIND)
+        nodes = [node_info(n) for n in await kube.list("v1", "Node")]
+    regions = {region.name: region for region in map(_region_model, region_objs)}
     has_podmonitor = await kube.has_kind(*PODMONITOR)
 
     kinds = [*CHILD_KINDS, PODMONITOR] if has_podmonitor else list(CHILD_KINDS)
@@ -175,24 +199,28 @@ async def observe(
     children: list[ChildRef] = []
     deployments: dict[str, DeploymentInfo] = {}
     for api_version, kind in kinds:
-        for obj in await kube.list(api_version, kind, namespace, label_selector=selector):
-            name = obj["metadata"]["name"]
-            live[(kind, name)] = obj
-            children.append(ChildRef(api_version, kind, name, _labels(obj).get(pool_key, "")))
+        objs = None
+        if watched is not None:
+            objs = watched.child_objects(kind, namespace, name, f"{prefix}/factory")
+        if objs is None:
+            objs = await kube.list(api_version, kind, namespace, label_selector=selector)
+        for obj in objs:
+            child = obj["metadata"]["name"]
+            live[(kind, child)] = obj
+            children.append(ChildRef(api_version, kind, child, _labels(obj).get(pool_key, "")))
             if kind == "Deployment":
                 info = _deployment_info(obj, pool_key, revision_key)
                 deployments[info.pool] = info
-    pods = await kube.list(
-        "v1", "Pod", namespace, label_selector=selector, field_selector="status.phase=Pending"
-    )
-    rsets = await kube.list("apps/v1", "ReplicaSet", namespace, label_selector=selector)
+    problems = await _problems(kube, watched, namespace, name, prefix)
     names = claim_names(factory)
-    claims = await read_claims(kube, namespace, names) if names else None
+    claims = _watched_claims(watched, namespace, names) if names else None
+    if names and (watched is None or watched.claims is None):
+        claims = await read_claims(kube, namespace, names)
     observed = Observed(
         now=now,
         nodes=nodes,
         deployments=deployments,
-        problems=_pod_problems(pods, rsets, pool_key),
+        problems=problems,
         children=children,
         podmonitor_crd=has_podmonitor,
         claims=claims,
