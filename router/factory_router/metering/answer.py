@@ -46,8 +46,10 @@ def usage_from_json_tail(tail: bytes) -> Usage | None:
 
 
 def _top_level_usage(text: str, at: int, key_len: int) -> Usage | None:
-    before = text[:at].rstrip(" \t\r\n")
-    if not before or before[-1] not in "{,":
+    j = at - 1
+    while j >= 0 and text[j] in " \t\r\n":
+        j -= 1
+    if j < 0 or text[j] not in "{,":
         return None
     i = at + key_len
     while i < len(text) and text[i] in " \t\r\n":

@@ -58,7 +58,7 @@ class StreamMeter:
         data, self._held = self._held, b""
         out = self._scan(data, len(data))
         rest, self._held = self._held, b""
-        if rest and self._is_stripped_usage(rest):
+        if rest and self._is_stripped_usage(rest, 0, len(rest)):
             return out
         return out + rest
 
@@ -73,26 +73,35 @@ class StreamMeter:
         pos = 0
         kept: list[bytes] | None = None  # built only once an event is dropped
         cursor = 0
+        plain = b"\r" not in data  # LF only (vLLM's streams): a blank line is LF LF
         while True:
-            end = _EVENT_END.search(data, pos, scan_end)
-            if end is None:
-                break
-            if self._is_stripped_usage(data[pos : end.start()]):
+            if plain:
+                start = data.find(b"\n\n", pos, scan_end)
+                if start < 0:
+                    break
+                stop = start + 2
+            else:
+                found = _EVENT_END.search(data, pos, scan_end)
+                if found is None:
+                    break
+                start, stop = found.span()
+            if self._is_stripped_usage(data, pos, start):
                 if kept is None:
                     kept = []
                 kept.append(data[cursor:pos])
-                cursor = end.end()
-            pos = end.end()
+                cursor = stop
+            pos = stop
         self._held = data[pos:]
         if kept is None:
             return data[:pos]  # the same object when everything is relayed
         kept.append(data[cursor:pos])
         return b"".join(kept)
 
-    def _is_stripped_usage(self, event: bytes) -> bool:
-        """Counts the event; True when it is a usage chunk to strip."""
-        if b"usage" in event or b"\\u" in event:
-            doc = _json_data(event)
+    def _is_stripped_usage(self, data: bytes, start: int, end: int) -> bool:
+        """Counts the event `data[start:end]`; True when it is a usage chunk to strip.
+        (Searched in place: most events are looked at without a copy.)"""
+        if data.find(b"usage", start, end) >= 0 or data.find(b"\\u", start, end) >= 0:
+            doc = _json_data(data[start:end])
             if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
                 found = usage_from_object(doc["usage"])
                 if found is not None:
@@ -102,10 +111,10 @@ class StreamMeter:
                         self.stripped += 1
                         return True
                     return False
-        if event.startswith(b"data:"):
-            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
+        if data.startswith(b"data:", start, end):
+            if data.startswith((b"data: [DONE]", b"data:[DONE]"), start, end):
                 self.done = True
-            elif b'"role"' not in event:
+            elif data.find(b'"role"', start, end) < 0:
                 self.events += 1
         return False
 
