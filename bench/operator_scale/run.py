@@ -1,16 +1,22 @@
-"""Operator at scale: 100 InferenceFactories x 3 pools on the local control plane.
+"""Operator at scale: N InferenceFactories x 3 pools on the local control plane.
 
 Measured, in one run and on one cluster:
-- **operator**: apply 100 factories (3 pools, 1 H100 replica each) with `factory-operator`
+- **operator**: apply N factories (3 pools, 1 H100 replica each) with `factory-operator`
   running; time until every factory is Ready=True; the operator's write requests during
   convergence and during an idle minute (from the API server's audit log, by user agent, and
-  from the operator's own counter); its peak RSS (VmHWM).
-- **baseline**: the same 300 Deployments applied directly with `kubectl apply`, no operator:
+  from the operator's own counter); its read requests (list, get) per reconcile during that
+  idle minute, the steady state (audit log, against its reconcile counter); its peak RSS
+  (VmHWM).
+- **baseline**: the same 3N Deployments applied directly with `kubectl apply`, no operator:
   the time the control plane itself needs to make them Available. The ratio of the two is the
   operator's cost; absolute times depend on the machine.
 
+The fleet's API server logs reads too for this bench (``AUDIT_POLICY``; `factoryctl dev`
+logs writes only), and its node pools grow with N (`topology`).
+
 Run: `.venv/bin/python bench/operator_scale/run.py [--factories 100] [--idle 60]`.
-Writes `results/results.json` and `results/results.md` beside this file.
+Writes `results/results.json` and `results/results.md` beside this file (the last run), and
+`results/<N>-factories.{json,md}`.
 """
 
 from __future__ import annotations
@@ -22,14 +28,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 REGIONS = ("eu-west-1", "eu-central-1", "us-east-1")
+GPUS_PER_NODE = 8  # p5.48xlarge
+OPERATOR_AGENTS = ("factory-operator", "kopf")
+READS = ("get", "list")
+# The fleet's audit policy with reads added (Metadata level: who read what). `factoryctl dev
+# up` has no option for it, so the bench runs factoryctl with its policy replaced.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata",
+         "verbs": ["create", "update", "patch", "delete", "deletecollection", *READS]},
+        {"level": "None"},
+    ],
+}  # fmt: skip
+FACTORYCTL_WITH_READS_AUDIT = (
+    "import json, sys; import factoryctl.components.cluster as cluster; "
+    "cluster.AUDIT_POLICY = json.loads(sys.argv.pop(1)); "
+    "from factoryctl.main import app; app()"
+)
+
+
+def topology(factories: int) -> dict[str, Any]:
+    """bench's topology.yaml with node pools big enough for every pool's replica (+10%)."""
+    base = yaml.safe_load((HERE / "topology.yaml").read_text())
+    nodes = max(14, -(-factories * 11 // 10 // GPUS_PER_NODE))
+    for region in base["regions"]:
+        for node_pool in region["nodePools"]:
+            node_pool["count"] = nodes
+    return dict(base)
 
 
 def factory(index: int, namespace: str) -> dict[str, Any]:
@@ -65,7 +103,8 @@ class Bench:
         self.audit = self.kubeconfig.parent / "logs" / "audit.log"
 
     def factoryctl(self, *args: str) -> None:
-        subprocess.run([sys.executable, "-m", "factoryctl.main", "dev", *args], env=self.env,
+        subprocess.run([sys.executable, "-c", FACTORYCTL_WITH_READS_AUDIT,
+                        json.dumps(AUDIT_POLICY), "dev", *args], env=self.env,
                        check=True, timeout=900)  # fmt: skip
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
@@ -86,22 +125,24 @@ class Bench:
     def audit_lines(self) -> int:
         return sum(1 for _ in self.audit.open()) if self.audit.exists() else 0
 
-    def operator_writes(self, since_line: int) -> int:
-        count = 0
+    def operator_requests(self, since_line: int) -> Counter[tuple[str, str]]:
+        """The operator's requests (its client's and kopf's) by (verb, resource)."""
+        count: Counter[tuple[str, str]] = Counter()
         with self.audit.open() as log:
             for number, line in enumerate(log):
                 if number < since_line:
                     continue
-                agent = json.loads(line).get("userAgent", "")
-                count += agent.startswith(("factory-operator", "kopf"))
+                entry = json.loads(line)
+                if entry.get("userAgent", "").startswith(OPERATOR_AGENTS):
+                    count[(entry["verb"], (entry.get("objectRef") or {}).get("resource", ""))] += 1
         return count
 
-    def wait(self, predicate: Any, timeout: float, what: str) -> float:
+    def wait(self, predicate: Any, timeout: float, what: str, every: float = 0.5) -> float:
         started = time.monotonic()
         while not predicate():
             if time.monotonic() - started > timeout:
                 raise SystemExit(f"timed out waiting for {what}")
-            time.sleep(0.5)
+            time.sleep(every)
         return time.monotonic() - started
 
 
@@ -166,8 +207,8 @@ def run_baseline(bench: Bench, factories: list[dict[str, Any]]) -> dict[str, Any
     bench.kubectl("create", "namespace", "baseline")
     started = time.monotonic()
     bench.apply(deployments)
-    bench.wait(lambda: _available_deployments(bench, "baseline") == len(deployments), 900,
-               "baseline Deployments")  # fmt: skip
+    bench.wait(lambda: _available_deployments(bench, "baseline") == len(deployments), 1800,
+               "baseline Deployments", every=_poll(len(deployments) // 3))  # fmt: skip
     return {"deployments": len(deployments),
             "seconds_to_available": round(time.monotonic() - started, 2)}  # fmt: skip
 
@@ -190,27 +231,48 @@ def run_operator(bench: Bench, factories: list[dict[str, Any]], idle: float) -> 
         started = time.monotonic()
         bench.apply(factories)
         bench.wait(lambda: _ready_factories(bench, "bench") == len(factories), 1800,
-                   "every factory Ready")  # fmt: skip
+                   "every factory Ready", every=_poll(len(factories)))  # fmt: skip
         converge_seconds = time.monotonic() - started
-        writes_converge = bench.operator_writes(mark)
+        converge = bench.operator_requests(mark)
         own_converge = _metric(url, "factory_operator_api_writes_total")
+        reconciles_converge = _metric(url, "factory_operator_reconciles_total")
         mark = bench.audit_lines()
-        own_before_idle = own_converge
         time.sleep(idle)  # the idle window itself is what is measured
-        writes_idle = bench.operator_writes(mark)
-        own_idle = _metric(url, "factory_operator_api_writes_total") - own_before_idle
+        steady = bench.operator_requests(mark)
+        own_idle = _metric(url, "factory_operator_api_writes_total") - own_converge
+        reconciles = _metric(url, "factory_operator_reconciles_total") - reconciles_converge
+        lists = sum(n for (verb, _), n in steady.items() if verb == "list")
+        gets = sum(n for (verb, _), n in steady.items() if verb == "get")
         return {
             "factories": len(factories), "pools": 3 * len(factories),
             "seconds_to_all_ready": round(converge_seconds, 2),
-            "writes_during_convergence_audit": writes_converge,
+            "writes_during_convergence_audit": sum(
+                n for (verb, _), n in converge.items() if verb not in READS),
             "writes_during_convergence_own_counter": own_converge,
-            "idle_seconds": idle, "writes_while_idle_audit": writes_idle,
+            "reads_during_convergence_audit": {f"{v} {r}": n for (v, r), n in
+                                               sorted(converge.items()) if v in READS},
+            "reconciles_during_convergence": reconciles_converge,
+            "idle_seconds": idle,
+            "writes_while_idle_audit": sum(n for (v, _), n in steady.items() if v not in READS),
             "writes_while_idle_own_counter": own_idle,
+            "reconciles_while_idle": reconciles,
+            "lists_while_idle_audit": lists, "gets_while_idle_audit": gets,
+            "reads_while_idle_audit": {f"{v} {r}": n for (v, r), n in sorted(steady.items())
+                                       if v in READS},
+            "lists_per_reconcile_idle": round(lists / reconciles, 3) if reconciles else None,
+            "reads_per_reconcile_idle": round((lists + gets) / reconciles, 3)
+            if reconciles else None,
             "peak_rss_mib": round(_peak_rss_mib(proc.pid), 1),
         }  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _poll(objects: int) -> float:
+    # Each poll lists every object: at 1,000 factories, a 0.5 s poll would load the API server
+    # more than the operator does.
+    return max(0.5, objects / 400)
 
 
 def _up(url: str) -> bool:
@@ -227,9 +289,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         bench = Bench(Path(tmp))
-        bench.factoryctl("up", "--only", "toolchain,cluster,nodes,crds",
-                         "--topology", str(HERE / "topology.yaml"))  # fmt: skip
+        fleet = Path(tmp) / "topology.yaml"
+        fleet.write_text(yaml.safe_dump(topology(args.factories)))
         try:
+            bench.factoryctl("up", "--only", "toolchain,cluster,nodes,crds",
+                             "--topology", str(fleet))  # fmt: skip
             bench.apply([{"apiVersion": "inference.factory.dev/v1alpha1", "kind": "FleetRegion",
                           "metadata": {"name": r},
                           "spec": {"jurisdiction": _jurisdiction(r)}}
@@ -238,14 +302,15 @@ def main() -> None:
             operator = run_operator(bench, factories, args.idle)
             baseline = run_baseline(bench, factories)
         finally:
-            bench.factoryctl("down")
+            bench.factoryctl("down", "--topology", str(fleet))
     ratio = operator["seconds_to_all_ready"] / max(baseline["seconds_to_available"], 0.01)
     result = {"operator": operator, "baseline_kubectl_apply": baseline,
               "ratio_operator_to_baseline": round(ratio, 2)}  # fmt: skip
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(render(result))
+    for stem in ("results", f"{args.factories}-factories"):
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+        (out / f"{stem}.md").write_text(render(result))
     print(render(result))
 
 
@@ -268,6 +333,13 @@ def render(result: dict[str, Any]) -> str:
         f"{op['writes_while_idle_audit']} |",
         "| operator writes during idle (own counter) | "
         f"{op['writes_while_idle_own_counter']:.0f} |",
+        f"| operator reconciles during {op['idle_seconds']:.0f} s idle | "
+        f"{op['reconciles_while_idle']:.0f} |",
+        f"| operator list requests during idle (audit log) | {op['lists_while_idle_audit']} |",
+        f"| operator list requests per reconcile, idle | {op['lists_per_reconcile_idle']} |",
+        f"| operator reads (list + get) per reconcile, idle | {op['reads_per_reconcile_idle']} |",
+        f"| operator reads during convergence (audit log) | "
+        f"{', '.join(f'{k}: {n}' for k, n in op['reads_during_convergence_audit'].items())} |",
         f"| operator peak RSS | {op['peak_rss_mib']} MiB |", "",
         "The audit log counts every write the API server received from the operator's client "
         "and from kopf (finalizers, annotations); the operator's own counter counts only its "
