@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from factory_contract import names
 from factoryctl.toolchain import KUBERNETES_VERSION
 
-ENGINE_READY_ANNOTATION = "inference.factory.dev/engine-ready"
-ENGINE_POD_LABEL = ("app.kubernetes.io/managed-by", "inference-factory")
+# The contract's keys, under the operator's default prefix, as the engines agent sets them.
+ENGINE_READY_ANNOTATION = names.prefixed(names.ENGINE_READY_ANNOTATION)
+ENGINE_POD_LABEL = (names.MANAGED_BY_LABEL, names.MANAGED_BY)
 
 Stage = dict[str, Any]
 Expression = dict[str, Any]
