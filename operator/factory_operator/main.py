@@ -1,6 +1,8 @@
 """``factory-operator``: run the operator with settings from flags and FACTORY_OPERATOR_* env.
 
-Flags override the environment. Logs are JSON lines by default; /metrics is served by
+Every setting of ``OperatorSettings`` is a flag (derived from the model: one definition of
+name, type, default and meaning) and an environment variable; flags override the
+environment. Logs are JSON lines by default; /metrics is served by
 prometheus_client from the operator's own registry; kopf's liveness endpoint is optional.
 """
 
@@ -10,12 +12,13 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import kopf
 from prometheus_client import start_http_server
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from factory_operator.api.accelerators import NODE_LABEL_SCHEMES
 from factory_operator.handlers import WATCHABLE, build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, may_watch
 from factory_operator.plan import OperatorSettings
@@ -47,75 +50,80 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# The flags are the settings' fields (``plan.settings.OperatorSettings``: type, default,
+# description, validation), each as ``--<field-in-kebab-case>``, except these names, kept
+# from before the flags were derived (the chart, factoryctl and scripts pass them).
+FLAG_NAMES: dict[str, tuple[str, ...]] = {
+    "namespaces": ("--namespace", "-n"),
+    "api_timeout_seconds": ("--api-timeout",),
+    "api_connect_timeout_seconds": ("--api-connect-timeout",),
+    "resync_seconds": ("--resync",),
+    "liveness_endpoint": ("--liveness",),
+    "autoscale_interval_seconds": ("--autoscale-interval",),
+    "podmonitor_labels": ("--podmonitor-label",),
+    "neuron_images": ("--neuron-image",),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("json", "plain")}  # its pattern's
+
+
+def _flag(name: str, field: FieldInfo) -> tuple[tuple[str, ...], dict[str, Any]]:
+    env = f"FACTORY_OPERATOR_{name.upper()}"
+    default = field.get_default(call_default_factory=True)
+    shown = "none" if default in (None, "", [], {}) else default
+    options: dict[str, Any] = {"dest": name, "help": f"{field.description} [{env}; {shown}]"}
+    kind = field.annotation
+    args = [a for a in get_args(kind) if a is not type(None)]
+    if get_origin(kind) is list:
+        options.update(action="append", metavar=name.removesuffix("s").upper())
+    elif get_origin(kind) is dict:
+        options.update(action="append", metavar="KEY=VALUE")
+    elif kind is bool:
+        options.update(action=argparse.BooleanOptionalAction)
+    elif get_origin(kind) is Literal or name in CHOICES:
+        options.update(choices=CHOICES.get(name) or get_args(kind))
+    elif len(args) == 1 and get_origin(args[0]) is None:  # X | None
+        options.update(type=args[0])
+    elif kind in (int, float, str):
+        options.update(type=kind)
+    flags = FLAG_NAMES.get(name, (f"--{name.replace('_', '-')}",))
+    return flags, options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one flag per setting."""
+    parser = argparse.ArgumentParser(
+        prog="factory-operator",
+        description=__doc__,
+        epilog="Each flag is also the environment variable in brackets; flags win. An empty "
+        "value of an optional setting (e.g. --prometheus-url '') means none.",
+    )
+    for name, field in OperatorSettings.model_fields.items():
+        flags, options = _flag(name, field)
+        parser.add_argument(*flags, **options)
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> OperatorSettings:
     """Flags -> settings (unset flags fall back to the environment, then the defaults)."""
-    parser = argparse.ArgumentParser(prog="factory-operator", description=__doc__)
-    parser.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        dest="namespaces",
-        help="namespace to watch (repeatable); default: all",
-    )
-    parser.add_argument("--region", help="reconcile only this FleetRegion's pools")
-    parser.add_argument("--annotation-prefix", help="prefix of annotations and labels")
-    parser.add_argument("--finalizer", help="finalizer name")
-    parser.add_argument("--api-timeout", type=float, dest="api_timeout_seconds")
-    parser.add_argument("--api-connect-timeout", type=float, dest="api_connect_timeout_seconds")
-    parser.add_argument(
-        "--resync",
-        type=float,
-        dest="resync_seconds",
-        help="re-evaluate every factory at least this often (seconds)",
-    )
-    parser.add_argument(
-        "--liveness",
-        dest="liveness_endpoint",
-        help="kopf liveness URL, e.g. http://0.0.0.0:8080/healthz; '' disables",
-    )
-    parser.add_argument("--metrics-port", type=int, help="/metrics port; 0 disables")
-    parser.add_argument("--metrics-address", help="/metrics listen address (default 0.0.0.0)")
-    parser.add_argument("--log-format", choices=["json", "plain"])
-    parser.add_argument(
-        "--node-label-scheme",
-        choices=NODE_LABEL_SCHEMES,
-        help="node labels that tell accelerator types apart, for FleetRegions that do not "
-        "set spec.nodeLabelScheme (default gfd)",
-    )
-    parser.add_argument(
-        "--neuron-scheduler-name",
-        help="schedulerName of pods with more than one Neuron device (default my-scheduler); "
-        "'' for the default scheduler",
-    )
-    parser.add_argument(
-        "--prometheus-url",
-        help="Prometheus the autoscaler reads (e.g. http://prometheus:9090); '' or unset: "
-        "autoscaled pools are held at replicas.min",
-    )
-    parser.add_argument(
-        "--autoscale-interval",
-        type=float,
-        dest="autoscale_interval_seconds",
-        help="seconds between two decisions of the autoscaler per factory (default 15)",
-    )
-    parser.add_argument(
-        "--podmonitor-label",
-        action="append",
-        dest="podmonitor_labels",
-        metavar="KEY=VALUE",
-        help="label added to every PodMonitor (repeatable), e.g. release=kube-prometheus-stack",
-    )
+    parser = build_parser()
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    for key in ("liveness_endpoint", "neuron_scheduler_name", "prometheus_url"):
-        if given.get(key) == "":
-            given[key] = None
-    if "podmonitor_labels" in given:
-        pairs = [item.partition("=") for item in given["podmonitor_labels"]]
-        bad = [k for k, sep, _ in pairs if not k or not sep]
-        if bad:
-            parser.error(f"--podmonitor-label takes KEY=VALUE, got {bad[0]!r}")
-        given["podmonitor_labels"] = {k: v for k, _, v in pairs}
-    return OperatorSettings(**given)
+    for name, field in OperatorSettings.model_fields.items():
+        if name not in given:
+            continue
+        if given[name] == "" and type(None) in get_args(field.annotation):
+            given[name] = None
+        elif get_origin(field.annotation) is dict:
+            pairs = [item.partition("=") for item in given[name]]
+            bad = [k for k, sep, _ in pairs if not k or not sep]
+            if bad:
+                parser.error(f"{FLAG_NAMES.get(name, (name,))[0]} takes KEY=VALUE, got {bad[0]!r}")
+            # Over the default table (a type not named keeps its default image).
+            default = field.get_default(call_default_factory=True)
+            given[name] = {**default, **{k: v for k, _, v in pairs}}
+    try:
+        return OperatorSettings(**given)
+    except ValidationError as err:
+        parser.error(str(err))
 
 
 def setup_logging(settings: OperatorSettings) -> None:
