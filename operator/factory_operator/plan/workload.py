@@ -323,7 +323,13 @@ def rolling_update(replicas: int, ceiling: int) -> dict[str, int]:
     pod removed only once the new one is Ready (maxSurge 1, maxUnavailable 0). With maxSurge
     0 a one-replica pool served nothing from the old pod's end to the new one's model load,
     minutes on a real cluster (issue 18). A pool at its ceiling keeps within its
-    accelerators: one pod at a time without a surge pod. Whoever changes a Deployment's
+    accelerators: one pod at a time without a surge pod, so it runs one replica short while
+    each new pod loads (a one-replica pool at its ceiling serves nothing then: give it a
+    higher max, or another pool of the factory to take its traffic). Where the spec allows
+    a surge pod but the region has no free accelerator (nodes or quota), the surge pod stays
+    Pending and every old pod keeps serving: the roll waits for room (a node, Karpenter or
+    the cluster autoscaler) and reports ProgressDeadlineExceeded after
+    progressDeadlineSeconds; serving is kept over rolling. Whoever changes a Deployment's
     replicas (the autoscaler) recomputes this with the new count."""
     if ceiling > replicas:
         return {"maxSurge": 1, "maxUnavailable": 0}
