@@ -169,6 +169,30 @@ async def test_behaviour_from_annotation_or_environment_reaches_the_engine(
     assert behaviour["uid-by-env"].error_rate == 0.05
 
 
+async def test_behaviour_is_read_once_when_the_engine_starts(
+    control: tuple[SimHost, str], tmp_path: Path
+) -> None:
+    """The annotation wins over the environment; a running pod annotated later keeps its
+    engine as it was (a bad revision is a new pod; sim/README.md)."""
+    host, url = control
+    topology = load_topology()
+    node = _node(topology)["metadata"]["name"]
+    pod = _pod("both", node, **{BEHAVIOUR_ANNOTATION: "answer_seed=by-annotation"})
+    pod["spec"]["containers"][0]["env"] = [{"name": BEHAVIOUR_ENV, "value": "answer_seed=env"}]
+    core = FakeCore([_node(topology)], [pod])
+    agent = EnginesAgent("", topology, {REGION: url}, tmp_path / "t.json", core=core)
+    try:
+        await asyncio.to_thread(agent.converge)
+        started = host.engines["uid-both"]
+        assert started.config.behaviour.answer_seed == "by-annotation"
+        pod["metadata"]["annotations"][BEHAVIOUR_ANNOTATION] = "error_rate=1"
+        await asyncio.to_thread(agent.converge)
+    finally:
+        agent.close()
+    assert host.engines["uid-both"] is started
+    assert started.config.behaviour.error_rate == 0.0
+
+
 def test_parse_behaviour() -> None:
     assert parse_behaviour("") == {}
     parsed = parse_behaviour("slow=3,error_rate=0.05,error_status=503,answer_seed=v2,load_s=5")
