@@ -71,7 +71,9 @@ class FactoryRuntime:
 
 def runtime(memo: Any) -> FactoryRuntime:
     """The factory's runtime, created in its memo on first use."""
-    found: FactoryRuntime = memo.setdefault("runtime", FactoryRuntime())
+    if "runtime" not in memo:
+        memo["runtime"] = FactoryRuntime()
+    found: FactoryRuntime = memo["runtime"]
     return found
 
 

@@ -120,6 +120,7 @@ class _Written:
     cached: CachedObject | None  # None: deleted by the operator
     uid: str
     at: float
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,7 +142,8 @@ class OwnWrites:
         meta = obj.get("metadata") or {}
         rv = _rv(meta.get("resourceVersion"))
         if rv is not None:
-            written = _Written(rv, cached_object(obj), meta.get("uid") or "", time.monotonic())
+            uid, labels = meta.get("uid") or "", dict(meta.get("labels") or {})
+            written = _Written(rv, cached_object(obj), uid, time.monotonic(), labels)
             self._put(str(obj.get("kind")), meta.get("namespace") or "", meta["name"], written)
 
     def deleted(self, kind: str, namespace: str, name: str, uid: str) -> None:
@@ -157,10 +159,15 @@ class OwnWrites:
             if not by_name:
                 del self._written[key]
 
-    def pending(self, kind: str, namespace: str) -> list[Obj]:
-        """Objects of a kind and namespace that the operator wrote and did not delete."""
+    def pending(self, kind: str, namespace: str, label: str, value: str) -> list[str]:
+        """Names of the objects of a kind and namespace labelled ``label=value`` that the
+        operator wrote (and did not delete) and the watch has not confirmed yet."""
         by_name = self._written.get((kind, namespace)) or {}
-        return [w.cached.obj() for w in by_name.values() if w.cached is not None]
+        return [
+            name
+            for name, w in by_name.items()
+            if w.cached is not None and w.labels.get(label) == value
+        ]
 
     def fresher(self, kind: str, namespace: str, name: str, seen: Obj | None) -> Obj | None:
         """The newer of the watch's copy (``seen``, None: absent) and the own write's."""
@@ -229,11 +236,7 @@ class Watched:
             return None
         seen = {c.name: c for c in index.get((namespace, factory), ())}
         # Children the operator created that the watch has not delivered yet.
-        created = {
-            o["metadata"]["name"]
-            for o in self.own.pending(kind, namespace)
-            if _labels(o).get(factory_key) == factory
-        }
+        created = set(self.own.pending(kind, namespace, factory_key, factory))
         out = []
         for name in sorted(seen.keys() | created):
             cached = seen.get(name)
