@@ -42,9 +42,11 @@ from factory_router.policy.errors import PolicyError
 from factory_router.policy.fleet import Fleet, RttMatrix
 from factory_router.policy.policies import PolicyName
 from factory_router.policy.tenants import load_endpoint_key, load_tenants_text
+from factory_router.quota.service import QuotaConfig
 
 log = logging.getLogger("factory_router.main")
 _T, _L, _S, _R, _H = Timeouts(), Limits(), ScoringConfig(), RouterConfig(), HoldConfig()
+_Q = QuotaConfig()
 
 
 class Settings(BaseSettings):
@@ -119,6 +121,26 @@ class Settings(BaseSettings):
         "auto", description="auto: uvloop when installed (it is a dependency)"
     )
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+    quota_redis_url: str | None = Field(
+        None,
+        description="Redis shared by the router replicas for the tenants' quotas "
+        "(requests/tokens per minute, tokens per day); without it each replica keeps its "
+        "own share",
+    )
+    quota_replicas: int = Field(
+        _Q.replicas,
+        ge=1,
+        description="router replicas sharing the quotas: each keeps limit / replicas while "
+        "Redis is unreachable (or not configured)",
+    )
+    quota_redis_timeout: float = Field(
+        _Q.redis_timeout, gt=0, description="seconds per Redis call; beyond: per-replica limits"
+    )
+    quota_default_max_tokens: int = Field(
+        _Q.default_max_tokens,
+        ge=1,
+        description="tokens reserved for a completion without max_tokens (settled by its usage)",
+    )
     endpoint_key_file: Path | None = Field(
         None,
         description="key presented to regions reached through spec.endpoint (their router); "
@@ -179,6 +201,14 @@ class Settings(BaseSettings):
             probe_interval=self.probe_interval,
         )
 
+    def quota_config(self) -> QuotaConfig:
+        return QuotaConfig(
+            redis_url=self.quota_redis_url,
+            replicas=self.quota_replicas,
+            redis_timeout=self.quota_redis_timeout,
+            default_max_tokens=self.quota_default_max_tokens,
+        )
+
 
 def build(settings: Settings) -> RouterServer:
     """Load and check everything; PolicyError when the router must not start."""
@@ -205,6 +235,7 @@ def build(settings: Settings) -> RouterServer:
         prometheus_url=settings.prometheus_url,
         access_log=AccessLog(enabled=settings.access_log),
         rtt=rtt,  # kept on every backends reload
+        quota=settings.quota_config(),
     )
     if settings.endpoint_key_file is not None:
         state.endpoint_key = load_endpoint_key(settings.endpoint_key_file)

@@ -68,6 +68,8 @@ def readiness(state: RouterState) -> tuple[str, list[str]]:
     warnings = [f"discovery: {redact(state.fleet_error)}"] if state.fleet_error else []
     if state.prometheus_url is not None and not state.load.fresh():
         warnings.append("load data stale: routing on passive signals")
+    if state.quota.backend == "local (redis unreachable)":
+        warnings.append("quota: redis unreachable, per-replica limits (limit / replicas)")
     status = "unready" if fatal else ("degraded" if warnings else "ok")
     return status, fatal + warnings
 
@@ -85,6 +87,7 @@ async def readyz_details(state: RouterState, request: Request) -> None:
         "status": status,
         "problems": problems,
         "load_data": load_status(state),
+        **state.quota.status(redact),
         "backends": len(state.fleet.backends),
         "inflight": state.inflight,
         "policy": str(state.policy),

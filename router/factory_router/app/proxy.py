@@ -50,6 +50,8 @@ from factory_router.policy.fleet import Backend
 from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
 from factory_router.policy.route import RoutePlan
 from factory_router.policy.tenants import Tenant, allowed_jurisdictions
+from factory_router.quota.buckets import QuotaExceeded
+from factory_router.quota.service import Ticket, used_tokens
 from factory_router.upstream.client import (
     AttemptFailed,
     ConnectionBroken,
@@ -74,8 +76,8 @@ class _Outcome:
     """What the access log and the metrics record about one request."""
 
     __slots__ = (
-        "attempts", "backend", "jurisdiction", "meter", "pool", "reason", "region", "status",
-        "usage",
+        "attempts", "backend", "jurisdiction", "meter", "pool", "quota", "reason", "region",
+        "status", "usage",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -88,6 +90,7 @@ class _Outcome:
         self.attempts = 0
         self.usage: Usage | None = None  # a non-streaming answer's
         self.meter: StreamMeter | None = None  # a stream's, read when the request ends
+        self.quota: Ticket | None = None  # its tokens reserved; settled when it ends
 
 
 async def handle(state: RouterState, request: Request) -> None:
@@ -113,6 +116,9 @@ async def handle(state: RouterState, request: Request) -> None:
             if not isinstance(model_field, str) or not model_field:
                 raise BadRequest("'model' is required and must be a string.", param="model")
             model = model_field
+            # Quotas (429 before any engine is asked); None for a tenant without any.
+            completes = request.path in _COMPLETION_PATHS
+            out.quota = await state.quota.admit(tenant, doc, len(body), completes=completes)
             client_region = request.headers.get("x-factory-client-region") or state.region
             key = None
             if state.policy is PolicyName.SCORE:
@@ -132,6 +138,8 @@ async def handle(state: RouterState, request: Request) -> None:
             if denial:
                 state.metrics.residency_denials.labels(denial).inc()
             headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
+            if isinstance(err, QuotaExceeded):
+                headers.update(err.headers)
             send_error(request, err, headers)
     except (asyncio.CancelledError, ClientGone):
         out.status, out.reason = 499, "client_disconnected"
@@ -145,6 +153,8 @@ async def handle(state: RouterState, request: Request) -> None:
         region = out.region or "none"
         state.metrics.observe_request(region, known_model, out.status, elapsed)
         usage = out.meter.usage if out.meter is not None else out.usage
+        if out.quota is not None:
+            state.quota.settle(out.quota, used_tokens(out.quota, usage))
         if usage is not None:
             # tenant: a name from the tenants file (bounded); only requests that reached an
             # engine have a usage, and they were authenticated.
@@ -323,6 +333,8 @@ async def _relay(
 ) -> None:
     up = opened.response
     headers = placement_headers(rid, out.region, out.jurisdiction, out.pool)
+    if out.quota is not None:
+        headers.update(out.quota.headers)
     for name in RELAY_RESPONSE_HEADERS:
         value = up.headers.get(name)
         if value is not None:

@@ -106,6 +106,7 @@ class RouterApp:
             watchers.append(_poller(state).run())
         if state.config.probe_interval > 0:
             watchers.append(run_probes(state))
+        watchers.append(state.quota.run())  # back to shared quotas when Redis answers
         watchers.extend(make(state) for make in self._extra)
         watchers.append(_flush_access_log(state))
         self._tasks = [asyncio.create_task(w) for w in watchers]
@@ -119,6 +120,7 @@ class RouterApp:
                 await t
         self.state.access_log.flush()
         await self.state.upstream.close()
+        await self.state.quota.close()
 
 
 def create_app(

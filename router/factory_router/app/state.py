@@ -16,6 +16,7 @@ from factory_router.policy.health import Ejector, LatencyEjector, RetryBudget
 from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
 from factory_router.policy.route import RoutePlan, plan
 from factory_router.policy.tenants import TenantLimits, TenantTable
+from factory_router.quota.service import QuotaConfig, QuotaService
 from factory_router.signals.load import LoadState
 from factory_router.upstream.client import UpstreamClient
 
@@ -36,6 +37,7 @@ class RouterState:
     metrics: RouterMetrics
     access_log: AccessLog
     tenant_limits: TenantLimits
+    quota: QuotaService  # requests/tokens per minute and per day, shared through Redis
     prometheus_url: str | None = None
     prometheus_error: str | None = None
     draining: bool = False
@@ -70,6 +72,7 @@ class RouterState:
         prometheus_url: str | None = None,
         access_log: AccessLog | None = None,
         rtt: RttMatrix | None = None,
+        quota: QuotaConfig | None = None,
     ) -> RouterState:
         cfg = config or RouterConfig()
         load = LoadState(
@@ -99,6 +102,7 @@ class RouterState:
             metrics=metrics,
             access_log=access_log or AccessLog(),
             tenant_limits=TenantLimits(cfg.limits.tenant_max_concurrent_requests),
+            quota=QuotaService(quota or QuotaConfig(), metrics.registry),
             prometheus_url=prometheus_url,
             rtt=rtt,
             holds=Holds(cfg.hold, metrics.registry),

@@ -8,6 +8,9 @@ Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
         jurisdictions: [EU]                # non-empty; no wildcard (factory_contract.grammar)
         api_keys_sha256: [<64 hex>, ...]   # several during a rotation
         max_concurrent_requests: 64        # optional; else the router's default
+        requests_per_minute: 600           # optional quotas (factory_router.quota): absent =
+        tokens_per_minute: 200000          # no such limit; all absent = no quota at all (no
+        tokens_per_day: 50000000           # Redis call for this tenant)
 
 Fail closed everywhere: an empty, missing or unparseable file is a `PolicyError` (the
 router refuses to start, or keeps the previous good table on reload); an unknown key is
@@ -17,6 +20,12 @@ router refuses to start, or keeps the previous good table on reload); an unknown
 `max_concurrent_requests` bounds the requests one tenant has in the router at a time, so
 that one tenant cannot take every engine slot; beyond it the answer is 429 before any
 engine is asked (`TenantLimits`).
+
+`requests_per_minute`, `tokens_per_minute` and `tokens_per_day` are quotas of the tenant
+across every router replica (shared through Redis; `factory_router.quota`): beyond one,
+429 `rate_limit_exceeded` with `Retry-After`, before any engine is asked. A request
+reserves its worst case of tokens (prompt estimated from the body, plus `max_tokens`) and
+its answer's usage settles it. They follow the file: a reload applies to the next request.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ class _TenantDoc(BaseModel):
     jurisdictions: list[str] = Field(min_length=1)
     api_keys_sha256: list[str] = Field(min_length=1)
     max_concurrent_requests: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1)
 
     @field_validator("jurisdictions")
     @classmethod
@@ -92,6 +104,10 @@ class Tenant:
     name: str
     jurisdictions: frozenset[str]
     max_concurrent_requests: int | None = None  # None: the router's default
+    # Quotas across the router replicas (factory_router.quota); None: no such limit.
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,14 @@ def parse_tenants(doc: Any) -> TenantTable:
         if t.name in names:
             raise PolicyError(f"duplicate tenant name {t.name!r}")
         names.add(t.name)
-        tenant = Tenant(t.name, frozenset(t.jurisdictions), t.max_concurrent_requests)
+        tenant = Tenant(
+            t.name,
+            frozenset(t.jurisdictions),
+            t.max_concurrent_requests,
+            requests_per_minute=t.requests_per_minute,
+            tokens_per_minute=t.tokens_per_minute,
+            tokens_per_day=t.tokens_per_day,
+        )
         for h in t.api_keys_sha256:
             if h in by_hash:
                 raise PolicyError(f"API key hash {h[:8]}... is assigned to two tenants")
