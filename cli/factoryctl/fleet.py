@@ -148,6 +148,7 @@ def all_components() -> list[Component]:
     from factoryctl.components.operator import OperatorComponent  # noqa: PLC0415
     from factoryctl.components.prometheus import PrometheusComponent  # noqa: PLC0415
     from factoryctl.components.real_engine import RealEngineComponent  # noqa: PLC0415
+    from factoryctl.components.redis import RedisComponent  # noqa: PLC0415
     from factoryctl.components.resources import CrdsComponent, SamplesComponent  # noqa: PLC0415
     from factoryctl.components.router import RouterComponent  # noqa: PLC0415
     from factoryctl.components.toolchain import ToolchainComponent  # noqa: PLC0415
@@ -161,6 +162,7 @@ def all_components() -> list[Component]:
         OperatorComponent(),
         EnginesComponent(),
         PrometheusComponent(),
+        RedisComponent(),  # the router's shared quotas
         RouterComponent(),
         RealEngineComponent(),
     ]

@@ -14,6 +14,7 @@ import typer
 from factoryctl import fleet
 from factoryctl.errors import FactoryctlError
 from factoryctl.home import FleetHome, default_home
+from factoryctl.redis_server import ensure_redis
 from factoryctl.toolchain import ensure_tools
 from factoryctl.topology import DEFAULT_TOPOLOGY, load_topology
 
@@ -58,15 +59,17 @@ def _fail(exc: FactoryctlError) -> typer.Exit:
 
 @dev.command()
 def tools(json_output: JsonOption = False) -> None:
-    """Find or build the pinned binaries (Kubernetes, etcd, kwok, Helm) into the cache."""
+    """Find or build the pinned binaries (Kubernetes, etcd, kwok, Helm, Redis) into the cache."""
     try:
         toolchain = ensure_tools(_progress)
+        redis = ensure_redis(_progress)  # the routers' shared quotas (Debian's package)
     except FactoryctlError as exc:
         raise _fail(exc) from exc
+    found = {**toolchain.as_dict(), "redis-server": str(redis)}
     if json_output:
-        print(json.dumps(toolchain.as_dict(), indent=2))
+        print(json.dumps(found, indent=2))
     else:
-        for name, path in toolchain.as_dict().items():
+        for name, path in found.items():
             print(f"{name:<24} {path}")
 
 

@@ -7,7 +7,8 @@ SHA-256 hashes (`<home>/router/tenants.yaml`); the plaintext keys live only in
 
 The router discovers the sample factories through the fleet's API server (FleetRegions,
 InferenceFactory status, EndpointSlices, the pods' `inference.factory.dev/address`), reads
-load from the fleet's Prometheus, and takes the round trips of the topology file (`--rtt`),
+load from the fleet's Prometheus, shares the tenants' quotas through the fleet's Redis
+(component `redis`, `--quota-redis-url`), and takes the round trips of the topology file (`--rtt`),
 so its scores use the same matrix as the simulated engines' injected delay.
 `router_argv` is shared with benchmarks that run more routers (one per client region).
 
@@ -147,6 +148,9 @@ def router_argv(
             "--prometheus-interval", str(PROMETHEUS_INTERVAL_S),
             "--stale-after", str(STALE_AFTER_S),
         ]  # fmt: skip
+    redis = ctx.home.state().get("env", {}).get("redis_url")
+    if redis:
+        argv += ["--quota-redis-url", str(redis)]  # quotas shared by every router
     return [*argv, *extra]
 
 
