@@ -20,6 +20,11 @@ usage chunk, last before `data: [DONE]`), unless the client asked for
   `"choices": []` and a `usage` object; nothing else is ever changed or dropped;
 - estimate: data events other than `[DONE]`, the usage chunk and the role chunk
   (`"role"`: vLLM's first chat chunk, no token): one token each, as vLLM sends them.
+
+Memory is bounded: an event longer than `max_event_bytes` (1 MiB; vLLM's usage chunk is
+about 150 bytes, a token's event a few hundred) is relayed as it comes, unread, and never
+stripped; only its last 3 bytes are held, which may begin its end (a complete line end and
+half of a CRLF at most).
 """
 
 from __future__ import annotations
@@ -32,13 +37,20 @@ from factory_router.metering.usage import Usage, usage_from_object
 _LINE_END = rb"(?:\r\n|\n|\r(?!\n))"
 _EVENT_END = re.compile(_LINE_END + _LINE_END)
 _LINES = re.compile(rb"\r\n|\n|\r")
+MAX_EVENT_BYTES = 1 << 20
+_END_PREFIX = 3  # a line end (CRLF at most) and a CR
 
 
 class StreamMeter:
-    __slots__ = ("_held", "done", "engine_usage", "events", "strip_usage", "stripped")
+    __slots__ = (
+        "_held", "_max_event", "_oversized", "done", "engine_usage", "events", "strip_usage",
+        "stripped",
+    )  # fmt: skip
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.strip_usage = strip_usage
+        self._max_event = max_event_bytes
+        self._oversized = False  # the held bytes end an event whose start was relayed
         self.engine_usage: Usage | None = None
         self.events = 0  # content events (the estimate)
         self.stripped = 0
@@ -50,7 +62,14 @@ class StreamMeter:
         data = self._held + chunk if self._held else chunk
         # A CR at the very end may be the first half of a CRLF: decided by the next byte.
         scan_end = len(data) - 1 if data.endswith(b"\r") else len(data)
-        return self._scan(data, scan_end)
+        out = self._scan(data, scan_end)
+        held = self._held
+        if len(held) > self._max_event:
+            # Too long for a usage chunk: relayed unread, all but what may begin its end.
+            self._oversized = True
+            self._held = held[-_END_PREFIX:]
+            return out + held[:-_END_PREFIX]
+        return out
 
     def finish(self) -> bytes:
         """At the end of the answer: what is still held (an unended last event, relayed as
@@ -58,7 +77,7 @@ class StreamMeter:
         data, self._held = self._held, b""
         out = self._scan(data, len(data))
         rest, self._held = self._held, b""
-        if rest and self._is_stripped_usage(rest, 0, len(rest)):
+        if rest and not self._oversized and self._is_stripped_usage(rest, 0, len(rest)):
             return out
         return out + rest
 
@@ -85,7 +104,10 @@ class StreamMeter:
                 if found is None:
                     break
                 start, stop = found.span()
-            if self._is_stripped_usage(data, pos, start):
+            if self._oversized:  # the end of an event relayed unread
+                self._oversized = False
+                self.events += 1
+            elif self._is_stripped_usage(data, pos, start):
                 if kept is None:
                     kept = []
                 kept.append(data[cursor:pos])

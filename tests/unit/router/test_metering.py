@@ -249,6 +249,48 @@ def test_the_meter_strips_exactly_what_the_openai_decoder_reads_as_usage_chunks(
     assert meter.engine_usage == (usage_from_object(usages[-1]) if usages else None)
 
 
+@settings(max_examples=200, deadline=None)
+@given(events=_events(), cuts=st.lists(st.integers(0, 2000), max_size=8), strip=st.booleans())
+def test_with_little_memory_the_meter_only_strips_less(
+    events: list[bytes], cuts: list[int], strip: bool
+) -> None:
+    stream = b"".join(events)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    meter = StreamMeter(strip_usage=strip, max_event_bytes=40)
+    out = b""
+    for a, b in itertools.pairwise(bounds):
+        out += meter.feed(stream[a:b])
+        assert len(meter._held) <= 40 + (b - a)
+    out += meter.finish()
+    seen = _decoded(stream)
+    if not strip:
+        assert out == stream
+        return
+    # What the client reads: every event, in order, but for some usage chunks (those
+    # longer than the meter holds are relayed unread).
+    kept = _decoded(out)
+    matched = 0
+    for event in seen:
+        if matched < len(kept) and kept[matched] == event:
+            matched += 1
+        else:
+            assert _is_usage_chunk(event[1])
+    assert matched == len(kept)
+
+
+def test_an_event_too_long_to_hold_is_relayed_as_it_comes() -> None:
+    long_event = b"data: " + json.dumps(_content("x" * 300)).encode() + b"\r\n\r\n"
+    meter = StreamMeter(strip_usage=True, max_event_bytes=64)
+    out = b""
+    for i in range(0, len(long_event), 10):
+        out += meter.feed(long_event[i : i + 10])
+        assert len(meter._held) <= 64 + 10
+    tail = _sse(_usage_chunk(3, 1), "[DONE]")
+    out += meter.feed(tail) + meter.finish()
+    assert out == long_event + _sse("[DONE]")
+    assert meter.usage == Usage(3, 1, "engine")
+
+
 def _loads(data: str) -> Any:
     try:
         return json.loads(data)
