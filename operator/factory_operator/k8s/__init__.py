@@ -7,7 +7,7 @@ from .cache import CachedObject, OwnWrites, Watched, cached_object
 from .client import FIELD_MANAGER, Kube, load_api_client, may_watch
 from .load import LoadReader
 from .metrics import OperatorMetrics
-from .observe import World, node_info, observe, read_factory, read_region
+from .observe import World, node_info, observe, read_factory
 
 __all__ = [
     "FIELD_MANAGER",
@@ -26,5 +26,4 @@ __all__ = [
     "observe",
     "plan_scaling",
     "read_factory",
-    "read_region",
 ]

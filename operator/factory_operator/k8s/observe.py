@@ -130,12 +130,6 @@ async def read_factory(kube: Kube, namespace: str, name: str) -> Obj | None:
     return items[0] if items else None
 
 
-async def read_region(kube: Kube, name: str) -> Obj | None:
-    """A FleetRegion as the API server holds it now (a list by name, as for factories)."""
-    items = await kube.list(*REGION_KIND, None, field_selector=f"metadata.name={name}")
-    return items[0] if items else None
-
-
 def _region_model(obj: Obj) -> FleetRegion:
     return FleetRegion.model_validate(
         {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in obj}
