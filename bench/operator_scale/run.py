@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("--factories", type=int, default=100)
     parser.add_argument("--idle", type=float, default=60.0)
     args = parser.parse_args()
+    # Stopped from outside (`timeout`), the run still takes its fleet down (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         bench = Bench(Path(tmp))
         fleet = Path(tmp) / "topology.yaml"
