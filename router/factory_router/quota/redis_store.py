@@ -131,7 +131,10 @@ class RedisBuckets:
         await self._run(keys, args)
 
     async def ping(self) -> None:
+        """Answers or raises; on an answer, every pooled connection is dropped first: those
+        opened before an outage would each fail once more (a restarted Redis closed them)."""
         async with asyncio.timeout(self.timeout * 2):
+            await self._redis.connection_pool.disconnect()
             await self._redis.ping()
 
     async def close(self) -> None:

@@ -1,0 +1,395 @@
+"""Quotas under load (issue 19 item 2): two real router processes share one real
+`redis-server` in front of a real simulator process (`factory-sim serve`).
+
+- Shared: a tenant pushed past its tokens-per-minute limit through both routers gets 429
+  in OpenAI's shape with `Retry-After` and `x-ratelimit-*`; the tokens admitted across both
+  routers stay within 5% of what the limit allows over the run (capacity + rate x T, the
+  token bucket's bound); another tenant, loaded at the same time, gets no 429. The
+  official `openai` client, told to retry, waits `Retry-After` and gets through.
+- Redis killed mid-run: requests keep flowing (no 5xx), each router switches to its share
+  (limit / 2), `/readyz` details and `factory_router_quota_redis_up` say so, and each
+  router's admissions stay within its share's bound.
+- Redis back (same port): both routers share the limit again.
+
+Needs `redis-server` 7.0 (`.venv/bin/factoryctl dev tools` installs it into the toolchain
+cache): the test fails without it, it never skips. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from factory_router.policy.tenants import hash_key
+from factoryctl.redis_server import find_redis
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[3]
+KEYS = {"limited": "sk-quota-limited-0001", "other": "sk-quota-other-00001"}
+TPM = 6000  # the limited tenant's tokens per minute: 100 tokens a second
+RATE = TPM / 60
+TENANTS = {
+    "admin_keys_sha256": [hash_key("sk-quota-admin-00001")],
+    "tenants": [
+        {
+            "name": "limited",
+            "jurisdictions": ["EU"],
+            "api_keys_sha256": [hash_key(KEYS["limited"])],
+            "tokens_per_minute": TPM,
+        },
+        {
+            "name": "other",
+            "jurisdictions": ["EU"],
+            "api_keys_sha256": [hash_key(KEYS["other"])],
+            "tokens_per_minute": 10_000_000,
+            "requests_per_minute": 100_000,
+        },
+    ],
+}
+BODY = {
+    "model": "llama",
+    "messages": [{"role": "user", "content": "count to forty"}],
+    "max_tokens": 40,
+    "ignore_eos": True,  # exactly max_tokens: the reservation is the usage but the prompt
+}
+TIME_SCALE = 0.05
+START_SECONDS = 60
+RUN_SECONDS = 6.0
+PACE_SECONDS = 0.02  # a load thread's pause after a 429 (the 429s cost CPU, not tokens)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _redis_binary() -> Path:
+    binary = find_redis()
+    if binary is None:
+        pytest.fail(
+            "redis-server 7.0 is not installed: run `.venv/bin/factoryctl dev tools` (it "
+            "installs Debian's package into the toolchain cache) or `apt-get install -y "
+            "redis-server`"
+        )
+    return binary
+
+
+class Redis:
+    """One `redis-server` on a fixed port, no persistence; kill and start again."""
+
+    def __init__(self, binary: Path, folder: Path) -> None:
+        self.binary, self.folder = binary, folder
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        argv = [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
+                "--save", "", "--appendonly", "no", "--dir", str(self.folder)]  # fmt: skip
+        log = (self.folder / "redis.log").open("ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_until(self.answers, timeout=30, interval=0.1, what="redis-server answers PING")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@dataclass
+class Router:
+    url: str
+    admin_url: str
+    proc: subprocess.Popen[bytes]
+
+    def details(self) -> dict[str, Any]:
+        doc: dict[str, Any] = httpx.get(self.admin_url + "/readyz", timeout=5).json()
+        return doc
+
+    def redis_up(self) -> float:
+        text = httpx.get(self.admin_url + "/metrics", timeout=5).text
+        match = re.search(r"^factory_router_quota_redis_up (\S+)$", text, re.M)
+        assert match, "factory_router_quota_redis_up missing"
+        return float(match.group(1))
+
+
+@dataclass
+class Fleet:
+    routers: list[Router]
+    redis: Redis
+    home: Path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    home = tmp_path_factory.mktemp("quotas")
+    redis = Redis(_redis_binary(), home)
+    engines = [{"model_name": "llama", "profile": "h100", "name": "eu", "region": "eu-west-1",
+                "time_scale": TIME_SCALE}]  # fmt: skip
+    (home / "engines.yaml").write_text(json.dumps({"engines": engines}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "router"), str(ROOT / "sim")])}
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "factory_sim.main", "serve", "--control-port", "0",
+         "--config", str(home / "engines.yaml")],
+        stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    routers: list[Router] = []
+    try:
+        redis.start()
+        assert sim.stdout is not None
+        ready = json.loads(sim.stdout.readline())
+        url = ready["engines"][0]["url"]
+        (home / "tenants.yaml").write_text(json.dumps(TENANTS))
+        backends = {
+            "regions": [{"name": "eu-west-1", "jurisdiction": "EU"}],
+            "backends": [{"model": "llama", "pool": "llama-eu", "region": "eu-west-1",
+                          "url": url, "pod": "eu"}],
+        }  # fmt: skip
+        (home / "backends.yaml").write_text(json.dumps(backends))
+        for i in range(2):
+            listen, admin = _free_port(), _free_port()
+            with (home / f"router-{i}.log").open("wb") as stderr:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "factory_router.main",
+                     "--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}",
+                     "--region", "eu-west-1", "--tenants", str(home / "tenants.yaml"),
+                     "--backends", str(home / "backends.yaml"), "--probe-interval", "0",
+                     "--quota-redis-url", redis.url, "--quota-replicas", "2",
+                     "--no-access-log", "--log-level", "WARNING"],
+                    stderr=stderr, env=env,
+                )  # fmt: skip
+            routers.append(Router(f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", proc))
+        for r in routers:
+
+            def ready_(r: Router = r) -> bool:
+                try:
+                    return httpx.get(r.url + "/readyz", timeout=2).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(ready_, timeout=START_SECONDS, interval=0.2, what="router ready")
+        yield Fleet(routers, redis, home)
+    finally:
+        for r in routers:
+            _stop(r.proc)
+        _stop(sim)
+        redis.kill()
+        if sim.stdout is not None:
+            sim.stdout.close()
+
+
+@dataclass
+class Outcome:
+    router: int
+    tenant: str
+    status: int
+    sent: float
+    done: float
+    tokens: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+
+def _load(
+    fleet: Fleet, seconds: float, *, limited_threads: int = 2, mid_run: Any = None
+) -> list[Outcome]:
+    """Both tenants through both routers for `seconds`: `limited_threads` threads per router
+    for the limited tenant, as fast as it admits them; one thread per router for the other.
+    `mid_run` is called once, half-way. Returns every request's outcome."""
+    stop = threading.Event()
+    lock = threading.Lock()
+    results: list[Outcome] = []
+
+    def worker(index: int, tenant: str) -> None:
+        router = fleet.routers[index]
+        headers = {"authorization": f"Bearer {KEYS[tenant]}"}
+        with httpx.Client(base_url=router.url, timeout=30, headers=headers) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                resp = client.post("/v1/chat/completions", json=BODY)
+                out = Outcome(index, tenant, resp.status_code, sent, time.monotonic())
+                out.headers = {k: v for k, v in resp.headers.items()
+                               if k.startswith("x-ratelimit") or k == "retry-after"}  # fmt: skip
+                doc = resp.json()
+                if resp.status_code == 200:
+                    out.tokens = int(doc["usage"]["total_tokens"])
+                else:
+                    out.error = doc.get("error")
+                with lock:
+                    results.append(out)
+                if resp.status_code == 429:
+                    stop.wait(PACE_SECONDS)
+
+    threads = [
+        threading.Thread(target=worker, args=(i, "limited"), daemon=True)
+        for i in range(2)
+        for _ in range(limited_threads)
+    ]
+    threads += [threading.Thread(target=worker, args=(i, "other"), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    try:
+        if mid_run is not None:
+            wait_until(lambda: time.monotonic() - started >= seconds / 2, timeout=seconds)
+            mid_run()
+        wait_until(lambda: time.monotonic() - started >= seconds, timeout=seconds + 5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    return results
+
+
+def _admitted_vs_bound(outcomes: list[Outcome], capacity: float, rate: float) -> tuple[int, float]:
+    """Tokens admitted, and what a bucket of `capacity` refilled at `rate` allows over the
+    run (first request sent to last admitted answer)."""
+    ok = [o for o in outcomes if o.status == 200]
+    first = min(o.sent for o in outcomes)
+    last = max(o.done for o in ok)
+    return sum(o.tokens for o in ok), capacity + rate * (last - first)
+
+
+def _check_429(o: Outcome) -> None:
+    assert o.error is not None
+    assert o.error["code"] == "rate_limit_exceeded" and o.error["type"] == "tokens"
+    assert set(o.error) == {"message", "type", "param", "code"}
+    retry = int(o.headers["retry-after"])
+    assert 1 <= retry <= math.ceil(60 * (BODY["max_tokens"] + 60) / TPM)  # one request's wait
+    for name in ("limit", "remaining", "reset"):
+        assert f"x-ratelimit-{name}-tokens" in o.headers
+
+
+def _openai(router: Router, tenant: str, retries: int) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=router.url + "/v1", api_key=KEYS[tenant], max_retries=retries, timeout=30
+    )
+
+
+def _chat(client: openai.OpenAI) -> Any:
+    return client.chat.completions.create(
+        model=BODY["model"],
+        messages=BODY["messages"],
+        max_tokens=BODY["max_tokens"],
+        extra_body={"ignore_eos": True},
+    )
+
+
+def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
+    fleet: Fleet,
+) -> None:
+    figures: dict[str, Any] = {}
+
+    # 1. Shared through Redis: the limited tenant is pushed through both routers.
+    outcomes = _load(fleet, RUN_SECONDS)
+    limited = [o for o in outcomes if o.tenant == "limited"]
+    other = [o for o in outcomes if o.tenant == "other"]
+    assert {o.status for o in limited} == {200, 429}
+    assert {o.status for o in other} == {200}, "the other tenant must be unaffected"
+    assert {o.router for o in limited if o.status == 200} == {0, 1}
+    for o in limited:
+        assert o.headers["x-ratelimit-limit-tokens"] == str(TPM)  # the shared limit
+        if o.status == 429:
+            _check_429(o)
+    admitted, bound = _admitted_vs_bound(limited, TPM, RATE)
+    figures["shared"] = (admitted, round(bound))
+    assert abs(admitted - bound) <= 0.05 * bound, figures
+
+    # Retry-After is right: the bucket is empty now; the wait the 429 states is what its
+    # figures give (tokens missing / rate, rounded up), and the openai client, told to
+    # retry, waits it and is admitted.
+    with (
+        _openai(fleet.routers[0], "limited", retries=0) as client,
+        pytest.raises(openai.RateLimitError) as refused,
+    ):
+        _chat(client)
+    assert refused.value.code == "rate_limit_exceeded"
+    retry_after = int(refused.value.response.headers["retry-after"])
+    message = refused.value.body["message"]  # type: ignore[index]
+    used, requested = (int(x) for x in re.findall(r"used (\d+), requested (\d+)", message)[0])
+    missing = requested - (TPM - used)
+    assert retry_after in {max(1, math.ceil((missing + d) / RATE)) for d in (-1, 0, 1)}, message
+    with _openai(fleet.routers[1], "limited", retries=2) as client:
+        answer = _chat(client)
+    assert answer.usage is not None and answer.usage.completion_tokens == BODY["max_tokens"]
+    figures["retry_after"] = retry_after
+
+    # 2. Redis killed mid-run: per-replica limits, no 5xx, /readyz and the gauge say so.
+    for r in fleet.routers:
+        assert r.details()["quota_backend"] == "redis" and r.redis_up() == 1.0
+    outcomes = _load(fleet, RUN_SECONDS * 2, mid_run=fleet.redis.kill)
+    assert all(o.status in (200, 429) for o in outcomes), {o.status for o in outcomes}
+    assert {o.status for o in outcomes if o.tenant == "other"} == {200}
+    for r in fleet.routers:
+        doc = r.details()
+        assert doc["quota_backend"] == "local (redis unreachable)", doc
+        assert doc["status"] == "degraded"
+        assert any("redis unreachable" in p for p in doc["problems"])
+        assert r.redis_up() == 0.0
+    figures["per_replica"] = []
+    for i in range(2):
+        local = [o for o in outcomes if o.tenant == "limited" and o.router == i
+                 and o.headers.get("x-ratelimit-limit-tokens") == str(TPM // 2)]  # fmt: skip
+        assert any(o.status == 200 for o in local), f"router {i}: nothing admitted locally"
+        assert any(o.status == 429 for o in local), f"router {i}: its share never ran out"
+        for o in local:
+            if o.status == 429:
+                assert "this router's share" in (o.error or {}).get("message", "")
+        admitted, bound = _admitted_vs_bound(local, TPM / 2, RATE / 2)
+        figures["per_replica"].append((admitted, round(bound)))
+        assert admitted <= 1.05 * bound, figures
+
+    # 3. Redis back on its port: both routers share the limit again.
+    fleet.redis.start()
+    for r in fleet.routers:
+        wait_until(lambda r=r: r.details()["quota_backend"] == "redis", timeout=15,
+                   what="quota_backend back to redis")  # fmt: skip
+        assert r.redis_up() == 1.0
+    outcomes = _load(fleet, RUN_SECONDS)
+    limited = [o for o in outcomes if o.tenant == "limited"]
+    assert {o.headers["x-ratelimit-limit-tokens"] for o in limited} == {str(TPM)}
+    assert {o.status for o in outcomes if o.tenant == "other"} == {200}
+    admitted, bound = _admitted_vs_bound(limited, TPM, RATE)
+    figures["shared_again"] = (admitted, round(bound))
+    assert abs(admitted - bound) <= 0.05 * bound, figures
+    print("quota figures (admitted tokens, bound):", figures)
