@@ -83,7 +83,9 @@ async def test_a_usage_chunk_split_across_writes_with_crlf_is_stripped_and_count
         await response.prepare(request)
         for piece in pieces:
             await response.write(piece)
-            await asyncio.sleep(0.01)  # separate reads on the router's side
+            # The engine's pacing: the pieces usually reach the router in separate reads
+            # (what the client gets must not depend on it).
+            await asyncio.sleep(0.01)
         await response.write_eof()
         return response
 
