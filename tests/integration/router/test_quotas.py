@@ -10,6 +10,7 @@
   (limit / 2), `/readyz` details and `factory_router_quota_redis_up` say so, and each
   router's admissions stay within its share's bound.
 - Redis back (same port): both routers share the limit again.
+- The tenants file changed: the new limit applies without a restart.
 
 Needs `redis-server` 7.0 (`.venv/bin/factoryctl dev tools` installs it into the toolchain
 cache): the test fails without it, it never skips. Everything binds 127.0.0.1.
@@ -392,4 +393,21 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
     admitted, bound = _admitted_vs_bound(limited, TPM, RATE)
     figures["shared_again"] = (admitted, round(bound))
     assert abs(admitted - bound) <= 0.05 * bound, figures
+
+    # 4. The limits follow the tenants file, without a restart.
+    doc = json.loads(json.dumps(TENANTS))
+    doc["tenants"][0]["tokens_per_minute"] = TPM * 10
+    tmp = fleet.home / "tenants.yaml.tmp"
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(fleet.home / "tenants.yaml")
+    for r in fleet.routers:
+
+        def limit_seen(r: Router = r) -> bool:
+            headers = {"authorization": f"Bearer {KEYS['limited']}"}
+            resp = httpx.post(
+                r.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30
+            )
+            return resp.headers.get("x-ratelimit-limit-tokens") == str(TPM * 10)
+
+        wait_until(limit_seen, timeout=20, interval=0.2, what="the reloaded limit")
     print("quota figures (admitted tokens, bound):", figures)

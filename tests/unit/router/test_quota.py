@@ -6,6 +6,7 @@ limits at once (no error to the client), and a tenant without quotas costs no Re
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -186,3 +187,34 @@ async def test_a_tenant_without_quotas_costs_no_redis_call() -> None:
     assert await service.admit(Tenant("t", frozenset({"EU"})), {}, 10, completes=True) is None
     assert service.backend == "redis"  # Redis was never asked, so never found down
     await service.close()
+
+
+async def test_a_redis_that_hangs_costs_one_timeout_then_no_more() -> None:
+    """A Redis that accepts and never answers (a stopped process, a black-holed network):
+    the first request waits `redis_timeout` at most and is decided locally; the ones after
+    it do not ask Redis at all until a ping gets an answer."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; ends when the client closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = QuotaConfig(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
+    service = QuotaService(config)
+    tenant = Tenant("t", frozenset({"EU"}), requests_per_minute=100)
+    try:
+        started = time.monotonic()
+        first = await service.admit(tenant, {}, 10, completes=True)
+        first_took = time.monotonic() - started
+        started = time.monotonic()
+        second = await service.admit(tenant, {}, 10, completes=True)
+        second_took = time.monotonic() - started
+    finally:
+        await service.close()
+        server.close()
+        await server.wait_closed()
+    assert first is not None and not first.shared and first_took < 0.2 * 2 + 0.3
+    assert second is not None and not second.shared and second_took < 0.05
+    assert service.backend == "local (redis unreachable)"
+    assert service.last_error and "Timeout" in service.last_error
