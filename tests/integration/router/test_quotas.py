@@ -63,7 +63,7 @@ TENANTS = {
         },
     ],
 }
-BODY = {
+BODY: dict[str, Any] = {
     "model": "llama",
     "messages": [{"role": "user", "content": "count to forty"}],
     "max_tokens": 40,
@@ -383,8 +383,11 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
     # 3. Redis back on its port: both routers share the limit again.
     fleet.redis.start()
     for r in fleet.routers:
-        wait_until(lambda r=r: r.details()["quota_backend"] == "redis", timeout=15,
-                   what="quota_backend back to redis")  # fmt: skip
+
+        def shared(r: Router = r) -> bool:
+            return bool(r.details()["quota_backend"] == "redis")
+
+        wait_until(shared, timeout=15, what="quota_backend back to redis")
         assert r.redis_up() == 1.0
     outcomes = _load(fleet, RUN_SECONDS)
     limited = [o for o in outcomes if o.tenant == "limited"]
@@ -407,7 +410,7 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
             resp = httpx.post(
                 r.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30
             )
-            return resp.headers.get("x-ratelimit-limit-tokens") == str(TPM * 10)
+            return bool(resp.headers.get("x-ratelimit-limit-tokens") == str(TPM * 10))
 
         wait_until(limit_seen, timeout=20, interval=0.2, what="the reloaded limit")
     print("quota figures (admitted tokens, bound):", figures)
