@@ -23,7 +23,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from factory_router.quota.buckets import Bucket, Verdict
 
@@ -87,6 +89,9 @@ return out
 """
 
 
+MAX_CONNECTIONS = 256  # per router replica
+
+
 def bucket_key(prefix: str, tenant: str, bucket: Bucket) -> str:
     safe = tenant.replace("{", "(").replace("}", ")")
     return f"{prefix}{{{safe}}}:{bucket.name}"
@@ -98,15 +103,19 @@ class RedisBuckets:
     def __init__(self, url: str, *, timeout: float, prefix: str = "factory:quota:") -> None:
         self.prefix = prefix
         self.timeout = timeout
-        self._redis: Redis = Redis.from_url(
+        # A request waits for a pooled connection at most `timeout` too: beyond
+        # MAX_CONNECTIONS decisions at once, the excess fails over to the local buckets
+        # rather than queueing without bound (a plain pool would refuse them at once).
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            retry=None,
             health_check_interval=0,
-            max_connections=64,
         )
+        # No retries: a failed call goes to the local buckets at once; the circuit retries.
+        self._redis: Redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._script = self._redis.register_script(_SCRIPT)
 
     async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
@@ -139,3 +148,4 @@ class RedisBuckets:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
