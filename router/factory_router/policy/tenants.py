@@ -19,7 +19,9 @@ router refuses to start, or keeps the previous good table on reload); an unknown
 
 `max_concurrent_requests` bounds the requests one tenant has in the router at a time, so
 that one tenant cannot take every engine slot; beyond it the answer is 429 before any
-engine is asked (`TenantLimits`).
+engine is asked (`TenantLimits`). With a quota Redis (`--quota-redis-url`) the tenants
+file's value also bounds the tenant's requests across every replica sharing it (leases in
+Redis; each replica ceil(limit / replicas) while Redis is unreachable).
 
 `requests_per_minute`, `tokens_per_minute` and `tokens_per_day` are quotas of the tenant
 across every router replica (shared through Redis; `factory_router.quota`): beyond one,

@@ -112,6 +112,7 @@ class Verdict:
     admitted: bool
     levels: tuple[float, ...]
     wait: float = 0.0
+    holders: int = 0  # the tenant's concurrent requests (this one included when admitted)
 
 
 class LocalBuckets:

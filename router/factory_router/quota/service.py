@@ -19,10 +19,13 @@ task of its own (the answer is not held for it); a settle that Redis refuses is 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -35,13 +38,14 @@ from factory_router.quota.buckets import (
     Estimate,
     LimitName,
     LocalBuckets,
+    QuotaExceeded,
     Verdict,
     buckets_of,
     estimate,
     exceeded,
     rate_limit_headers,
 )
-from factory_router.quota.redis_store import RedisBuckets, bucket_key
+from factory_router.quota.redis_store import Lease, RedisBuckets, bucket_key, lease_key
 
 log = logging.getLogger("factory_router.quota")
 
@@ -58,6 +62,10 @@ class QuotaConfig:
     redis_timeout: float = 0.25  # seconds, per Redis call (connect, read, whole script)
     retry_interval: float = 1.0  # seconds between pings while Redis is unreachable
     default_max_tokens: int = 1024  # reserved for a completion that sets no max_tokens
+    # A request in flight counts among its tenant's concurrent requests (in Redis) for this
+    # long unless its router renews it (every third of it): a router that dies frees its
+    # tenants' places within a lease.
+    lease_seconds: float = 30.0
     key_prefix: str = "factory:quota:"
 
 
@@ -71,6 +79,8 @@ class Ticket:
     estimate: Estimate
     shared: bool  # taken from Redis (else from this replica's buckets)
     headers: Mapping[str, str]
+    lease: Lease | None = None  # its place among the tenant's concurrent requests (Redis)
+    counted: bool = False  # its place among this replica's share of them (fallback)
 
 
 def _limits(tenant: Tenant) -> dict[LimitName, int | None]:
@@ -93,6 +103,10 @@ class QuotaService:
         self._shared = self._redis is not None
         self.last_error: str | None = None
         self._settling: set[asyncio.Task[None]] = set()
+        self._leases: dict[str, Lease] = {}  # member -> lease, renewed while in flight
+        self._inflight: dict[str, int] = {}  # tenant -> requests counted in the fallback
+        self._member = f"{secrets.token_hex(8)}:{{}}".format
+        self._sequence = itertools.count()
         self._up = Gauge(
             "factory_router_quota_redis_up",
             "1 while quotas are shared through Redis; 0 while this replica falls back to its "
@@ -130,37 +144,54 @@ class QuotaService:
     async def admit(
         self, tenant: Tenant, doc: Mapping[str, Any], body_bytes: int, *, completes: bool
     ) -> Ticket | None:
-        """Reserve the request's worst case; None for a tenant without quotas;
-        `QuotaExceeded` (429, nothing reserved) when a bucket lacks it."""
+        """Reserve the request's worst case, and its place among the tenant's concurrent
+        requests; None for a tenant without quotas; `QuotaExceeded` (429, nothing taken)
+        when a bucket lacks it or the tenant is at its concurrent requests."""
         limits = _limits(tenant)
-        if not any(limits.values()):
+        # Concurrent requests are shared only through Redis; without one, `TenantLimits`
+        # (per router) is the whole story, as before quotas.
+        concurrent = tenant.max_concurrent_requests if self._redis is not None else None
+        if not any(limits.values()) and not concurrent:
             return None
         est = estimate(doc, body_bytes, completes=completes, default=self.config.default_max_tokens)
         if self._redis is not None and self._shared:
             buckets = buckets_of(limits)
             keys = tuple(bucket_key(self.config.key_prefix, tenant.name, b) for b in buckets)
             costs = [b.cost(est.total) for b in buckets]
+            lease = None
+            if concurrent:
+                member = self._member(next(self._sequence))
+                key = lease_key(self.config.key_prefix, tenant.name)
+                lease = Lease(key, member, concurrent, self._lease_ms)
             try:
-                verdict = await self._redis.take(keys, buckets, costs)
+                verdict = await self._redis.take(keys, buckets, costs, lease)
             except _FAILURES as exc:
                 self._trip(exc)
             else:
-                return self._verdict(
-                    tenant,
-                    buckets=buckets,
-                    keys=keys,
-                    costs=costs,
-                    est=est,
-                    verdict=verdict,
-                    shared=True,
-                )
+                ticket = self._verdict(
+                    tenant, buckets=buckets, keys=keys, costs=costs, est=est, verdict=verdict,
+                    shared=True, concurrent=concurrent,
+                )  # fmt: skip
+                if lease is not None:
+                    self._leases[lease.member] = lease
+                return replace(ticket, lease=lease)
         buckets = buckets_of(limits, self.config.replicas)
         keys = tuple(f"{tenant.name}:{b.name}" for b in buckets)
         costs = [b.cost(est.total) for b in buckets]
-        verdict = self._local.take(keys, buckets, costs, time.monotonic())
-        return self._verdict(
-            tenant, buckets=buckets, keys=keys, costs=costs, est=est, verdict=verdict, shared=False
-        )
+        share = math.ceil(concurrent / self.config.replicas) if concurrent else None
+        held = self._inflight.get(tenant.name, 0)
+        if share is not None and held >= share:
+            verdict = Verdict(False, (), 0.0, held)  # at its share: no bucket is asked
+        else:
+            verdict = self._local.take(keys, buckets, costs, time.monotonic())
+        ticket = self._verdict(
+            tenant, buckets=buckets, keys=keys, costs=costs, est=est, verdict=verdict,
+            shared=False, concurrent=share,
+        )  # fmt: skip
+        if share is None:
+            return ticket
+        self._inflight[tenant.name] = held + 1
+        return replace(ticket, counted=True)
 
     def _verdict(
         self,
@@ -172,10 +203,22 @@ class QuotaService:
         est: Estimate,
         verdict: Verdict,
         shared: bool,
+        concurrent: int | None,
     ) -> Ticket:
         if not verdict.admitted:
             scope = "" if shared else " (this router's share)"
-            err = exceeded(tenant.name, buckets, verdict, costs, scope=scope)
+            if verdict.wait > 0:
+                err = exceeded(tenant.name, buckets, verdict, costs, scope=scope)
+            else:  # every bucket held its cost: the concurrent requests were at the limit
+                err = QuotaExceeded(
+                    f"Tenant {tenant.name!r} has {verdict.holders} requests in flight{scope}, "
+                    f"its limit ({concurrent}); retry when one has finished.",
+                    kind="requests",
+                    retry_after=1,
+                    headers=rate_limit_headers(buckets, verdict.levels)
+                    if len(verdict.levels) == len(buckets)
+                    else {},
+                )
             self.rejections.labels(tenant.name, err.kind).inc()
             raise err
         headers = rate_limit_headers(buckets, verdict.levels)
@@ -183,29 +226,41 @@ class QuotaService:
 
     def settle(self, ticket: Ticket, actual: int) -> None:
         """The request ended having used `actual` tokens: give back the rest of its
-        reservation (or take what it used beyond). Never blocks the caller."""
+        reservation (or take what it used beyond), and its place among the tenant's
+        concurrent requests. Never blocks the caller."""
         delta = ticket.estimate.total - actual
         token_buckets = [(k, b) for k, b in zip(ticket.keys, ticket.buckets, strict=True)
-                         if b.kind == "tokens"]  # fmt: skip
-        if delta == 0 or not token_buckets:
-            return
+                         if b.kind == "tokens" and delta]  # fmt: skip
         if not ticket.shared:
             now = time.monotonic()
             for key, bucket in token_buckets:
                 self._local.give(key, bucket, delta, now)
+            if ticket.counted:
+                held = self._inflight.get(ticket.tenant, 0) - 1
+                if held > 0:
+                    self._inflight[ticket.tenant] = held
+                else:
+                    self._inflight.pop(ticket.tenant, None)
+            return
+        if ticket.lease is not None:
+            self._leases.pop(ticket.lease.member, None)
+        if not token_buckets and ticket.lease is None:
             return
         if self._redis is None or not self._shared:
-            return  # Redis is down: this reservation stays taken there
+            return  # Redis is down: its reservation stays taken there, its lease expires
         keys = [k for k, _ in token_buckets]
         buckets = [b for _, b in token_buckets]
-        task = asyncio.get_running_loop().create_task(self._give(keys, buckets, delta))
+        give = self._give(keys, buckets, delta, ticket.lease)
+        task = asyncio.get_running_loop().create_task(give)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _give(self, keys: list[str], buckets: list[Bucket], delta: int) -> None:
+    async def _give(
+        self, keys: list[str], buckets: list[Bucket], delta: int, lease: Lease | None
+    ) -> None:
         assert self._redis is not None
         try:
-            await self._redis.give(keys, buckets, delta)
+            await self._redis.give(keys, buckets, delta, lease)
         except _FAILURES as exc:
             self._trip(exc)
 
@@ -217,13 +272,22 @@ class QuotaService:
         self._shared = False
 
     async def run(self) -> None:
-        """While Redis is unreachable, ping it every `retry_interval`; at its first answer
-        the buckets are shared again (this replica's own are dropped)."""
+        """Renew the leases of this replica's requests in flight every third of a lease;
+        while Redis is unreachable, ping it every `retry_interval`: at its first answer the
+        buckets are shared again (this replica's own are dropped)."""
         if self._redis is None:
             return
+        renew_every = self.config.lease_seconds / 3
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.retry_interval)
+            await asyncio.sleep(min(self.config.retry_interval, renew_every))
             if self._shared:
+                if time.monotonic() - renewed >= renew_every:
+                    renewed = time.monotonic()
+                    try:
+                        await self._redis.renew(list(self._leases.values()), self._lease_ms)
+                    except _FAILURES as exc:
+                        self._trip(exc)
                 continue
             try:
                 await self._redis.ping()
@@ -232,8 +296,13 @@ class QuotaService:
                 continue
             log.warning("quota: redis reachable again, shared limits")
             self._local.clear()
+            self._leases.clear()  # expired there by now, or soon: not renewed
             self._shared = True
             self.last_error = None
+
+    @property
+    def _lease_ms(self) -> int:
+        return round(self.config.lease_seconds * 1000)
 
     async def close(self) -> None:
         for task in list(self._settling):

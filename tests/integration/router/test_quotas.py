@@ -18,6 +18,7 @@ cache): the test fails without it, it never skips. Everything binds 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -37,9 +38,11 @@ import httpx
 import openai
 import pytest
 
-from factory_router.policy.tenants import hash_key
+from factory_router.policy.tenants import Tenant, hash_key
+from factory_router.quota.buckets import QuotaExceeded
+from factory_router.quota.service import QuotaConfig, QuotaService, Ticket
 from factoryctl.redis_server import find_redis
-from tests.support.waiting import wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"limited": "sk-quota-limited-0001", "other": "sk-quota-other-00001"}
@@ -162,9 +165,18 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    server = Redis(_redis_binary(), tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis: Redis) -> Iterator[Fleet]:
     home = tmp_path_factory.mktemp("quotas")
-    redis = Redis(_redis_binary(), home)
     engines = [{"model_name": "llama", "profile": "h100", "name": "eu", "region": "eu-west-1",
                 "time_scale": TIME_SCALE}]  # fmt: skip
     (home / "engines.yaml").write_text(json.dumps({"engines": engines}))
@@ -176,7 +188,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     )  # fmt: skip
     routers: list[Router] = []
     try:
-        redis.start()
         assert sim.stdout is not None
         ready = json.loads(sim.stdout.readline())
         url = ready["engines"][0]["url"]
@@ -214,7 +225,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for r in routers:
             _stop(r.proc)
         _stop(sim)
-        redis.kill()
         if sim.stdout is not None:
             sim.stdout.close()
 
@@ -414,3 +424,64 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
 
         wait_until(limit_seen, timeout=20, interval=0.2, what="the reloaded limit")
     print("quota figures (admitted tokens, bound):", figures)
+
+
+async def test_concurrent_requests_are_shared_leased_and_split_without_redis(
+    redis: Redis,
+) -> None:
+    """`max_concurrent_requests` with Redis: counted across the replicas (two services
+    here, as two routers); a place is freed when its request settles, or when its router
+    stops renewing it (died) within a lease; Redis down: each replica its share."""
+    if not redis.answers():
+        redis.start()
+    config = QuotaConfig(redis_url=redis.url, replicas=2, lease_seconds=1.5, retry_interval=0.2)
+    a, b = QuotaService(config), QuotaService(config)
+    tenant = Tenant("streams", frozenset({"EU"}), max_concurrent_requests=3)
+    renewing = asyncio.create_task(b.run())  # `a` renews nothing: it stands for a dead router
+
+    async def admit(service: QuotaService) -> Ticket:
+        ticket = await service.admit(tenant, {}, 10, completes=True)
+        assert ticket is not None
+        return ticket
+
+    async def refused(service: QuotaService) -> QuotaExceeded:
+        with pytest.raises(QuotaExceeded) as err:
+            await service.admit(tenant, {}, 10, completes=True)
+        return err.value
+
+    try:
+        first, _, theirs = await admit(a), await admit(a), await admit(b)
+        assert first.shared and first.lease is not None
+        err = await refused(b)
+        assert err.kind == "requests" and "3 requests in flight" in err.message
+        assert err.retry_after == 1 and err.body()["error"]["code"] == "rate_limit_exceeded"
+        a.settle(first, 0)  # its request ended: its place is free
+
+        async def admitted(service: QuotaService) -> Ticket | None:
+            try:
+                return await admit(service)
+            except QuotaExceeded:
+                return None
+
+        again = await async_wait_until(lambda: admitted(b), timeout=5, what="a freed place")
+        # `a` stops renewing its one remaining request: it expires within a lease, while
+        # b's two, renewed, stay.
+        started = time.monotonic()
+        third = await async_wait_until(lambda: admitted(b), timeout=10, what="an expired lease")
+        assert time.monotonic() - started >= 0.5
+        await refused(b)  # b's three places, renewed past their first lease
+        for ticket in (theirs, again, third):
+            b.settle(ticket, 0)
+        # Redis down: each replica keeps its share, ceil(3 / 2) = 2.
+        redis.kill()
+        local = [await admit(a), await admit(a)]
+        assert not local[0].shared and a.backend == "local (redis unreachable)"
+        assert "this router's share" in (await refused(a)).message
+        a.settle(local[0], 0)
+        await admit(a)
+    finally:
+        renewing.cancel()
+        await a.close()
+        await b.close()
+        if not redis.answers():
+            redis.start()
