@@ -145,12 +145,6 @@ class LocalBuckets:
         level = min(bucket.capacity, self._level(key, bucket, now) + delta)
         self._state[key] = (level, now)
 
-    def forget_full(self, buckets_by_key: Mapping[str, Bucket], now: float) -> None:
-        """Drop the buckets that have refilled (a bucket absent is a full one)."""
-        for key in [k for k in self._state if k in buckets_by_key]:
-            if self._level(key, buckets_by_key[key], now) >= buckets_by_key[key].capacity:
-                del self._state[key]
-
     def clear(self) -> None:
         self._state.clear()
 

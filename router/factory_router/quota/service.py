@@ -11,6 +11,11 @@ Where the buckets are (`backend`):
 - `local`: no Redis configured; the limits are this replica's alone (divided by the
   replica count all the same).
 
+With Redis configured, a tenant's `max_concurrent_requests` is shared too: each admitted
+request holds a lease in Redis (taken by the same script as the buckets), renewed by this
+replica every third of `lease_seconds` and released at settle; in the fallback each
+replica counts ceil(limit / replicas) itself.
+
 A tenant without quotas costs nothing here: no bucket, no Redis call. Settling runs in a
 task of its own (the answer is not held for it); a settle that Redis refuses is lost
 (its reservation stays taken: the error is on the safe side) and opens the circuit.
