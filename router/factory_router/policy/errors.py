@@ -13,6 +13,8 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     │   └── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
     ├── NotFound                     (404, code=not_found)           unknown path
     ├── TooManyRequests              (429, code=rate_limit_exceeded) tenant's concurrency limit
+    │   └── QuotaExceeded            (429, type=requests|tokens)     + Retry-After, x-ratelimit-*:
+    │                                a quota of the tenants file (factory_router.quota.buckets)
     ├── ModelNotFound                (404, code=model_not_found)     nothing allowed serves it
     ├── NoCompliantBackend           (503, code=no_compliant_backend)
     │   └── ScalingFromZero          (503, code=scaling_from_zero)   + Retry-After: the model's
