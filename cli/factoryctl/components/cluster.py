@@ -19,9 +19,9 @@ import subprocess
 
 import yaml
 
+from factoryctl.component import ComponentStatus, FleetContext, wait_until
 from factoryctl.components.stages import kwok_stages
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, wait_until
 from factoryctl.toolchain import ETCD_VERSION, KUBERNETES_VERSION
 
 SERVICE_CIDR = "10.96.0.0/16"

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 
 from factoryctl import procs
+from factoryctl.component import ComponentStatus, FleetContext, State, http_ok, wait_until
 from factoryctl.components import real_engine
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, State, http_ok, wait_until
 
 AGENT = "engines-agent"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from factoryctl.fleet import ComponentStatus, FleetContext, State, wait_until
+from factoryctl.component import ComponentStatus, FleetContext, State, wait_until
 from factoryctl.topology import node_manifests
 
 LOCAL_FLEET_LABEL = "inference.factory.dev/local-fleet"

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from factoryctl import procs
-from factoryctl.errors import ComponentError
-from factoryctl.fleet import (
+from factoryctl.component import (
     ComponentStatus,
     FleetContext,
     http_ok,
@@ -22,6 +21,7 @@ from factoryctl.fleet import (
     record_env,
     wait_until,
 )
+from factoryctl.errors import ComponentError
 
 AUTOSCALE_INTERVAL = 5
 

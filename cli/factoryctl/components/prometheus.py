@@ -19,8 +19,7 @@ import httpx
 import yaml
 
 from factoryctl import procs
-from factoryctl.errors import ComponentError
-from factoryctl.fleet import (
+from factoryctl.component import (
     ComponentStatus,
     FleetContext,
     http_ok,
@@ -28,6 +27,7 @@ from factoryctl.fleet import (
     record_env,
     wait_until,
 )
+from factoryctl.errors import ComponentError
 from factoryctl.topology import REPO_ROOT
 
 SCRAPE_INTERVAL = "1s"

@@ -25,8 +25,8 @@ from typing import Any
 
 from factoryctl import procs
 from factoryctl.agents.real_engine import PROCESS_PREFIX, RealEngineSetup, stop_all_recorded
+from factoryctl.component import ComponentStatus, FleetContext, State, wait_until
 from factoryctl.errors import ComponentError
-from factoryctl.fleet import ComponentStatus, FleetContext, State, wait_until
 from factoryctl.home import FleetHome
 from factoryctl.topology import ENGINE_LABEL
 

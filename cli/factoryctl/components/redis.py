@@ -11,7 +11,13 @@ from __future__ import annotations
 import socket
 
 from factoryctl import procs
-from factoryctl.fleet import ComponentStatus, FleetContext, process_status, record_env, wait_until
+from factoryctl.component import (
+    ComponentStatus,
+    FleetContext,
+    process_status,
+    record_env,
+    wait_until,
+)
 from factoryctl.redis_server import ensure_redis
 
 READY_TIMEOUT_S = 30.0

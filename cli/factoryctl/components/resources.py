@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from factoryctl.fleet import ComponentStatus, FleetContext
+from factoryctl.component import ComponentStatus, FleetContext
 from factoryctl.topology import REPO_ROOT
 
 CRDS_DIR = REPO_ROOT / "crds"

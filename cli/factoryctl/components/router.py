@@ -29,8 +29,7 @@ from typing import Any
 import yaml
 
 from factoryctl import procs
-from factoryctl.errors import ComponentError
-from factoryctl.fleet import (
+from factoryctl.component import (
     ComponentStatus,
     FleetContext,
     http_ok,
@@ -38,6 +37,7 @@ from factoryctl.fleet import (
     record_env,
     wait_until,
 )
+from factoryctl.errors import ComponentError
 
 ROUTER_REGION = "eu-west-1"
 READY_TIMEOUT_S = 90.0  # covers the first list of four kinds on a busy 2-core machine

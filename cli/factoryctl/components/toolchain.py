@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from factoryctl.fleet import ComponentStatus, FleetContext
+from factoryctl.component import ComponentStatus, FleetContext
 
 
 class ToolchainComponent:
