@@ -1,28 +1,41 @@
-"""A factory scaled down and rolled while requests flow through the router: none dropped.
+"""Factories rolled to new engine arguments while requests flow through the router: none
+dropped, and no pool ever without a serving replica.
 
 Issue 18: an engine-args change to a two-pool factory under about 7 requests/s answered 12
 of 41 requests with 503 no_compliant_backend, because the local fleet's pods were Ready
-before an engine stood behind them and a one-replica pool rolled with maxSurge 0. Here the
-factory's pools have one replica each during the roll (their spec allows one more) and
-their engines take seconds to load (`FACTORY_SIM_BEHAVIOUR=load_s=...`), so a pod that
-were Ready before its engine answers, or a pool left without a serving replica, would drop
-requests. Counted twice: from the client (every stream complete, finish_reason stop or
-length) and from the engines' own counters (requests received and finished, including
-the engines that the roll retired).
+before an engine stood behind them and a one-replica pool rolled with maxSurge 0. Here each
+pool runs one replica during its roll (its spec allows one more) and its engines take
+seconds to load (`FACTORY_SIM_BEHAVIOUR=load_s=...`), so a pod Ready before its engine
+answers, or a pool left without a serving replica, would drop requests. Two factories:
+
+- two pools (one scaled down from two replicas to one first), rolled at once: the router
+  could fail over from one pool to the other, so each pool's serving replicas are also
+  followed exactly, from a watch on its pods (every change, not samples);
+- one pool of one replica: nothing to fail over to.
+
+The requests ask the router never to hold them (`x-factory-hold-timeout: 0`): a model
+without a serving replica is a 503 at once, as the issue saw, not a wait that hides it.
+Counted twice: from the client (every stream complete, finish_reason stop or length) and
+from the engines' own counters (requests received and finished, including the engines that
+the roll retired).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import math
 import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from kubernetes import client, config, watch
 
 from factoryctl.components.engines import control_url
 from factoryctl.fleet import FleetContext
@@ -31,42 +44,61 @@ from factoryctl.topology import load_topology
 from tests.e2e.conftest import Fleet
 from tests.support.waiting import wait_until
 
-FACTORY, NAMESPACE, MODEL = "rollout-probe", "inference", "rollout-probe-8b"
-POOLS = {"h100-dub": "eu-west-1", "h100-fra": "eu-central-1"}
-REVISION = "inference.factory.dev/revision"
-RATE, DURATION = 7.0, 50.0  # requests/s, seconds
+NAMESPACE = "inference"
+POOL, REVISION = "inference.factory.dev/pool", "inference.factory.dev/revision"
+RATE = 7.0  # requests/s, as in the issue
 LOAD_SECONDS = 3  # each engine "loads its model" this long before /health answers
+MIN_LOAD_SECONDS, TAIL_SECONDS = 25.0, 5.0  # load at least this long, and this long after
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+H100 = {"kind": "nvidia", "type": "H100", "count": 1}
+ENGINE = {
+    "args": {"maxModelLen": 4096, "maxNumSeqs": 32},
+    "env": [{"name": "FACTORY_SIM_BEHAVIOUR", "value": f"load_s={LOAD_SECONDS}"}],
+}
+NEW_ARGS = {"maxModelLen": 4096, "maxNumSeqs": 48}  # the engine-args change that rolls
 
 
-def _factory_doc() -> dict[str, Any]:
-    return {
-        "apiVersion": "inference.factory.dev/v1alpha1",
-        "kind": "InferenceFactory",
-        "metadata": {"name": FACTORY, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"name": MODEL, "uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
-            "engine": {
-                "args": {"maxModelLen": 4096, "maxNumSeqs": 32},
-                "env": [{"name": "FACTORY_SIM_BEHAVIOUR", "value": f"load_s={LOAD_SECONDS}"}],
+@dataclass(frozen=True)
+class Probe:
+    """A factory of the test's own: its name, model and pools (name -> region, replicas)."""
+
+    name: str
+    model: str
+    pools: dict[str, tuple[str, dict[str, int]]]
+
+    def doc(self) -> dict[str, Any]:
+        pools = [
+            {"name": pool, "region": region, "accelerator": H100, "replicas": replicas}
+            for pool, (region, replicas) in self.pools.items()
+        ]
+        return {
+            "apiVersion": "inference.factory.dev/v1alpha1",
+            "kind": "InferenceFactory",
+            "metadata": {"name": self.name, "namespace": NAMESPACE},
+            "spec": {
+                "model": {"name": self.model, "uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                "engine": copy.deepcopy(ENGINE),
+                "residency": {"jurisdictions": ["EU"]},
+                "pools": pools,
             },
-            "residency": {"jurisdictions": ["EU"]},
-            "pools": [
-                {
-                    "name": "h100-dub",
-                    "region": "eu-west-1",
-                    "accelerator": {"kind": "nvidia", "type": "H100", "count": 1},
-                    "replicas": {"min": 2, "max": 3},
-                },
-                {
-                    "name": "h100-fra",
-                    "region": "eu-central-1",
-                    "accelerator": {"kind": "nvidia", "type": "H100", "count": 1},
-                    "replicas": {"min": 1, "max": 2},
-                },
-            ],
-        },
-    }
+        }
+
+    @property
+    def selector(self) -> str:
+        return f"inference.factory.dev/factory={self.name}"
+
+    @property
+    def regions(self) -> set[str]:
+        return {region for region, _ in self.pools.values()}
+
+
+TWO_POOLS = Probe("rollout-probe", "rollout-probe-8b", {
+    "h100-dub": ("eu-west-1", {"min": 2, "max": 3}),
+    "h100-fra": ("eu-central-1", {"min": 1, "max": 2}),
+})  # fmt: skip
+ONE_POOL = Probe("rollout-solo", "rollout-solo-8b", {
+    "h100-dub": ("eu-west-1", {"min": 1, "max": 2}),
+})  # fmt: skip
 
 
 def _json(fleet: Fleet, *args: str) -> dict[str, Any]:
@@ -74,16 +106,15 @@ def _json(fleet: Fleet, *args: str) -> dict[str, Any]:
     return found
 
 
-def _deployments(fleet: Fleet) -> dict[str, dict[str, Any]]:
-    items = _json(fleet, "get", "deployments", "-n", NAMESPACE,
-                  "-l", f"inference.factory.dev/factory={FACTORY}")["items"]  # fmt: skip
-    return {d["metadata"]["labels"]["inference.factory.dev/pool"]: d for d in items}
+def _deployments(fleet: Fleet, probe: Probe) -> dict[str, dict[str, Any]]:
+    items = _json(fleet, "get", "deployments", "-n", NAMESPACE, "-l", probe.selector)["items"]
+    return {d["metadata"]["labels"][POOL]: d for d in items}
 
 
-def _settled(fleet: Fleet, replicas: dict[str, int], old: dict[str, str]) -> bool:
+def _settled(fleet: Fleet, probe: Probe, replicas: dict[str, int], old: dict[str, str]) -> bool:
     """Every pool runs `replicas` pods, all of a revision other than `old`'s, all Ready."""
-    deployments = _deployments(fleet)
-    if set(deployments) != set(POOLS):
+    deployments = _deployments(fleet, probe)
+    if set(deployments) != set(probe.pools):
         return False
     for pool, dep in deployments.items():
         status = dep.get("status", {})
@@ -98,47 +129,105 @@ def _settled(fleet: Fleet, replicas: dict[str, int], old: dict[str, str]) -> boo
     return True
 
 
-def _revisions(fleet: Fleet) -> dict[str, str]:
+def _revisions(fleet: Fleet, probe: Probe) -> dict[str, str]:
     return {p: d["spec"]["template"]["metadata"]["labels"][REVISION]
-            for p, d in _deployments(fleet).items()}  # fmt: skip
+            for p, d in _deployments(fleet, probe).items()}  # fmt: skip
 
 
-def _patch(fleet: Fleet, spec: dict[str, Any]) -> None:
-    fleet.cluster.kubectl("patch", "inferencefactory", FACTORY, "-n", NAMESPACE,
+def _patch(fleet: Fleet, probe: Probe, spec: dict[str, Any]) -> None:
+    fleet.cluster.kubectl("patch", "inferencefactory", probe.name, "-n", NAMESPACE,
                           "--type=merge", "-p", json.dumps({"spec": spec}))  # fmt: skip
 
 
-def _engine_totals(fleet: Fleet) -> Counter[str]:
-    """Requests received and finished (by reason) by every engine of the factory, running
-    or retired, from the simulators' control APIs."""
+def _engines(fleet: Fleet, probe: Probe, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The probe's engines (`engines`: running, `retired`: stopped) from the simulators'
+    control APIs."""
     ctx = FleetContext(FleetHome(fleet.home), load_topology(), lambda _: None)
-    totals: Counter[str] = Counter()
+    found: list[dict[str, Any]] = []
     with httpx.Client(timeout=5) as http:
-        for region in set(POOLS.values()):
+        for region in probe.regions:
             listed = http.get(f"{control_url(ctx, region)}/engines").json()
-            for engine in [*listed["engines"], *listed["retired"]]:
-                if engine["labels"].get("pod", "").startswith(f"{FACTORY}-"):
-                    totals.update(engine["requests"])
+            found += [e for kind in kinds for e in listed[kind]
+                      if e["labels"].get("pod", "").startswith(f"{probe.name}-")]  # fmt: skip
+    return found
+
+
+def _engine_totals(fleet: Fleet, probe: Probe) -> Counter[str]:
+    """Requests received and finished (by reason) by every engine of the probe, running or
+    retired."""
+    totals: Counter[str] = Counter()
+    for engine in _engines(fleet, probe, ("engines", "retired")):
+        totals.update(engine["requests"])
     return totals
 
 
-def _live_engine_pods(fleet: Fleet) -> set[str]:
-    ctx = FleetContext(FleetHome(fleet.home), load_topology(), lambda _: None)
-    with httpx.Client(timeout=5) as http:
-        return {
-            engine["labels"]["pod"]
-            for region in set(POOLS.values())
-            for engine in http.get(f"{control_url(ctx, region)}/engines").json()["engines"]
-            if engine["labels"].get("pod", "").startswith(f"{FACTORY}-")
-        }
+def _serving(pod: dict[str, Any]) -> bool:
+    """Ready and not being deleted: a replica the router may send new requests to."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return ready and not pod["metadata"].get("deletionTimestamp")
 
 
-def _pods(fleet: Fleet) -> list[dict[str, Any]]:
-    selector = f"inference.factory.dev/factory={FACTORY}"
-    items: list[dict[str, Any]] = _json(fleet, "get", "pods", "-n", NAMESPACE, "-l", selector)[
-        "items"
-    ]
-    return items
+class ServingWatch:
+    """Follows a factory's pods through a watch (every change, in the API server's order):
+    the fewest serving replicas each pool had at any moment, and the pods seen running but
+    not Ready (an engine loading)."""
+
+    def __init__(self, kubeconfig: str, probe: Probe) -> None:
+        self.core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+        self.probe = probe
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.floor: dict[str, int] = {}
+        self.loading: set[str] = set()
+        self.failure: str | None = None
+        self._stopped = threading.Event()
+        listed = self.core.list_namespaced_pod(NAMESPACE, label_selector=probe.selector)
+        self._version = str(listed.metadata.resource_version)  # type: ignore[union-attr]
+        for pod in self.core.api_client.sanitize_for_serialization(listed.items):
+            self.pods[pod["metadata"]["name"]] = pod
+        self.floor = self._counts()  # the list is one moment: counted whole, not pod by pod
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.probe.pools, 0)
+        for pod in self.pods.values():
+            counts[pod["metadata"]["labels"][POOL]] += _serving(pod)
+        return counts
+
+    def _see(self, kind: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = pod
+            if (pod.get("status") or {}).get("phase") == "Running" and not _serving(pod):
+                self.loading.add(name)
+        for pool, count in self._counts().items():
+            self.floor[pool] = min(self.floor.get(pool, count), count)
+
+    def _run(self) -> None:
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        while not self._stopped.is_set():
+            try:
+                for event in stream.stream(  # type: ignore[no-untyped-call]
+                    self.core.list_namespaced_pod, NAMESPACE, label_selector=self.probe.selector,
+                    resource_version=self._version, timeout_seconds=2,
+                ):  # fmt: skip
+                    raw = event["raw_object"]
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: changes were missed
+                        self.failure = f"watch error: {raw}"
+                        return
+                    self._version = raw["metadata"]["resourceVersion"]
+                    self._see(event["type"], raw)
+            except Exception as exc:  # reported by the test, not lost in a thread
+                self.failure = f"watch failed: {exc!r}"
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+        assert self.failure is None, self.failure
 
 
 @dataclass
@@ -150,14 +239,18 @@ class Outcome:
     failures: Counter[str] = field(default_factory=Counter)
 
 
-async def _ask(client: httpx.AsyncClient, url: str, key: str, n: int, outcome: Outcome) -> None:
+async def _ask(
+    client_: httpx.AsyncClient, url: str, key: str, model: str, n: int, outcome: Outcome
+) -> None:
     question = {"role": "user", "content": f"Question {n}: how is the roll going?"}
-    body = {"model": MODEL, "stream": True, "max_tokens": 16 + n % 32, "messages": [question]}
+    body = {"model": model, "stream": True, "max_tokens": 16 + n % 32, "messages": [question]}
+    # Never held: a model without a serving replica answers 503 at once.
+    headers = {"Authorization": f"Bearer {key}", "x-factory-hold-timeout": "0"}
     finish: str | None = None
     done = False
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body,
-                                 headers={"Authorization": f"Bearer {key}"}) as reply:  # fmt: skip
+        async with client_.stream("POST", f"{url}/v1/chat/completions", json=body,
+                                  headers=headers) as reply:  # fmt: skip
             if reply.status_code != 200:
                 error = json.loads(await reply.aread()).get("error", {})
                 outcome.failures[f"{reply.status_code} {error.get('code')}"] += 1
@@ -178,15 +271,22 @@ async def _ask(client: httpx.AsyncClient, url: str, key: str, n: int, outcome: O
         outcome.failures[f"incomplete stream (finish {finish}, done {done})"] += 1
 
 
-async def _load(url: str, key: str, stop_at: float, outcome: Outcome) -> None:
-    """Poisson arrivals at RATE until `stop_at`; then waits for what is in flight."""
+@dataclass
+class Until:
+    """When the load ends (monotonic seconds): not known until the roll is over."""
+
+    at: float = math.inf
+
+
+async def _load(url: str, key: str, model: str, until: Until, outcome: Outcome) -> None:
+    """Poisson arrivals at RATE until `until.at`; then waits for what is in flight."""
     rng = random.Random(18)
     tasks: set[asyncio.Task[None]] = set()
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client_:
         next_at = time.monotonic()
-        while next_at < stop_at:
+        while next_at < until.at:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            task = asyncio.create_task(_ask(client, url, key, outcome.sent, outcome))
+            task = asyncio.create_task(_ask(client_, url, key, model, outcome.sent, outcome))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             outcome.sent += 1
@@ -195,41 +295,52 @@ async def _load(url: str, key: str, stop_at: float, outcome: Outcome) -> None:
             await asyncio.wait(tasks, timeout=90)
 
 
-def _serves(url: str, key: str) -> bool:
+def _serves(url: str, key: str, model: str) -> bool:
     async def once() -> Outcome:
         outcome = Outcome(sent=1)
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            await _ask(client, url, key, 0, outcome)
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client_:
+            await _ask(client_, url, key, model, 0, outcome)
         return outcome
 
     return asyncio.run(once()).complete == 1
 
 
-def test_scale_down_and_roll_under_load_drop_nothing(fleet: Fleet) -> None:
+def _roll_under_load(fleet: Fleet, probe: Probe, changes: Callable[[], None]) -> None:
+    """Apply `probe`, put it under load through the router, make `changes` (which roll it),
+    a few seconds of load after; then check that nothing was dropped, on either side."""
     url, key = fleet.env["router_url"], fleet.env["tenants"]["eu-only"]["api_key"]
-    fleet.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(_factory_doc()))
+    start = {pool: replicas["min"] for pool, (_, replicas) in probe.pools.items()}
+    fleet.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(probe.doc()))
     try:
-        wait_until(lambda: _settled(fleet, {"h100-dub": 2, "h100-fra": 1}, {}), 120,
-                   interval=0.5, what="the factory's pools ready")  # fmt: skip
-        wait_until(lambda: _serves(url, key), 60, interval=0.5, what="the router to serve it")
-        before = _engine_totals(fleet)
-        outcome = Outcome()
-        loader = threading.Thread(target=lambda: asyncio.run(
-            _load(url, key, time.monotonic() + DURATION, outcome)))  # fmt: skip
+        wait_until(lambda: _settled(fleet, probe, start, {}), 120, interval=0.5,
+                   what=f"{probe.name}'s pools ready")  # fmt: skip
+        wait_until(lambda: _serves(url, key, probe.model), 60, interval=0.5,
+                   what="the router to serve it")  # fmt: skip
+        before = _engine_totals(fleet, probe)
+        outcome, until = Outcome(), Until()
+        loader = threading.Thread(
+            target=lambda: asyncio.run(_load(url, key, probe.model, until, outcome))
+        )
+        began = time.monotonic()
         loader.start()
         try:
-            _scale_down_then_roll(fleet)
+            changes()
         finally:
-            loader.join(timeout=DURATION + 120)
+            # The new pods serve a while too; the load lasts MIN_LOAD_SECONDS at least.
+            until.at = max(time.monotonic() + TAIL_SECONDS, began + MIN_LOAD_SECONDS)
+            loader.join(timeout=until.at - time.monotonic() + 120)
         assert not loader.is_alive(), "the load generator did not finish"
         # The roll's old engines drain and stop once idle; then every engine is counted.
-        wait_until(lambda: len(_live_engine_pods(fleet)) == 2, 60, interval=0.5,
-                   what="the old engines to drain and stop")  # fmt: skip
-        served = _engine_totals(fleet) - before
+        wait_until(lambda: len(_engines(fleet, probe, ("engines",))) == len(probe.pools), 60,
+                   interval=0.5, what="the old engines to drain and stop")  # fmt: skip
+        served = _engine_totals(fleet, probe) - before
     finally:
-        fleet.cluster.kubectl("delete", "inferencefactory", FACTORY, "-n", NAMESPACE,
+        fleet.cluster.kubectl("delete", "inferencefactory", probe.name, "-n", NAMESPACE,
                               "--ignore-not-found", "--wait=false")  # fmt: skip
-    assert outcome.sent >= RATE * DURATION * 0.7, outcome
+    print(f"\n{probe.name}: {outcome.sent} requests at {RATE}/s over "
+          f"{until.at - began:.0f} s, {sum(outcome.failures.values())} dropped "
+          f"{dict(outcome.failures)}; engines: {dict(served)}")  # fmt: skip
+    assert outcome.sent >= RATE * MIN_LOAD_SECONDS * 0.7, outcome
     assert outcome.failures == Counter(), outcome  # nothing dropped, client side
     assert outcome.complete == outcome.sent, outcome
     # Engine side: every request reached an engine once and finished there.
@@ -238,32 +349,44 @@ def test_scale_down_and_roll_under_load_drop_nothing(fleet: Fleet) -> None:
     assert served["abort"] == 0 and served["error"] == 0, served
 
 
-def _scale_down_then_roll(fleet: Fleet) -> None:
-    """Scale one pool down, then change the engine arguments of the whole factory, so that
-    both pools roll at once with one replica each; checks on the way that a new pod runs
-    unready until its engine has loaded and that no pool ever lacks a Ready replica."""
-    doc = _factory_doc()["spec"]
-    pools = doc["pools"]
-    pools[0]["replicas"] = {"min": 1, "max": 3}
-    start = _revisions(fleet)
-    _patch(fleet, {"pools": pools})
-    wait_until(lambda: _settled(fleet, {"h100-dub": 1, "h100-fra": 1}, {}), 60,
-               interval=0.5, what="h100-dub scaled down to 1")  # fmt: skip
-    assert _revisions(fleet) == start  # a replica count is not a new revision
-    _patch(fleet, {"engine": {**doc["engine"], "args": {"maxModelLen": 4096, "maxNumSeqs": 48}}})
-    seen_loading: set[str] = set()
-
-    def rolled() -> bool:
-        for pod in _pods(fleet):
-            conditions = pod["status"].get("conditions") or []
-            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-            if pod["status"].get("phase") == "Running" and not ready:
-                seen_loading.add(pod["metadata"]["name"])
-        for pool, dep in _deployments(fleet).items():
-            assert dep.get("status", {}).get("readyReplicas", 0) >= 1, f"{pool} served nothing"
-        return _settled(fleet, {"h100-dub": 1, "h100-fra": 1}, start)
-
-    wait_until(rolled, 90, interval=0.25, what="both pools rolled to the new engine args")
-    new_pods = {p["metadata"]["name"] for p in _pods(fleet)}
+def _roll(fleet: Fleet, probe: Probe, replicas: dict[str, int]) -> None:
+    """Change the factory's engine arguments; wait until every pool has rolled. Checks from
+    the watch that no pool ever lacked a serving replica and that each new pod ran unready
+    while its engine loaded."""
+    start = _revisions(fleet, probe)
+    watched = ServingWatch(fleet.env["kubeconfig"], probe)
+    try:
+        _patch(fleet, probe, {"engine": {**ENGINE, "args": NEW_ARGS}})
+        wait_until(lambda: _settled(fleet, probe, replicas, start), 90, interval=0.5,
+                   what="every pool rolled to the new engine args")  # fmt: skip
+    finally:
+        watched.stop()
+    print(f"\n{probe.name}: fewest serving replicas per pool during the roll {watched.floor}")
+    assert watched.floor == dict.fromkeys(probe.pools, 1), watched.floor
+    pods = _json(fleet, "get", "pods", "-n", NAMESPACE, "-l", probe.selector)["items"]
+    new_pods = {pod["metadata"]["name"] for pod in pods}
     # Each new pod was seen running but not Ready while its engine loaded (LOAD_SECONDS).
-    assert new_pods <= seen_loading, (new_pods, seen_loading)
+    assert new_pods <= watched.loading, (new_pods, watched.loading)
+
+
+def test_two_pools_scaled_down_and_rolled_under_load_drop_nothing(fleet: Fleet) -> None:
+    probe = TWO_POOLS
+
+    def changes() -> None:
+        # Scale one pool down, so that both pools roll at once with one replica each.
+        pools = probe.doc()["spec"]["pools"]
+        pools[0]["replicas"] = {"min": 1, "max": 3}
+        start = _revisions(fleet, probe)
+        _patch(fleet, probe, {"pools": pools})
+        one_each = dict.fromkeys(probe.pools, 1)
+        wait_until(lambda: _settled(fleet, probe, one_each, {}), 60, interval=0.5,
+                   what="h100-dub scaled down to 1")  # fmt: skip
+        assert _revisions(fleet, probe) == start  # a replica count is not a new revision
+        _roll(fleet, probe, one_each)
+
+    _roll_under_load(fleet, probe, changes)
+
+
+def test_a_one_replica_pool_rolls_under_load_without_a_gap(fleet: Fleet) -> None:
+    """No other pool to fail over to: the pool's own surge replica carries it."""
+    _roll_under_load(fleet, ONE_POOL, lambda: _roll(fleet, ONE_POOL, {"h100-dub": 1}))
