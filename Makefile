@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more.
-.PHONY: up test down status lint crds
+.PHONY: up test down status lint gen gen-check crds
 
 up:      ## start the local fleet (installs what it needs)
 	./scripts/up.sh
@@ -15,3 +15,12 @@ status:  ## what runs in the local fleet
 
 lint:    ## ruff, mypy, import-linter
 	.venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports
+
+gen:     ## regenerate every generated file: CRDs, chart copies, dashboards, runbooks, GitOps render
+	.venv/bin/factoryctl gen
+
+gen-check:  ## fail, listing them, when generated files are stale (tests/static runs the same)
+	.venv/bin/factoryctl gen --check
+
+crds:    ## regenerate crds/ from the operator's models, and what the chart derives from them
+	.venv/bin/factoryctl gen crds chart

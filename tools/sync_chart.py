@@ -10,13 +10,13 @@ One source each, copies generated:
 - the chart, rendered with deploy/gitops/base/values.yaml -> deploy/gitops/base/
   inference-factory.yaml (needs the pinned helm; skipped with a notice when it is absent)
 
-Usage: python tools/sync_chart.py [--check] [--helm PATH]
---check writes nothing and exits 1 listing the stale files (tests/unit/chart runs it).
+Usage: `factoryctl gen` (or `make gen`: every generator, tools/gen.py), or
+python tools/sync_chart.py [--check] [--helm PATH] for these steps only.
+--check writes nothing and exits 1 listing the stale files (tests/unit/chart checks the same).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -208,32 +208,11 @@ def stale(files: dict[Path, str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
-    parser.add_argument("--helm", help="helm binary (default: the pinned toolchain's)")
-    args = parser.parse_args(argv)
-    helm = find_helm(args.helm)
-    if helm is None:
-        print(
-            "notice: pinned helm not built yet (factoryctl dev tools): "
-            "deploy/gitops/base/inference-factory.yaml not rendered",
-            file=sys.stderr,
-        )
-    if args.check:
-        outdated = stale(chart_copies())
-        if not outdated and helm is not None:
-            outdated = stale(gitops_render(helm))
-        for path in outdated:
-            print(f"stale: {path.relative_to(ROOT)}")
-        if outdated:
-            print("run: python tools/sync_chart.py", file=sys.stderr)
-        return 1 if outdated else 0
-    for produce in (chart_copies, lambda: gitops_render(helm) if helm else {}):
-        for path in stale(files := produce()):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(files[path])
-            print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    """The `chart` and `gitops` steps of tools/gen.py (the one command behind every generated
+    file); kept so that `python tools/sync_chart.py [--check] [--helm PATH]` still works."""
+    from tools import gen  # noqa: PLC0415  (gen imports this module)
+
+    return gen.main(["chart", "gitops", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The `factoryctl` command line (typer): `factoryctl dev tools|vllm|up|down|status|env`."""
+"""The `factoryctl` command line (typer): `factoryctl dev tools|vllm|up|down|status|env|load|
+kill-sim` and `factoryctl gen`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 
 from factoryctl import fleet
 from factoryctl.errors import FactoryctlError
+from factoryctl.gen import run_gen
 from factoryctl.home import FleetHome, default_home
 from factoryctl.redis_server import ensure_redis
 from factoryctl.toolchain import ensure_tools
@@ -328,6 +330,26 @@ def engines_agent(home: HomeOption = None, topology: TopologyOption = DEFAULT_TO
     real = RealEngines(ctx.home, setup) if setup is not None else None
     logging.info("real engine: %s", "on" if real else "off (the simulator serves every pod)")
     EnginesAgent(str(ctx.home.kubeconfig), ctx.topology, urls, targets_file(ctx), real=real).run()
+
+
+@app.command("gen")
+def gen(
+    steps: Annotated[
+        list[str] | None, typer.Argument(help="crds, chart, gitops (default: all, in order).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 listing the stale files.")
+    ] = False,
+    helm: Annotated[
+        Path | None, typer.Option("--helm", help="helm binary (default: the pinned one).")
+    ] = None,
+) -> None:
+    """Regenerate every generated file (CRDs, chart copies, dashboards, runbooks, GitOps render)."""
+    try:
+        code = run_gen(steps or [], check=check, helm=helm)
+    except FactoryctlError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
