@@ -61,6 +61,7 @@ class Kube:
         self._resources_lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
         self._missing: dict[tuple[str, str], float] = {}
+        self._probe_lock = asyncio.Lock()
         self.settings = settings
         self.metrics = metrics
         self.timeout = (settings.api_connect_timeout_seconds, settings.api_timeout_seconds)
@@ -100,24 +101,28 @@ class Kube:
         `KIND_RECHECK_SECONDS` before asking again (a CRD installed later is seen then).
         """
         key = (api_version, kind)
-        missed_at = self._missing.get(key)
-        if missed_at is not None and time.monotonic() - missed_at < KIND_RECHECK_SECONDS:
-            return False
-
-        def probe() -> bool:
-            try:
-                self._resource(api_version, kind)
-            except ResourceNotFoundError:
+        if key in self._resources:
+            return True  # found before: kept by _resource, no request
+        # One probe at a time: concurrent reconciles would each re-run the whole discovery.
+        async with self._probe_lock:
+            missed_at = self._missing.get(key)
+            if missed_at is not None and time.monotonic() - missed_at < KIND_RECHECK_SECONDS:
                 return False
-            return True
 
-        self.metrics.api_reads.labels(kind="Discovery").inc()
-        found = await self._call(probe)
-        if found:
-            self._missing.pop(key, None)
-        else:
-            self._missing[key] = time.monotonic()
-        return found
+            def probe() -> bool:
+                try:
+                    self._resource(api_version, kind)
+                except ResourceNotFoundError:
+                    return False
+                return True
+
+            self.metrics.api_reads.labels(kind="Discovery").inc()
+            found = await self._call(probe)
+            if found:
+                self._missing.pop(key, None)
+            else:
+                self._missing[key] = time.monotonic()
+            return found
 
     async def list(
         self,
