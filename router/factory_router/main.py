@@ -31,6 +31,7 @@ from factory_router.app.state import RouterState
 from factory_router.discovery.static import load_fleet_file
 from factory_router.policy.config import (
     EjectionConfig,
+    FlowConfig,
     HoldConfig,
     Limits,
     RetryBudgetConfig,
@@ -47,6 +48,7 @@ from factory_router.quota.service import QuotaConfig
 log = logging.getLogger("factory_router.main")
 _T, _L, _S, _R, _H = Timeouts(), Limits(), ScoringConfig(), RouterConfig(), HoldConfig()
 _Q = QuotaConfig()
+_F = FlowConfig()
 
 
 class Settings(BaseSettings):
@@ -109,6 +111,29 @@ class Settings(BaseSettings):
     )
     hold_retry_after: int = Field(
         _H.retry_after_seconds, ge=1, description="Retry-After seconds on a hold's 503"
+    )
+    flow_control: bool = Field(
+        _F.enabled,
+        description="when every compliant engine is at capacity, requests wait in the router "
+        "by the tenants' priority class, tenants of a class in turn (--no-flow-control: off)",
+    )
+    flow_max_queued: int = Field(
+        _F.max_queued,
+        ge=0,
+        description="requests waiting at once for capacity; one more sheds the lowest class "
+        "first (503 capacity_shed)",
+    )
+    flow_max_wait_interactive: float = Field(
+        _F.max_wait_interactive, ge=0, description="longest wait of an interactive request"
+    )
+    flow_max_wait_standard: float = Field(
+        _F.max_wait_standard, ge=0, description="longest wait of a standard request"
+    )
+    flow_max_wait_batch: float = Field(
+        _F.max_wait_batch, ge=0, description="longest wait of a batch request"
+    )
+    flow_retry_after: int = Field(
+        _F.retry_after_seconds, ge=1, description="Retry-After seconds of a capacity_shed 503"
     )
     prometheus_interval: float = Field(_R.prometheus_interval, gt=0)
     probe_interval: float = Field(
@@ -196,6 +221,14 @@ class Settings(BaseSettings):
                 max_requests=self.hold_max_requests,
                 timeout_seconds=self.hold_timeout,
                 retry_after_seconds=self.hold_retry_after,
+            ),
+            flow=FlowConfig(
+                enabled=self.flow_control,
+                max_queued=self.flow_max_queued,
+                max_wait_interactive=self.flow_max_wait_interactive,
+                max_wait_standard=self.flow_max_wait_standard,
+                max_wait_batch=self.flow_max_wait_batch,
+                retry_after_seconds=self.flow_retry_after,
             ),
             prometheus_interval=self.prometheus_interval,
             probe_interval=self.probe_interval,

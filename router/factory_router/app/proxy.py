@@ -11,6 +11,11 @@ usage is sent upstream with `stream_options.include_usage`, and the usage chunk 
 answer is stripped; each request's tokens (the engine's `usage`, else the estimate of a
 stream cut short) go to the token counters and its access line, in `handle`'s `finally`
 (a client that leaves cancels the handler: what was relayed until then is recorded).
+
+Priority and fairness (`factory_router.flow`): when every candidate of the plan is at its
+batch capacity (or others already wait), the request waits its turn in the flow queue, then
+is planned again; shed: 503 `capacity_shed` with `Retry-After`. Each attempt's end tells the
+queue that a slot may be free.
 """
 
 from __future__ import annotations
@@ -128,6 +133,10 @@ async def handle(state: RouterState, request: Request) -> None:
             if request.path in _COMPLETION_PATHS:
                 body, strip_usage = ask_for_usage(doc, body)
             route = await plan_or_hold(state, req, request.headers)  # scale from zero: hold.py
+            flow = state.flow  # every compliant engine at capacity: wait in turn (flow/)
+            if flow is not None and flow.must_wait(route.ordered):
+                await flow.wait(tenant.name, tenant.priority, model, allowed)
+                route = state.plan(req)  # the load changed while it waited
             await _forward(
                 state, request, route=route, req=req, body=body, out=out, strip_usage=strip_usage
             )
@@ -250,12 +259,12 @@ async def _forward(
                 sent = _endpoint_headers(state, to_engine, backend, client_region)
             opened = await state.upstream.open(backend, "POST", request.path, body, sent)
         except AttemptFailed as failure:
-            state.load.passive.finish(backend.id)
+            _attempt_ended(state, backend.id)
             _record_failure(state, ranked, failure.kind)
             last = failure
             continue
         except BaseException:
-            state.load.passive.finish(backend.id)
+            _attempt_ended(state, backend.id)
             raise
         completed = False
         try:
@@ -277,7 +286,7 @@ async def _forward(
             return
         finally:
             opened.close()
-            state.load.passive.finish(backend.id)
+            _attempt_ended(state, backend.id)
             if completed:
                 state.load.observe_completion(
                     backend,
@@ -299,6 +308,14 @@ async def _forward(
         f"Every compliant backend for this model failed ({out.attempts} tried); "
         f"last error: {last.kind if last else 'none'}."
     )
+
+
+def _attempt_ended(state: RouterState, backend_id: str) -> None:
+    """An attempt's batch slot is free: counted, and the flow queue told (a request waiting
+    for room may go)."""
+    state.load.passive.finish(backend_id)
+    if state.flow is not None:
+        state.flow.kick()
 
 
 def _record_failure(state: RouterState, ranked: Ranked, kind: str) -> None:

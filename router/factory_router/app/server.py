@@ -121,6 +121,8 @@ class RouterApp:
         self.state.access_log.flush()
         await self.state.upstream.close()
         await self.state.quota.close()
+        if self.state.flow is not None:
+            await self.state.flow.close()
 
 
 def create_app(

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field, replace
 from factory_router.app.hold import Holds
 from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
+from factory_router.flow.control import FlowControl
 from factory_router.policy.config import RouterConfig
-from factory_router.policy.fleet import Fleet, RttMatrix, build_fleet
+from factory_router.policy.errors import ModelNotFound
+from factory_router.policy.fleet import Backend, Fleet, RttMatrix, build_fleet
 from factory_router.policy.health import Ejector, LatencyEjector, RetryBudget
 from factory_router.policy.policies import PolicyName, Ranker, RouteRequest
-from factory_router.policy.route import RoutePlan, plan
+from factory_router.policy.route import RoutePlan, healthy, plan
 from factory_router.policy.tenants import TenantLimits, TenantTable
 from factory_router.quota.service import QuotaConfig, QuotaService
 from factory_router.signals.load import LoadState
@@ -46,6 +48,7 @@ class RouterState:
     endpoint_key: str | None = None  # presented to `via_endpoint` backends (their router)
     rtt: RttMatrix | None = None  # --rtt: every fleet installed gets it (reloads included)
     holds: Holds = field(default_factory=lambda: Holds(RouterConfig().hold))  # scale from zero
+    flow: FlowControl | None = None  # priority and fairness under saturation (create() sets it)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     _jurisdictions: tuple[Fleet, TenantTable, frozenset[str]] | None = field(
         default=None, init=False, repr=False
@@ -107,6 +110,7 @@ class RouterState:
             rtt=rtt,
             holds=Holds(cfg.hold, metrics.registry),
         )
+        state.flow = FlowControl(cfg.flow, load, state.candidates, metrics.registry)
         if rtt is not None:
             state.set_fleet(state.fleet)
         # Read at scrape time: no gauge update (and its lock) on every request.
@@ -135,6 +139,15 @@ class RouterState:
             now=self.now(),
             explain=explain,
         )
+
+    def candidates(self, model: str, allowed: frozenset[str]) -> list[Backend]:
+        """The backends a request could go to now: the residency filter, then health (what
+        `plan` ranks); empty when none. For the flow queue's look for room."""
+        try:
+            compliant = self.fleet.compliant(model, allowed)
+        except ModelNotFound:
+            return []
+        return healthy(compliant, self.ejector, self.now())[0]
 
     def set_fleet(self, fleet: Fleet) -> None:
         """Swap in a new fleet view; ejection state of departed endpoints is dropped. The

@@ -133,6 +133,29 @@ class HoldConfig:
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    """Priority and fairness under saturation (`factory_router.flow`): when every compliant
+    engine of a request is at its batch capacity, the request waits in the router, highest
+    class first, tenants of one class in turn.
+
+    `max_queued` bounds the requests waiting at once (all classes, all models; each keeps its
+    body, up to `Limits.max_body_bytes`); one more sheds the lowest class first. A request
+    never waits longer than its class's `max_wait_*`: an interactive request that waited
+    seconds has missed its SLO, and its client does better retrying (`retry_after_seconds`)
+    than waiting on; a batch request may wait a minute."""
+
+    enabled: bool = True
+    max_queued: int = 512
+    max_wait_interactive: float = 5.0
+    max_wait_standard: float = 30.0
+    max_wait_batch: float = 60.0
+    retry_after_seconds: int = 2  # Retry-After of a 503 capacity_shed
+    # While requests wait, capacity is looked for on every request end of this router and
+    # this often (other routers' requests ending show in the load snapshot only).
+    poll_seconds: float = 0.05
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     """All of the above together."""
 
@@ -143,6 +166,7 @@ class RouterConfig:
     latency_ejection: LatencyEjectionConfig = field(default_factory=LatencyEjectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     hold: HoldConfig = field(default_factory=HoldConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     prometheus_interval: float = 2.0  # seconds between load snapshots
     reload_interval: float = 1.0  # seconds between checks of tenants/backends files
     probe_interval: float = 2.0  # seconds between RTT probes of each region (0 = none)

@@ -19,6 +19,10 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
     ├── NoCompliantBackend           (503, code=no_compliant_backend)
     │   └── ScalingFromZero          (503, code=scaling_from_zero)   + Retry-After: the model's
     │                                compliant pools are starting; hold queue full or waited out
+    ├── CapacityShed                 (503, code=capacity_shed)       + Retry-After: every
+    │                                compliant engine is at capacity and the flow queue shed the
+    │                                request (queue full, lowest class first; or its class's
+    │                                longest wait passed; factory_router.flow)
     ├── UpstreamFailed               (502, code=upstream_error)      every attempt failed
     └── UpstreamTimeout              (504, code=upstream_timeout)    stalled before 1st byte
 
@@ -150,6 +154,21 @@ class ScalingFromZero(NoCompliantBackend):
     served in time: the hold queue was full, or the hold timed out. Retry after a while."""
 
     code = "scaling_from_zero"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CapacityShed(RouterError):
+    """Every compliant engine was at its batch capacity, and the request waited in the flow
+    queue (`factory_router.flow`) until it was shed: the queue was full and it was the
+    request of the lowest class to go, or it waited its class's longest wait. Not the
+    tenant's own limit (that is a 429): the fleet is saturated; retry after a while."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "capacity_shed"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)

@@ -158,6 +158,18 @@ def rtt_to(
     return fleet.rtt.rtt_ms(client_region or view.router_region, backend.region, cfg), "matrix"
 
 
+def blended_outstanding(
+    backend: Backend, view: LoadView, sample: LoadSample | None, inflight: int
+) -> float:
+    """Requests running or waiting at the backend: the snapshot's running + waiting plus
+    what this router added or finished since it was taken, never less than this router's
+    own in flight there (`inflight`); this router's alone without a fresh snapshot."""
+    if sample is None:
+        return float(inflight)
+    delta = inflight - view.inflight_at_snapshot(backend.id)
+    return max(float(inflight), sample.waiting + sample.running + delta)
+
+
 def predict(
     backend: Backend,
     client_region: str | None,
@@ -181,8 +193,7 @@ def predict(
     ttft: float | None
     reflected = 0.0  # requests whose slowing effect the base TTFT already includes
     if sample is not None:
-        delta = inflight - view.inflight_at_snapshot(backend.id)
-        outstanding = max(float(inflight), sample.waiting + sample.running + delta)
+        outstanding = blended_outstanding(backend, view, sample, inflight)
         waiting = sample.waiting
         if sample.ttft_ms is not None:
             ttft, reflected = sample.ttft_ms, sample.running

@@ -11,6 +11,7 @@ Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
         requests_per_minute: 600           # optional quotas (factory_router.quota): absent =
         tokens_per_minute: 200000          # no such limit; all absent = no quota at all (no
         tokens_per_day: 50000000           # Redis call for this tenant)
+        priority: interactive              # optional: interactive | standard (default) | batch
 
 Fail closed everywhere: an empty, missing or unparseable file is a `PolicyError` (the
 router refuses to start, or keeps the previous good table on reload); an unknown key is
@@ -28,6 +29,11 @@ across every router replica (shared through Redis; `factory_router.quota`): beyo
 429 `rate_limit_exceeded` with `Retry-After`, before any engine is asked. A request
 reserves its worst case of tokens (prompt estimated from the body, plus `max_tokens`) and
 its answer's usage settles it. They follow the file: a reload applies to the next request.
+
+`priority` is the tenant's class when the compliant engines are saturated
+(`factory_router.flow`): requests wait in a bounded queue, the highest class is served
+first, tenants of one class in turn, and the lowest class is shed first. A reload applies
+to the next request.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,22 @@ from factory_router.policy.errors import (
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
+class PriorityClass(StrEnum):
+    """A tenant's class under saturation (`factory_router.flow`), highest first."""
+
+    INTERACTIVE = "interactive"
+    STANDARD = "standard"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        """0 for the highest class: served first, shed last."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {PriorityClass.INTERACTIVE: 0, PriorityClass.STANDARD: 1, PriorityClass.BATCH: 2}
+
+
 def hash_key(api_key: str) -> str:
     """The stored form of an API key."""
     return hashlib.sha256(api_key.encode()).hexdigest()
@@ -71,6 +94,7 @@ class _TenantDoc(BaseModel):
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
+    priority: PriorityClass = PriorityClass.STANDARD
 
     @field_validator("jurisdictions")
     @classmethod
@@ -110,6 +134,7 @@ class Tenant:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
+    priority: PriorityClass = PriorityClass.STANDARD  # its class under saturation (flow)
 
 
 @dataclass(frozen=True)
@@ -174,6 +199,7 @@ def parse_tenants(doc: Any) -> TenantTable:
             requests_per_minute=t.requests_per_minute,
             tokens_per_minute=t.tokens_per_minute,
             tokens_per_day=t.tokens_per_day,
+            priority=t.priority,
         )
         for h in t.api_keys_sha256:
             if h in by_hash:
