@@ -133,6 +133,14 @@ def crd_objects() -> dict[str, dict[str, Any]]:
                 "description": "Pools with all replicas ready / pools in spec.",
             },
             {"name": "Jurisdictions", "type": "string", "jsonPath": ".status.jurisdictions"},
+            {
+                "name": "USD/Mtok",
+                "type": "string",
+                "priority": 1,
+                "jsonPath": ".status.costs",
+                "description": "Each pool's cost per million tokens (status.pools[]."
+                "costPerMillionTokens).",
+            },
             _ready(),
             {
                 "name": "Reason",

@@ -23,6 +23,7 @@ from .common import (
     MAX_NAME,
     MAX_STRING,
     MAX_URI,
+    RFC3339,
     ApiModel,
     Condition,
     LabelValue,
@@ -413,6 +414,14 @@ class PoolStatus(ApiModel):
         description="The autoscaler's desired and current replicas, its reason, and what it "
         "remembers between decisions.",
     )
+    cost_per_million_tokens: float | None = Field(
+        default=None,
+        description="USD per million tokens (prompt + generated) over the last 5 minutes, "
+        "every ready replica billed at its region's spec.pricing for its accelerators; "
+        "absent while the pool serves no token, or without a price or a Prometheus "
+        "(--prometheus-url). Refreshed at most once a minute.",
+        ge=0,
+    )
 
 
 class InferenceFactoryStatus(ApiModel):
@@ -438,6 +447,18 @@ class InferenceFactoryStatus(ApiModel):
         default="",
         description="Jurisdictions where pools run, comma-separated, for kubectl.",
         max_length=MAX_STRING,
+    )
+    costs: str = Field(
+        default="",
+        description="Each pool's costPerMillionTokens (USD), e.g. 'dub=0.42,fra=0.51', for "
+        "kubectl.",
+        max_length=MAX_STRING,
+    )
+    costs_time: str | None = Field(
+        default=None,
+        description="When the pools' costPerMillionTokens were computed (RFC 3339).",
+        json_schema_extra={"format": RFC3339},
+        max_length=64,
     )
 
 

@@ -7,6 +7,8 @@
 - A timer per factory with ``spec.autoscaling`` (``factory-autoscale``, every
   ``--autoscale-interval`` seconds): the autoscaler's decision, the same reconcile with the
   load read from ``--prometheus-url``; the other handlers keep its counts.
+- A timer per factory (``factory-economics``, every minute): the unit economics' gauges and
+  each pool's cost per million tokens in status (``k8s.economics``).
 - FleetRegion events (``region-changed``): refresh the region's status, wake its factories.
 - Node events (``node-changed``): when a node's labels, accelerators or readiness changed
   (not on heartbeats), refresh the status of its regions (nodes, ready nodes, accelerator
@@ -39,6 +41,7 @@ from factory_operator.k8s import (
     load_api_client,
     node_info,
 )
+from factory_operator.k8s.economics import ECONOMICS_INTERVAL_SECONDS, TokenReader, economics_tick
 from factory_operator.plan import NodeInfo, OperatorSettings, plan_region_status
 
 from .index import RegionRefreshes, changed_regions, regions_of_node
@@ -201,6 +204,27 @@ def build_registry(
         except (kopf.PermanentError, kopf.TemporaryError) as err:
             # The next tick is the retry: no backoff state for kopf to keep in annotations.
             log.warning("autoscale: %s", err, extra={"factory": name})
+
+    tokens = TokenReader(settings.prometheus_url) if settings.prometheus_url else None
+
+    # Unit economics (k8s.economics): the price and power gauges, and each pool's cost per
+    # million tokens in status, at most once a minute; no other handler reads or writes them.
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        FACTORIES,
+        id="factory-economics",
+        registry=registry,
+        interval=ECONOMICS_INTERVAL_SECONDS,
+    )
+    async def factory_economics(
+        body: kopf.Body, name: str, memo: kopf.Memo, **indexes: Any
+    ) -> None:
+        async with runtime(memo).lock:
+            try:
+                await economics_tick(kube(), body, watched_view(indexes, own), metrics, tokens)
+            except TransientError as err:  # the next tick is the retry
+                log.warning("economics: %s", err, extra={"factory": name})
 
     async def refresh_region(name: str, watched: Watched) -> None:
         """The region's status from the region and the nodes as the watches hold them;

@@ -9,6 +9,14 @@ per pool (what KEDA or an HPA consumes in mode external; named by the CRD's desc
 ``factory_operator_capacity_pressure_missing_{requests,replicas}`` what a jurisdiction's pools
 at their ceiling cannot take (0 when nothing is missing), ``factory_operator_scale_events``
 its decisions that changed a count (a flapping pool shows as a fast-growing counter).
+
+Unit economics (issue 19, item 4): ``factory_operator_accelerator_price_per_hour`` and
+``factory_operator_accelerator_power_watts`` per region and accelerator type (each
+FleetRegion's ``spec.pricing`` and ``spec.power``), and
+``factory_operator_pool_accelerators``, the accelerators one replica of a pool takes, labelled
+with its model and accelerator kind and type: the recording rules of deploy/monitoring join
+them with ``factory_operator_pool_replicas`` and the engines' token counters into cost per
+million tokens and tokens per joule.
 """
 
 from __future__ import annotations
@@ -18,6 +26,16 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 CONDITION_STATUSES = ("True", "False", "Unknown")  # a condition's status: one gauge each
+POOL_ECONOMICS_LABELS = [
+    "namespace",
+    "factory",
+    "pool",
+    "region",
+    "jurisdiction",
+    "model",
+    "accelerator_kind",
+    "accelerator_type",
+]
 
 
 class OperatorMetrics:
@@ -83,9 +101,30 @@ class OperatorMetrics:
             ["namespace", "factory", "pool", "direction"],
             registry=self.registry,
         )
+        self.price_per_hour = Gauge(
+            "factory_operator_accelerator_price_per_hour",
+            "Price of one accelerator-hour in USD (FleetRegion spec.pricing).",
+            ["region", "accelerator_type"],
+            registry=self.registry,
+        )
+        self.power_watts = Gauge(
+            "factory_operator_accelerator_power_watts",
+            "Power draw of one accelerator in watts (FleetRegion spec.power).",
+            ["region", "accelerator_type"],
+            registry=self.registry,
+        )
+        self.pool_accelerators = Gauge(
+            "factory_operator_pool_accelerators",
+            "Accelerators per replica of the pool (GPUs, or Neuron devices).",
+            POOL_ECONOMICS_LABELS,
+            registry=self.registry,
+        )
         # Series exported per factory for the gauges above, removed when they no longer apply.
         self._scaled: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         self._pressured: dict[tuple[str, str], set[str]] = {}
+        self._priced: set[tuple[str, str]] = set()
+        self._powered: set[tuple[str, str]] = set()
+        self._equipped: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
         # The reason last exported per (namespace, factory, condition type): a condition has
         # one reason at a time, so the series of the previous reason is removed, not left at
@@ -135,6 +174,37 @@ class OperatorMetrics:
             self.missing_replicas.labels(namespace, factory, jurisdiction).set(replicas)
         self._pressured[key] = set(missing)
 
+    def set_region_economics(
+        self,
+        prices: Mapping[tuple[str, str], float],
+        power: Mapping[tuple[str, str], float],
+    ) -> None:
+        """Export every region's price and power per accelerator type, (region, type) ->
+        value, replacing what was exported before (a type dropped from a region goes)."""
+        for gauge, values, known in (
+            (self.price_per_hour, prices, self._priced),
+            (self.power_watts, power, self._powered),
+        ):
+            for labels in known - set(values):
+                gauge.remove(*labels)
+            for labels, value in values.items():
+                gauge.labels(*labels).set(value)
+            known.clear()
+            known.update(values)
+
+    def set_pool_accelerators(
+        self, namespace: str, factory: str, pools: Mapping[tuple[str, ...], int]
+    ) -> None:
+        """Export one factory's accelerators per replica, (pool, region, jurisdiction, model,
+        kind, type) -> count, replacing what it exported before."""
+        key = (namespace, factory)
+        for labels in self._equipped.pop(key, set()) - set(pools):
+            self.pool_accelerators.remove(namespace, factory, *labels)
+        for labels, count in pools.items():
+            self.pool_accelerators.labels(namespace, factory, *labels).set(count)
+        if pools:
+            self._equipped[key] = set(pools)
+
     def forget_factory(self, namespace: str, factory: str) -> None:
         """Remove a deleted factory's condition and autoscaler series."""
         for key in [k for k in self._reasons if k[:2] == (namespace, factory)]:
@@ -142,6 +212,7 @@ class OperatorMetrics:
             for value in CONDITION_STATUSES:
                 self.condition.remove(namespace, factory, key[2], value, reason)
         self.set_autoscaling(namespace, factory, {}, {})
+        self.set_pool_accelerators(namespace, factory, {})
         self._scaled.pop((namespace, factory), None)
         self._pressured.pop((namespace, factory), None)
 

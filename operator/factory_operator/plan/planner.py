@@ -20,6 +20,7 @@ from factory_operator.api import (
 )
 from factory_operator.api.errors import SpecError
 
+from .economics import keep_costs
 from .engine import merge_engine, resolve_profile, revision_hash, tensor_parallel_size, vllm_args
 from .jurisdiction import pressure_condition
 from .observed import ChildRef, Observed, PodProblem
@@ -343,6 +344,8 @@ def plan_factory(
         pools_ready=f"{ready_pools}/{len(pools)}",
         jurisdictions=",".join(running_in),
     )
+    # Costs per million tokens change only on the economics timer (plan.economics).
+    status = keep_costs(status, factory.status)
     invalid = [o.message for o in outcomes if o.status.reason == "InvalidSpec"]
     return Plan(
         apply=apply,
