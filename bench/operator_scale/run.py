@@ -65,9 +65,15 @@ def topology(factories: int) -> dict[str, Any]:
     """bench's topology.yaml with node pools big enough for every pool's replica (+10%)."""
     base = yaml.safe_load((HERE / "topology.yaml").read_text())
     nodes = max(14, -(-factories * 11 // 10 // GPUS_PER_NODE))
+    per_pool = 50  # factoryctl's ceiling per node pool
     for region in base["regions"]:
-        for node_pool in region["nodePools"]:
-            node_pool["count"] = nodes
+        template = region["nodePools"][0]
+        name = template["name"]
+        region["nodePools"] = [
+            {**template, "name": f"{name}-{i}" if nodes > per_pool else name,
+             "count": min(per_pool, nodes - i * per_pool)}
+            for i in range(-(-nodes // per_pool))
+        ]  # fmt: skip
     return dict(base)
 
 
