@@ -6,7 +6,7 @@ One source each, copies generated:
 - tools/dashboards.py -> deploy/monitoring/dashboards/*.json -> charts/.../files/dashboards/
 - deploy/monitoring/alerts.yaml -> charts/.../files/alerts.yaml (wrapped in a PrometheusRule)
   and docs/runbooks.md (the alerts' runbook_url targets)
-- charts/.../values.schema.json + values.yaml -> the values table of charts/.../README.md
+- charts/.../values.schema.json + values.yaml -> the values table of the chart's README.md
 - the chart, rendered with deploy/gitops/base/values.yaml -> deploy/gitops/base/
   inference-factory.yaml (needs the pinned helm; skipped with a notice when it is absent)
 

@@ -6,7 +6,7 @@ target per Ready engine pod at its simulated engine's address, labelled with the
 label set (namespace, factory, pool, region, jurisdiction, pod; vLLM adds model_name and
 engine): the same labels the chart's PodMonitor gives in a real cluster. Prometheus watches
 the file, so a scaled pool shows within a scrape interval. The operator and the router are
-scraped too. Scrapes run every second, as the design brief asks of the local fleet.
+scraped too. Scrapes run every second, as docs/architecture.md ("The local fleet") says.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ from factoryctl.errors import ComponentError
 
 ROUTER_REGION = "eu-west-1"
 READY_TIMEOUT_S = 90.0  # covers the first list of four kinds on a busy 2-core machine
-# The local fleet scrapes every second (DESIGN.md section 5): the router reads a snapshot
-# every second too, and calls it stale after five missed ones.
+# The local fleet scrapes every second (docs/architecture.md, "The local fleet"): the router
+# reads a snapshot every second too, and calls it stale after five missed ones.
 PROMETHEUS_INTERVAL_S = 1.0
 STALE_AFTER_S = 5.0
 

@@ -1,7 +1,7 @@
 """Shared API pieces: group/version, the strict base model, Kubernetes-style conditions.
 
-Field names are the API contract (DESIGN.md section 3): Python names are snake_case and
-the wire names are their camelCase aliases, generated once here.
+Field names are the API contract (docs/architecture.md, "The API"): Python names are
+snake_case and the wire names are their camelCase aliases, generated once here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Kubernetes objects -> Fleet: a pure translation, plus the cache that watch events update.
 
-Sources (API contract `inference.factory.dev/v1alpha1`, see DESIGN.md section 3), the
-FleetRegions and InferenceFactories read through the contract's views
+Sources (API contract `inference.factory.dev/v1alpha1`: docs/architecture.md, "The API"),
+the FleetRegions and InferenceFactories read through the contract's views
 (`factory_contract.status`: a field the router cannot use reads as absent):
 
 - FleetRegion (cluster-scoped): `metadata.name` is the region, `spec.jurisdiction` its
