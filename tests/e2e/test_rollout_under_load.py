@@ -18,6 +18,10 @@ without a serving replica is a 503 at once, as the issue saw, not a wait that hi
 Counted twice: from the client (every stream complete, finish_reason stop or length) and
 from the engines' own counters (requests received and finished, including the engines that
 the roll retired).
+
+Item 5 too: a factory rolled to a revision that plays a bad one (`answer_seed`) answers a
+golden prompt otherwise, the same on every ask, and its first answers again once rolled
+back.
 """
 
 from __future__ import annotations
@@ -390,3 +394,56 @@ def test_two_pools_scaled_down_and_rolled_under_load_drop_nothing(fleet: Fleet) 
 def test_a_one_replica_pool_rolls_under_load_without_a_gap(fleet: Fleet) -> None:
     """No other pool to fail over to: the pool's own surge replica carries it."""
     _roll_under_load(fleet, ONE_POOL, lambda: _roll(fleet, ONE_POOL, {"h100-dub": 1}))
+
+
+GOLDEN = Probe("rollout-golden", "rollout-golden-8b", {
+    "h100-dub": ("eu-west-1", {"min": 1, "max": 2}),
+})  # fmt: skip
+GOLDEN_PROMPT = "Golden prompt: name the three primary colours."
+
+
+def _golden(url: str, key: str, model: str) -> str:
+    """The answer to the golden prompt, greedy (temperature 0), through the router."""
+    body = {"model": model, "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": GOLDEN_PROMPT}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}", "x-factory-hold-timeout": "0"}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    text: str = reply.json()["choices"][0]["message"]["content"]
+    return text
+
+
+def _roll_env(fleet: Fleet, probe: Probe, behaviour: str) -> None:
+    start = _revisions(fleet, probe)
+    env = [{"name": "FACTORY_SIM_BEHAVIOUR", "value": behaviour}]
+    _patch(fleet, probe, {"engine": {**ENGINE, "env": env}})
+    wait_until(lambda: _settled(fleet, probe, {"h100-dub": 1}, start), 90, interval=0.5,
+               what=f"the pool rolled to FACTORY_SIM_BEHAVIOUR={behaviour}")  # fmt: skip
+    # Only the new engine answers once the old one has drained and stopped.
+    wait_until(lambda: len(_engines(fleet, probe, ("engines",))) == 1, 60, interval=0.5,
+               what="the old revision's engine to stop")  # fmt: skip
+
+
+def test_a_bad_revision_answers_otherwise_and_a_golden_prompt_tells(fleet: Fleet) -> None:
+    """Issue 18 item 5 in the local fleet: a factory's `engine.env` FACTORY_SIM_BEHAVIOUR rolls
+    its pool to an engine that answers otherwise (answer_seed); its greedy answers are the
+    same on every ask, and rolling back brings the first revision's answers back."""
+    url, key = fleet.env["router_url"], fleet.env["tenants"]["eu-only"]["api_key"]
+    fleet.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(GOLDEN.doc()))
+    try:
+        wait_until(lambda: _settled(fleet, GOLDEN, {"h100-dub": 1}, {}), 120, interval=0.5,
+                   what="the pool ready")  # fmt: skip
+        wait_until(lambda: _serves(url, key, GOLDEN.model), 60, interval=0.5,
+                   what="the router to serve it")  # fmt: skip
+        good = _golden(url, key, GOLDEN.model)
+        assert _golden(url, key, GOLDEN.model) == good
+        _roll_env(fleet, GOLDEN, f"load_s={LOAD_SECONDS},answer_seed=v2")
+        bad = _golden(url, key, GOLDEN.model)
+        assert bad != good, bad
+        assert _golden(url, key, GOLDEN.model) == bad  # deterministic per revision
+        _roll_env(fleet, GOLDEN, f"load_s={LOAD_SECONDS}")  # rolled back
+        assert _golden(url, key, GOLDEN.model) == good
+    finally:
+        fleet.cluster.kubectl("delete", "inferencefactory", GOLDEN.name, "-n", NAMESPACE,
+                              "--ignore-not-found", "--wait=false")  # fmt: skip
+    print(f"\ngolden prompt: good revision {good!r}, bad revision {bad!r}")
