@@ -42,7 +42,9 @@ def _steps(panel: dict[str, Any]) -> list[float]:
 
 
 def test_there_are_dashboards() -> None:
-    assert [p.stem for p in DASHBOARDS] == ["fleet-overview", "region-slos", "residency"]
+    assert [p.stem for p in DASHBOARDS] == [
+        "economics", "fleet-overview", "region-slos", "residency"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
