@@ -1,15 +1,21 @@
 """Every PromQL expression of the dashboards and alert rules returns data from the local
-fleet's real Prometheus under load (alert expressions without their threshold comparison)."""
+fleet's real Prometheus under load (alert expressions without their threshold comparison),
+the unit-economics rules and the economics dashboard included; and each pool's cost per
+million tokens in its factory's status agrees with the same figure computed here from the raw
+token samples Prometheus holds (issue 19, item 4)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -226,3 +232,57 @@ def test_expression_returns_data(loaded_prometheus: PrometheusConnect, name: str
     result = wait_until(lambda: loaded_prometheus.custom_query(expr), 30, interval=1,
                         what=f"data for {name}: {expr}")  # fmt: skip
     assert result
+
+
+WINDOW_SECONDS = 300  # the operator's and the recording rules' [5m]
+
+
+def _increase(values: list[float]) -> float:
+    """A counter's increase over its samples, across restarts (a drop is a reset)."""
+    return sum(b - a if b >= a else b for a, b in itertools.pairwise(values))
+
+
+def _offline_cost(prom: PrometheusConnect, factory: dict[str, Any], pool: dict[str, Any],
+                  region: dict[str, Any]) -> float:  # fmt: skip
+    """The pool's cost per million tokens from the raw samples of its engines' token counters
+    over the 5 minutes before the status's costsTime, every ready replica billed."""
+    meta = factory["metadata"]
+    at = datetime.fromisoformat(factory["status"]["costsTime"].replace("Z", "+00:00"))
+    match = f'namespace="{meta["namespace"]}", factory="{meta["name"]}", pool="{pool["name"]}"'
+    tokens = 0.0
+    for counter in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
+        for series in prom.custom_query(f"{counter}{{{match}}}[{WINDOW_SECONDS}s]",
+                                        params={"time": at.timestamp()}):  # fmt: skip
+            tokens += _increase([float(v) for _, v in series["values"]])
+    spec = next(p for p in factory["spec"]["pools"] if p["name"] == pool["name"])
+    accelerator = spec["accelerator"]
+    per_hour = pool["readyReplicas"] * accelerator["count"] * region["pricing"][accelerator["type"]]
+    return 1e6 * per_hour / (3600 * tokens / WINDOW_SECONDS)
+
+
+def test_status_cost_agrees_with_an_offline_computation(
+    fleet: Fleet, loaded_prometheus: PrometheusConnect
+) -> None:
+    def costed() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        listed = fleet.cluster.kubectl("get", "inferencefactories", "-A", "-o", "json")
+        return [
+            (factory, pool)
+            for factory in json.loads(listed)["items"]
+            for pool in (factory.get("status") or {}).get("pools", [])
+            if "costPerMillionTokens" in pool
+        ]
+
+    # The economics timer runs once a minute per factory.
+    found = wait_until(costed, 150, interval=2, what="a pool's costPerMillionTokens in status")
+    regions = {r["metadata"]["name"]: r["spec"] for r in json.loads(
+        fleet.cluster.kubectl("get", "fleetregions", "-o", "json"))["items"]}  # fmt: skip
+    compared = []
+    for factory, pool in found:
+        offline = _offline_cost(loaded_prometheus, factory, pool, regions[pool["region"]])
+        name = f"{factory['metadata']['namespace']}/{factory['metadata']['name']}/{pool['name']}"
+        compared.append((name, pool["costPerMillionTokens"], round(offline, 4)))
+        print(f"{name}: status {pool['costPerMillionTokens']} USD/Mtok, offline {offline:.4f}")
+    assert all(abs(status - offline) <= 0.05 * offline for _, status, offline in compared), compared
+    # kubectl's printer column (-o wide) shows the same figures.
+    wide = fleet.cluster.kubectl("get", "inferencefactories", "-A", "-o", "wide")
+    assert "USD/MTOK" in wide.splitlines()[0]

@@ -14,9 +14,10 @@ reads no Prometheus and writes nothing for it. Per run:
       sum by (pool) (rate(vllm:prompt_tokens_total{namespace, factory}[5m]))
         + sum by (pool) (rate(vllm:generation_tokens_total{namespace, factory}[5m]))
 
-  then ``plan.economics.pool_costs`` and a status patch (``pools``, ``costs``,
-  ``costsTime``) only when a cost changed at its 4 significant digits. Prometheus failing:
-  nothing written, the last costs stay (logged), as for the autoscaler.
+  evaluated at the run's own time, written as ``costsTime`` (so the figure can be recomputed
+  from the same samples), then ``plan.economics.pool_costs`` and a status patch (``pools``,
+  ``costs``, ``costsTime``) only when a cost changed at its 4 significant digits. Prometheus
+  failing: nothing written, the last costs stay (logged), as for the autoscaler.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ from factory_operator.plan.economics import pool_costs, with_costs
 
 from .cache import TOP_LEVEL, Watched
 from .client import Kube
-from .load import QUERY_TIMEOUT_SECONDS, Query, Vector
+from .load import QUERY_TIMEOUT_SECONDS, Vector
 from .metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ ECONOMICS_INTERVAL_SECONDS = 60.0  # "refreshed at most once a minute"
 RATE_WINDOW = "5m"  # the recording rules' window (deploy/monitoring/alerts.yaml)
 FACTORY_API = "inference.factory.dev/v1alpha1"
 Obj = dict[str, Any]
+TimedQuery = Callable[[str, float], Vector]  # PromQL, evaluation time (Unix seconds)
 
 
 def _escape(value: str) -> str:
@@ -78,23 +80,29 @@ class TokenReader:
     """Reads a factory's tokens per second by pool from one Prometheus."""
 
     def __init__(
-        self, url: str, timeout: float = QUERY_TIMEOUT_SECONDS, query: Query | None = None
+        self, url: str, timeout: float = QUERY_TIMEOUT_SECONDS, query: TimedQuery | None = None
     ) -> None:
         self.url = url
         self.timeout = timeout
         self._query = query  # test seam; default: prometheus-api-client, built on first use
 
-    def _read(self, namespace: str, factory: str) -> dict[str, float]:
+    def _read(self, namespace: str, factory: str, at: float) -> dict[str, float]:
         if self._query is None:
             # No retries inside a read: the next tick is the retry.
             prom = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=self.timeout)
-            self._query = prom.custom_query
-        return tokens_from_vector(self._query(tokens_query(namespace, factory)))
 
-    async def read(self, namespace: str, factory: str) -> dict[str, float] | None:
-        """Tokens per second by pool, or None when Prometheus did not answer (logged)."""
+            def run(promql: str, when: float) -> Vector:
+                result: Vector = prom.custom_query(promql, params={"time": when})
+                return result
+
+            self._query = run
+        return tokens_from_vector(self._query(tokens_query(namespace, factory), at))
+
+    async def read(self, namespace: str, factory: str, at: float) -> dict[str, float] | None:
+        """Tokens per second by pool at ``at`` (Unix seconds), or None when Prometheus did
+        not answer (logged)."""
         try:
-            return await asyncio.to_thread(self._read, namespace, factory)
+            return await asyncio.to_thread(self._read, namespace, factory, at)
         except Exception as exc:  # any failure of the source is "no figures"
             log.warning(
                 "token read from %s failed for %s/%s: %s: %s",
@@ -159,23 +167,24 @@ async def refresh_economics(
     metrics: OperatorMetrics,
     tokens: TokenReader | None,
     *,
-    now: str,
+    now: datetime,
 ) -> Obj | None:
-    """One run of the economics timer; returns the API server's answer to the status patch,
-    None when nothing was written."""
+    """One run of the economics timer at ``now`` (whole seconds, UTC); returns the API
+    server's answer to the status patch, None when nothing was written."""
     export_gauges(metrics, factory, regions)
     if tokens is None or factory.status is None or factory.metadata.deletion_timestamp:
         return None
     namespace = factory.metadata.namespace or "default"
-    rates = await tokens.read(namespace, factory.metadata.name)
+    rates = await tokens.read(namespace, factory.metadata.name, now.timestamp())
     if rates is None:
         return None
     status = factory.status
-    updated = with_costs(status, pool_costs(factory, regions, rates), now)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    updated = with_costs(status, pool_costs(factory, regions, rates), stamp)
     if updated is status:
         return None
     wire = updated.to_wire()
-    patch = {"pools": wire.get("pools", []), "costs": wire.get("costs", ""), "costsTime": now}
+    patch = {"pools": wire.get("pools", []), "costs": wire.get("costs", ""), "costsTime": stamp}
     return await kube.patch_status(
         FACTORY_API, "InferenceFactory", factory.metadata.name, namespace, patch
     )
@@ -200,7 +209,7 @@ async def economics_tick(
         factory = InferenceFactory.model_validate({k: live[k] for k in TOP_LEVEL if k in live})
     except ValueError:
         return  # the reconcile reports a refused spec
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).replace(microsecond=0)
     regions = region_models(watched.region_objects())
     answer = await refresh_economics(kube, factory, regions, metrics, tokens, now=now)
     if answer:

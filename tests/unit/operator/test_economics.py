@@ -5,6 +5,7 @@ accelerator gauges."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -73,9 +74,13 @@ class FakeKube:
         return self.body
 
 
+AT = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)  # LATER
+
+
 def _reader(rates: dict[str, float]) -> TokenReader:
-    def query(promql: str) -> list[Obj]:
+    def query(promql: str, at: float) -> list[Obj]:
         assert promql == tokens_query("ml", "llama")
+        assert at == AT.timestamp()  # evaluated at the time status will show
         return [{"metric": {"pool": p}, "value": [0, str(v)]} for p, v in rates.items()]
 
     return TokenReader("http://prometheus.invalid", query=query)
@@ -90,7 +95,12 @@ def test_status_gets_costs_once_and_reconciles_keep_them(settings: OperatorSetti
         current = InferenceFactory.model_validate(kube.body)
         return asyncio.run(
             refresh_economics(
-                kube, current, PRICED, metrics, _reader(rates), now=LATER  # type: ignore[arg-type]
+                kube,
+                current,
+                PRICED,
+                metrics,
+                _reader(rates),
+                now=AT,
             )
         )
 
@@ -118,7 +128,7 @@ def test_without_prometheus_only_the_gauges(settings: OperatorSettings) -> None:
     live = _converged(settings)
     kube = FakeKube({})
     metrics = OperatorMetrics()
-    assert asyncio.run(refresh_economics(kube, live, PRICED, metrics, None, now=LATER)) is None  # type: ignore[arg-type]
+    assert asyncio.run(refresh_economics(kube, live, PRICED, metrics, None, now=AT)) is None
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in metrics.registry.collect()
@@ -131,21 +141,24 @@ def test_without_prometheus_only_the_gauges(settings: OperatorSettings) -> None:
             (("accelerator_type", "H100"), ("region", "eu-west-1")),
         )
     ] == pytest.approx(7.57)
-    assert samples[
-        (
-            "factory_operator_pool_accelerators",
+    assert (
+        samples[
             (
-                ("accelerator_kind", "nvidia"),
-                ("accelerator_type", "H100"),
-                ("factory", "llama"),
-                ("jurisdiction", "EU"),
-                ("model", "llama-3.1-8b"),
-                ("namespace", "ml"),
-                ("pool", "dub"),
-                ("region", "eu-west-1"),
-            ),
-        )
-    ] == 2
+                "factory_operator_pool_accelerators",
+                (
+                    ("accelerator_kind", "nvidia"),
+                    ("accelerator_type", "H100"),
+                    ("factory", "llama"),
+                    ("jurisdiction", "EU"),
+                    ("model", "llama-3.1-8b"),
+                    ("namespace", "ml"),
+                    ("pool", "dub"),
+                    ("region", "eu-west-1"),
+                ),
+            )
+        ]
+        == 2
+    )
     assert not kube.patches
 
 
