@@ -44,6 +44,8 @@ def test_bundled_redis_is_restricted_private_and_the_routers_url() -> None:
     redis = by_name(objs, "Deployment", "redis")
     _check_restricted(redis["spec"]["template"]["spec"], "redis")
     assert redis["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # Never two Redis pods behind the Service (each would hold part of the counters).
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["strategy"] == {"type": "Recreate"}
     service = by_name(objs, "Service", "redis")
     assert service["spec"]["ports"][0]["port"] == 6379
     args = _router(objs)["args"]
