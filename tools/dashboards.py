@@ -1,8 +1,10 @@
 """Grafana dashboards of the fleet, as data: `tools/sync_chart.py` writes them to
 deploy/monitoring/dashboards/*.json (and copies them into the chart).
 
-Three dashboards: fleet overview, per-region SLOs (TTFT, inter-token latency, queue,
-KV cache) and residency (denials, traffic by jurisdiction). Queries use the fleet's label set
+Three dashboards here: fleet overview, per-region SLOs (TTFT, inter-token latency, queue,
+KV cache) and residency (denials, traffic by jurisdiction); a fourth, unit economics, is built
+by deploy/monitoring/economics_dashboard.py with the same builders and registered below, so
+`factoryctl gen` writes it with the others. Queries use the fleet's label set
 (namespace, factory, pool, region, jurisdiction, pod; vLLM adds model_name and engine), the
 vLLM metric names (>= 0.12), the operator's factory_operator_* and the router's
 factory_router_* metrics. Every query filters on the dashboard's variables with `=~`, so
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from deploy.monitoring.economics_dashboard import NAME as ECONOMICS
+from deploy.monitoring.economics_dashboard import economics
 from tools.grafana import RATE, dashboard, row, stat, ts
 
 SEL = 'namespace=~"$namespace", factory=~"$factory", region=~"$region"'
@@ -421,4 +425,9 @@ def residency() -> dict[str, Any]:
     )
 
 
-DASHBOARDS = {"fleet-overview": fleet_overview, "region-slos": region_slos, "residency": residency}
+DASHBOARDS = {
+    "fleet-overview": fleet_overview,
+    "region-slos": region_slos,
+    "residency": residency,
+    ECONOMICS: economics,
+}
