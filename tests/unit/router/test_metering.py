@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
+from pydantic import ValidationError
 
 from factory_router.app.metrics import RouterMetrics
 from factory_router.metering.answer import TAIL_BYTES, usage_from_json_tail
@@ -64,12 +65,73 @@ def test_stream_options_of_the_client(options: Any, sent_options: Any, strip: bo
     assert sent == {**doc, "stream_options": sent_options}
 
 
-@pytest.mark.parametrize("stream", [False, None, "true", 1])
+@pytest.mark.parametrize("stream", [False, None, 0, 0.0, "false", "no", "off", "0", 2, "x", []])
 def test_a_request_that_does_not_stream_is_sent_unchanged(stream: Any) -> None:
+    # False as the engine reads it, or refused by it (its 400): the client's bytes.
     body = json.dumps({**CHAT, "stream": stream}).encode()
     assert ask_for_usage(json.loads(body), body) == (body, False)
     body = json.dumps(CHAT).encode()
     assert ask_for_usage(json.loads(body), body) == (body, False)
+
+
+def _engine_reads(model: Any, body: bytes) -> tuple[bool, bool, bool] | None:
+    """What the simulator's request model (vLLM's: pydantic, lax) reads of a body: whether
+    it streams, sends a usage chunk, and usage in every chunk; None when it refuses it."""
+    try:
+        req = model.model_validate(json.loads(body))
+    except ValidationError:
+        return None
+    options = req.stream_options
+    stream = bool(req.stream)
+    usage = stream and options is not None and bool(options.include_usage)
+    return stream, usage, stream and options is not None and bool(options.continuous_usage_stats)
+
+
+_LAX_SHAPES = [
+    '"stream":true', '"stream":1', '"stream":"true"', '"stream":"yes"', '"stream":"on"',
+    '"stream":1.0', '"stream":"T"', '"stream":true,"stream_options":null',
+    '"stream":1,"stream_options":{}', '"stream":true,"stream_options":{"include_usage":false}',
+    '"stream":true,"stream_options":{"include_usage":null}',
+    '"stream":true,"stream_options":{"include_usage":0}',
+    '"stream":"yes","stream_options":{"include_usage":"false"}',
+    '"stream":true,"stream_options":{"include_usage":"no"}',
+    '"stream":true,"stream_options":{"include_usage":1}',
+    '"stream":true,"stream_options":{"include_usage":0.0,"continuous_usage_stats":"yes"}',
+    '"stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}',
+    '"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":1}',
+    '"stream":true,"stream_options":{"include_usage":"maybe"}', '"stream":2',
+    '"stream":true,"stream_options":{"include_usage":false},"stream_options":null',
+    '"\\u0073tream":1,"stream_\\u006fptions":{"include_usage":"off"}',
+    '"stream":false,"stream":"y"', '"stream":"1","stream_options":[]',
+    '"stream":"no","stream_options":{"include_usage":true}', '"stream":null',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", _LAX_SHAPES)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_stream_and_usage_are_read_as_the_engine_reads_them(shape: str, encoding: str) -> None:
+    """Every shape the review tried (`"stream": 1`, `"true"`, `include_usage: 0`, ...):
+    the router strips exactly when the engine would have sent no usage chunk, and then the
+    body it sends makes the engine send one, in JSON booleans; else the client's bytes."""
+    model = pytest.importorskip("factory_sim.server.protocol").ChatCompletionRequest
+    body = '{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],' + shape + "}"
+    raw = body.encode(encoding)
+    before = _engine_reads(model, raw)
+    sent, strip = ask_for_usage(json.loads(raw), raw)
+    after = _engine_reads(model, sent)
+    assert strip is (before is not None and before[0] and not before[1])
+    if strip:
+        assert after == (True, True, False)
+        doc = json.loads(sent)
+        assert doc["stream"] is True
+        assert doc["stream_options"]["include_usage"] is True
+        assert "é" in sent.decode("utf-8")  # UTF-8, not \\u escapes
+        assert {k: v for k, v in doc.items() if k not in ("stream", "stream_options")} == {
+            k: v for k, v in json.loads(raw).items() if k not in ("stream", "stream_options")
+        }
+    else:
+        assert sent == raw
+        assert after == before
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
