@@ -7,7 +7,9 @@ its end arrives (a client's SSE parser cannot act on part of an event either, so
 delays nothing a client sees). Events end at a blank line as the SSE standard (WHATWG)
 frames them and as the `openai` client's decoder reads them: two line ends in a row, a line
 end being CRLF, LF or CR; a CR at the end of what has arrived is held until the next byte
-says whether it is half of a CRLF.
+says whether it is half of a CRLF. What is held is searched once: the next piece's search
+resumes where the last one stopped, less the 3 bytes a line end pair can start before it
+(`examined` counts the bytes searched; an event trickled in small pieces costs one pass).
 
 Only events that can hold a `usage` key are parsed: their bytes contain `usage`, or a `\\u`
 escape (a key spelled with escapes); in every other event no JSON parser could find one, so
@@ -18,8 +20,12 @@ usage chunk, last before `data: [DONE]`), unless the client asked for
 - usage: the last `usage` object seen (the usage chunk's, or the latest running figure);
 - stripped (when `strip_usage`): every event whose data is a JSON object with
   `"choices": []` and a `usage` object; nothing else is ever changed or dropped;
-- estimate: data events other than `[DONE]`, the usage chunk and the role chunk
-  (`"role"`: vLLM's first chat chunk, no token): one token each, as vLLM sends them.
+- estimate: data events other than `[DONE]`, the usage chunk and the role chunk (vLLM's
+  first chunk of each choice: a delta with its `role` and nothing else, no token; events
+  whose bytes hold `"role"` are parsed to tell it from a token that says "role"): one
+  token each, as vLLM sends them;
+- unreadable: an event that may hold `usage` nested too deep for the JSON parser
+  (RecursionError): not read, not stripped; the caller settles such a stream as unknown.
 
 Memory is bounded: an event longer than `max_event_bytes` (1 MiB; vLLM's usage chunk is
 about 150 bytes, a token's event a few hundred) is relayed as it comes, unread, and never
@@ -43,8 +49,8 @@ _END_PREFIX = 3  # a line end (CRLF at most) and a CR
 
 class StreamMeter:
     __slots__ = (
-        "_held", "_max_event", "_oversized", "done", "engine_usage", "events", "strip_usage",
-        "stripped",
+        "_cr", "_held", "_max_event", "_oversized", "_resume", "done", "engine_usage", "events",
+        "examined", "strip_usage", "stripped", "unreadable",
     )  # fmt: skip
 
     def __init__(self, strip_usage: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
@@ -55,28 +61,40 @@ class StreamMeter:
         self.events = 0  # content events (the estimate)
         self.stripped = 0
         self.done = False  # `data: [DONE]` seen
-        self._held = b""
+        self.unreadable = False  # an event with a `usage` key too deeply nested to parse
+        self.examined = 0  # bytes the framing searched (linear in the stream: tested)
+        self._held = bytearray()  # the start of an event not ended yet
+        self._resume = 0  # in `_held`: searched up to here (less a line end's span)
+        self._cr = False  # `_held` holds a CR (else events end only at LF LF)
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes of `chunk` (after those held) to relay now."""
-        data = self._held + chunk if self._held else chunk
+        if self._held:
+            self._held += chunk
+            data: bytes | bytearray = self._held
+            cr = self._cr or b"\r" in chunk
+        else:
+            data, cr = chunk, b"\r" in chunk
         # A CR at the very end may be the first half of a CRLF: decided by the next byte.
         scan_end = len(data) - 1 if data.endswith(b"\r") else len(data)
-        out = self._scan(data, scan_end)
+        out = self._scan(data, scan_end, cr)
         held = self._held
         if len(held) > self._max_event:
             # Too long for a usage chunk: relayed unread, all but what may begin its end.
             self._oversized = True
-            self._held = held[-_END_PREFIX:]
-            return out + held[:-_END_PREFIX]
+            self._held = bytearray(held[-_END_PREFIX:])
+            self._resume = 0
+            self._cr = b"\r" in self._held
+            return out + bytes(held[:-_END_PREFIX])
         return out
 
     def finish(self) -> bytes:
         """At the end of the answer: what is still held (an unended last event, relayed as
         the engine sent it unless it is a usage chunk to strip; a client drops it anyway)."""
-        data, self._held = self._held, b""
-        out = self._scan(data, len(data))
-        rest, self._held = self._held, b""
+        data = self._held
+        out = self._scan(data, len(data), self._cr)
+        rest = bytes(self._held)
+        self._held = bytearray()
         if rest and not self._oversized and self._is_stripped_usage(rest, 0, len(rest)):
             return out
         return out + rest
@@ -88,42 +106,52 @@ class StreamMeter:
             return self.engine_usage
         return Usage(None, self.events, "estimated")
 
-    def _scan(self, data: bytes, scan_end: int) -> bytes:
-        pos = 0
+    def _scan(self, data: bytes | bytearray, scan_end: int, cr: bool) -> bytes:
+        """Relays the events of `data` that have ended, keeps the rest in `_held`. The
+        search resumes where the previous one stopped (less the 3 bytes a line end pair
+        can start before it): a held event is searched once, however it is cut."""
+        pos = 0  # the start of the next event
+        at = self._resume if data is self._held else 0  # where the search starts
         kept: list[bytes] | None = None  # built only once an event is dropped
         cursor = 0
-        plain = b"\r" not in data  # LF only (vLLM's streams): a blank line is LF LF
         while True:
-            if plain:
-                start = data.find(b"\n\n", pos, scan_end)
-                if start < 0:
-                    break
+            if not cr:  # LF only (vLLM's streams): a blank line is LF LF
+                start = data.find(b"\n\n", at, scan_end)
                 stop = start + 2
             else:
-                found = _EVENT_END.search(data, pos, scan_end)
-                if found is None:
-                    break
-                start, stop = found.span()
+                found = _EVENT_END.search(data, at, scan_end)
+                start, stop = found.span() if found is not None else (-1, -1)
+            self.examined += (scan_end if start < 0 else stop) - at
+            if start < 0:
+                break
             if self._oversized:  # the end of an event relayed unread
                 self._oversized = False
                 self.events += 1
             elif self._is_stripped_usage(data, pos, start):
                 if kept is None:
                     kept = []
-                kept.append(data[cursor:pos])
+                kept.append(bytes(data[cursor:pos]))
                 cursor = stop
-            pos = stop
-        self._held = data[pos:]
+            pos = at = stop
+        self._resume = max(0, scan_end - _END_PREFIX - pos)
+        if pos == 0:
+            if data is not self._held:
+                self._held = bytearray(data)
+            self._cr = cr
+            return b""
+        rest = data[pos:]
+        self._held = bytearray(rest)
+        self._cr = cr and b"\r" in rest  # the rest is at most the last chunk and 3 bytes
         if kept is None:
-            return data[:pos]  # the same object when everything is relayed
-        kept.append(data[cursor:pos])
+            return data[:pos] if isinstance(data, bytes) else bytes(data[:pos])
+        kept.append(bytes(data[cursor:pos]))
         return b"".join(kept)
 
-    def _is_stripped_usage(self, data: bytes, start: int, end: int) -> bool:
+    def _is_stripped_usage(self, data: bytes | bytearray, start: int, end: int) -> bool:
         """Counts the event `data[start:end]`; True when it is a usage chunk to strip.
         (Searched in place: most events are looked at without a copy.)"""
         if data.find(b"usage", start, end) >= 0 or data.find(b"\\u", start, end) >= 0:
-            doc = _json_data(data[start:end])
+            doc = self._parse(data, start, end)
             if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
                 found = usage_from_object(doc["usage"])
                 if found is not None:
@@ -136,9 +164,38 @@ class StreamMeter:
         if data.startswith(b"data:", start, end):
             if data.startswith((b"data: [DONE]", b"data:[DONE]"), start, end):
                 self.done = True
-            elif data.find(b'"role"', start, end) < 0:
+            elif data.find(b'"role"', start, end) < 0 or not _is_role_chunk(
+                self._parse(data, start, end)
+            ):
                 self.events += 1
         return False
+
+    def _parse(self, data: bytes | bytearray, start: int, end: int) -> object:
+        try:
+            return _json_data(bytes(data[start:end]))
+        except RecursionError:  # an engine's value nested too deep to parse
+            self.unreadable = True
+            return None
+
+
+def _is_role_chunk(doc: object) -> bool:
+    """vLLM's first chunk of each choice: a delta with its `role` and nothing else (an
+    empty `content`), which carries no token. A token whose text or logprobs mention
+    `"role"` is not one."""
+    if not isinstance(doc, dict):
+        return False
+    choices = doc.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict) or not isinstance(delta.get("role"), str):
+            return False
+        if any(value for key, value in delta.items() if key != "role"):
+            return False
+        if choice.get("logprobs"):
+            return False
+    return True
 
 
 def _json_data(event: bytes) -> object:
