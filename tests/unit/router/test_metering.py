@@ -14,7 +14,12 @@ from openai._streaming import SSEDecoder
 from pydantic import ValidationError
 
 from factory_router.app.metrics import RouterMetrics
-from factory_router.metering.answer import TAIL_BYTES, usage_from_json_tail
+from factory_router.metering.answer import (
+    TAIL_BYTES,
+    JsonUsageScanner,
+    usage_from_json,
+    usage_from_json_tail,
+)
 from factory_router.metering.request import ask_for_usage
 from factory_router.metering.sse import StreamMeter
 from factory_router.metering.usage import Usage, usage_from_object
@@ -467,6 +472,86 @@ def test_the_tail_reader_never_disagrees_with_json_loads(
     assert found is None or found == truth
     if usage is not None and list(doc)[-1] == "usage":
         assert found == truth  # vLLM's layout: usage last
+
+
+def _vllm_answer_with_prompt_logprobs(prompt_tokens: int) -> bytes:
+    """vLLM's ChatCompletionResponse layout: `usage`, then `prompt_logprobs`."""
+    doc = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "logprobs": None, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + 9,
+                  "completion_tokens": 9},
+        "prompt_logprobs": [None] + [
+            {str(1000 + i): {"logprob": -1.2345678, "rank": 1, "decoded_token": "tok"}}
+            for i in range(prompt_tokens - 1)
+        ],
+    }  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("prompt_tokens", [20, 2000, 20_000])
+def test_usage_followed_by_prompt_logprobs_is_read_from_the_whole_answer(
+    prompt_tokens: int,
+) -> None:
+    """Review: with `prompt_logprobs`, `usage` sat more than 16 KiB before the end and was
+    read as None (the quota settled at 0). In memory: the whole answer parsed; relayed in
+    pieces: the one-pass scanner."""
+    body = _vllm_answer_with_prompt_logprobs(prompt_tokens)
+    want = Usage(prompt_tokens, 9, "engine")
+    if prompt_tokens > 20:
+        assert len(body) > TAIL_BYTES and usage_from_json_tail(body[-TAIL_BYTES:]) is None
+    assert usage_from_json(body) == want
+    for size in (7, 4096, 65536):
+        scanner = JsonUsageScanner()
+        for i in range(0, len(body), size):
+            scanner.feed(body[i : i + size])
+        assert scanner.usage == want
+
+
+def test_an_answer_nested_too_deep_has_no_usage_and_raises_nothing() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (b'{"id":"x","usage":' + deep + b"}", b'{"usage":{"x":' + deep + b"}}"):
+        assert usage_from_json_tail(body[-TAIL_BYTES:]) is None
+        assert usage_from_json(body) is None
+        scanner = JsonUsageScanner()
+        scanner.feed(body)
+        assert scanner.usage is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    doc=st.dictionaries(st.sampled_from(["usage", "a", "b", '"usage', "us\\age"]), _json,
+                        max_size=4),
+    usage=st.one_of(st.none(), st.fixed_dictionaries(
+        {"prompt_tokens": st.integers(0, 99), "completion_tokens": st.integers(0, 99)})),
+    indent=st.sampled_from([None, 1]),
+    escaped=st.booleans(),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    trailer=st.sampled_from([b"", b" \n", b"x", b"{}"]),
+)  # fmt: skip
+def test_the_scanner_reads_what_json_loads_reads(
+    doc: dict[str, Any],
+    usage: dict[str, Any] | None,
+    indent: int | None,
+    escaped: bool,
+    cuts: list[int],
+    trailer: bytes,
+) -> None:
+    if usage is not None:
+        doc["usage"] = usage
+    body = json.dumps(doc, indent=indent).encode()
+    if escaped:
+        body = body.replace(b'"usage"', b'"us\\u0061ge"')
+    body += trailer
+    bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    scanner = JsonUsageScanner()
+    for a, b in itertools.pairwise(bounds):
+        scanner.feed(body[a:b])
+    parsed = _loads(body.decode())
+    truth = usage_from_object(parsed.get("usage")) if isinstance(parsed, dict) else None
+    assert scanner.usage == truth
+    assert usage_from_json(body) == truth
 
 
 # -- the counters ---------------------------------------------------------------------------
