@@ -6,20 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from factory_router.flow.control import FlowControl
 from factory_router.flow.saturation import has_room
 from factory_router.flow.scheduler import Entry, FlowScheduler
-from factory_router.policy.config import FlowConfig
+from factory_router.policy.config import FlowConfig, RouterConfig, Timeouts
 from factory_router.policy.errors import CapacityShed, PolicyError
 from factory_router.policy.fleet import Backend
 from factory_router.policy.scoring import LoadSample, Observed
 from factory_router.policy.tenants import PriorityClass, hash_key, parse_tenants
+from tests.unit.router.router_testkit import (
+    TENANTS_DOC,
+    auth,
+    backend,
+    engines,
+    router,
+    scrape,
+    wait_until,
+)
 
 HI, S, B = PriorityClass.INTERACTIVE, PriorityClass.STANDARD, PriorityClass.BATCH
 EU = frozenset({"EU"})
@@ -342,3 +354,61 @@ async def test_equal_tenants_get_equal_turns_through_the_control() -> None:
     counts = collections.Counter(served[:40])
     assert abs(counts["heavy"] - counts["light"]) <= 2, counts
     await flow.close()
+
+
+# Through the proxy (in process: fake engine, the router's HTTP server)
+
+
+def _flow_tenants() -> dict[str, object]:
+    doc = copy.deepcopy(TENANTS_DOC)
+    for tenant in doc["tenants"]:
+        tenant["priority"] = {"eu-only": "interactive", "global": "batch"}.get(
+            tenant["name"], "standard"
+        )
+    return doc
+
+
+async def test_through_the_proxy_the_interactive_request_takes_the_next_slot_and_batch_is_shed(
+) -> None:  # fmt: skip
+    """One engine slot (max_num_seqs 1), held by a batch stream; a second batch request waits;
+    an interactive one comes to a full queue (1): the waiting batch request gets 503
+    capacity_shed with Retry-After, and the interactive one the slot when the stream ends."""
+    cfg = RouterConfig(
+        timeouts=Timeouts(first_byte=5.0, grace_period=1.0),
+        flow=FlowConfig(max_queued=1, retry_after_seconds=3),
+    )
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        engines(1, chunks=10, chunk_delay=0.05) as (eu,),
+        router(
+            [dataclasses.replace(backend(eu, "eu-a", "eu-west-1"), max_num_seqs=1)],
+            config=cfg,
+            tenants_doc=_flow_tenants(),
+        ) as r,
+        httpx.AsyncClient(base_url=r.url, timeout=10) as c,
+    ):
+        first = asyncio.create_task(
+            c.post("/v1/chat/completions", json=body, headers=auth("global"))
+        )
+        await wait_until(lambda: eu.active == 1, timeout=5, what="the slot taken")
+        second = asyncio.create_task(
+            c.post("/v1/chat/completions", json=body, headers=auth("global"))
+        )
+        flow = r.state.flow
+        assert flow is not None
+        await wait_until(lambda: flow.scheduler.size == 1, timeout=5, what="batch queued")
+        assert eu.total == 1  # the waiting request reached no engine
+        interactive = asyncio.create_task(
+            c.post("/v1/chat/completions", json=body, headers=auth("eu"))
+        )
+        shed = await asyncio.wait_for(second, 5)
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "3"
+        assert shed.json()["error"]["code"] == "capacity_shed"
+        assert shed.json()["error"]["type"] == "service_unavailable"
+        assert not interactive.done()  # waiting: the slot is still the first stream's
+        assert (await first).status_code == 200
+        assert (await asyncio.wait_for(interactive, 5)).status_code == 200
+        assert eu.total == 2
+        metrics = await scrape(r)
+        assert 'factory_router_flow_shed_total{priority="batch",reason="queue_full"} 1.0' in metrics
+        assert 'factory_router_flow_wait_seconds_count{priority="interactive"} 1.0' in metrics
