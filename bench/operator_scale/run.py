@@ -56,12 +56,15 @@ AUDIT_POLICY = {
 }  # fmt: skip
 # Also: `factoryctl dev up`'s wait for Ready nodes lists every node once per node
 # (NodesComponent.up calls _observed inside all(...)): at 414 nodes, minutes of 2 MB lists.
-# Within the bench, one list serves the calls of one second.
+# Within the bench, one list serves the calls of one second. And its kubectl calls get 300 s
+# instead of 60: applying 414 nodes took longer than 60 s on the shared, loaded machine.
 FACTORYCTL_WITH_READS_AUDIT = """
 import json, sys, time
 import factoryctl.components.cluster as cluster
+from factoryctl.component import Kubectl
 from factoryctl.components.nodes import NodesComponent
 cluster.AUDIT_POLICY = json.loads(sys.argv.pop(1))
+Kubectl.run.__kwdefaults__["timeout"] = 300
 observed, seen = NodesComponent._observed, {}
 def once_a_second(self, ctx):
     if time.monotonic() - seen.get("at", -9.0) > 1.0:
