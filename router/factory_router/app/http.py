@@ -56,11 +56,21 @@ def read_body(request: Request, limit: int) -> bytes:
     return request.body
 
 
+def too_deep() -> BadRequest:
+    """The 400 of a body nested deeper than the JSON parser (or serializer) goes: Python's
+    recursion limit, about 990 levels (no OpenAI request nests beyond a few tens)."""
+    return BadRequest("Request body nests too deeply to be read as JSON.")
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 when it is not JSON, not an object, or nests too
+    deeply (`json.loads` raises RecursionError then: once a 500)."""
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("Request body is not valid JSON.") from None
+    except RecursionError:
+        raise too_deep() from None
     if not isinstance(doc, dict):
         raise BadRequest("Request body must be a JSON object.")
     return doc

@@ -11,6 +11,12 @@ usage is sent upstream with `stream_options.include_usage`, and the usage chunk 
 answer is stripped; each request's tokens (the engine's `usage`, else the estimate of a
 stream cut short) go to the token counters and its access line, in `handle`'s `finally`
 (a client that leaves cancels the handler: what was relayed until then is recorded).
+A request an engine may have worked on whose usage the router could not read (a 2xx answer
+without a readable `usage`, an encoded answer, a client gone before the answer, a
+first-byte timeout) is recorded `"usage": "unknown"` and settles its quota at the whole
+reservation (fail closed). A stream whose usage chunk the router asked for must come as an
+unencoded `text/event-stream`: anything else is refused before its first byte (502), or
+the chunk would reach a client that did not ask for it.
 
 Priority and fairness (`factory_router.flow`): when every candidate of the plan is at its
 batch capacity (or others already wait), the request waits its turn in the flow queue, then
@@ -33,10 +39,11 @@ from factory_router.app.http import (
     read_body,
     request_id,
     send_error,
+    too_deep,
 )
 from factory_router.app.http_message import ClientGone, Request
 from factory_router.app.state import RouterState
-from factory_router.metering.answer import TAIL_BYTES, usage_from_json_tail
+from factory_router.metering.answer import JsonUsageScanner, usage_from_json
 from factory_router.metering.request import ask_for_usage
 from factory_router.metering.sse import StreamMeter
 from factory_router.metering.usage import Usage
@@ -81,8 +88,8 @@ class _Outcome:
     """What the access log and the metrics record about one request."""
 
     __slots__ = (
-        "attempts", "backend", "jurisdiction", "meter", "pool", "quota", "reason", "region",
-        "status", "usage",
+        "attempts", "backend", "engine_busy", "jurisdiction", "meter", "pool", "quota",
+        "reason", "region", "status", "timed_out", "usage",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -96,6 +103,16 @@ class _Outcome:
         self.usage: Usage | None = None  # a non-streaming answer's
         self.meter: StreamMeter | None = None  # a stream's, read when the request ends
         self.quota: Ticket | None = None  # its tokens reserved; settled when it ends
+        # An engine may be working on it: an attempt is under way, or its answer is a 2xx
+        # (else it refused or never got it). Without a usage: settled at the reservation.
+        self.engine_busy = False
+        self.timed_out = False  # an attempt timed out (its engine may have worked on it)
+
+    def unmetered(self) -> bool:
+        """An engine may have worked on the request and no usage was read."""
+        if self.meter is not None:
+            return self.meter.unreadable and self.meter.engine_usage is None
+        return self.usage is None and (self.engine_busy or self.timed_out)
 
 
 async def handle(state: RouterState, request: Request) -> None:
@@ -126,12 +143,15 @@ async def handle(state: RouterState, request: Request) -> None:
             out.quota = await state.quota.admit(tenant, doc, len(body), completes=completes)
             client_region = request.headers.get("x-factory-client-region") or state.region
             key = None
-            if state.policy is PolicyName.SCORE:
-                key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
-            req = RouteRequest(model, allowed, client_region, key, rid)
             strip_usage = False
-            if request.path in _COMPLETION_PATHS:
-                body, strip_usage = ask_for_usage(doc, body)
+            try:
+                if state.policy is PolicyName.SCORE:
+                    key = prefix_key(doc, state.config.scoring.affinity_prefix_chars)
+                if request.path in _COMPLETION_PATHS:
+                    body, strip_usage = ask_for_usage(doc, body)
+            except RecursionError:  # json.dumps of a body json.loads could just read
+                raise too_deep() from None
+            req = RouteRequest(model, allowed, client_region, key, rid)
             route = await plan_or_hold(state, req, request.headers)  # scale from zero: hold.py
             flow = state.flow  # every compliant engine at capacity: wait in turn (flow/)
             if flow is not None and flow.must_wait(route.ordered):
@@ -162,8 +182,11 @@ async def handle(state: RouterState, request: Request) -> None:
         region = out.region or "none"
         state.metrics.observe_request(region, known_model, out.status, elapsed)
         usage = out.meter.usage if out.meter is not None else out.usage
+        unknown = out.unmetered()
+        if unknown:
+            usage = None  # an unreadable stream's estimate is no figure either
         if out.quota is not None:
-            state.quota.settle(out.quota, used_tokens(out.quota, usage))
+            state.quota.settle(out.quota, used_tokens(out.quota, usage, unknown=unknown))
         if usage is not None:
             # tenant: a name from the tenants file (bounded); only requests that reached an
             # engine have a usage, and they were authenticated.
@@ -186,7 +209,7 @@ async def handle(state: RouterState, request: Request) -> None:
                 "latency_ms": round(elapsed * 1000, 2),
                 "prompt_tokens": usage.prompt_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None,
-                "usage": usage.source if usage else None,
+                "usage": usage.source if usage else ("unknown" if unknown else None),
             }
         )
 
@@ -257,8 +280,11 @@ async def _forward(
             if backend.via_endpoint:
                 client_region = req.client_region or state.region
                 sent = _endpoint_headers(state, to_engine, backend, client_region)
+            out.engine_busy = True  # from here the engine may have the request
             opened = await state.upstream.open(backend, "POST", request.path, body, sent)
         except AttemptFailed as failure:
+            out.engine_busy = False  # it refused, or never got it; a timeout may have
+            out.timed_out = out.timed_out or failure.kind == "timeout"
             _attempt_ended(state, backend.id)
             _record_failure(state, ranked, failure.kind)
             last = failure
@@ -356,12 +382,27 @@ async def _relay(
         value = up.headers.get(name)
         if value is not None:
             headers[name] = value
+    ok = 200 <= up.status < 300
+    # An encoded body (the router sends no Accept-Encoding: the engine's own doing) cannot
+    # be metered: its usage is unknown. Neither can a 2xx that is neither JSON nor SSE.
+    readable = up.headers.get("content-encoding", "identity").strip().lower() == "identity"
+    if ok and strip_usage and not (readable and up.content_type == "text/event-stream"):
+        # The router asked for the usage chunk and cannot strip it from this answer: it
+        # would reach a client that did not ask for it. Refused before its first byte.
+        state.metrics.upstream_errors.labels(out.region or "none", "protocol").inc()
+        raise UpstreamFailed(
+            "The model backend answered a stream with a body the router cannot read "
+            f"(content type {up.content_type or 'none'!r}, content encoding "
+            f"{up.headers.get('content-encoding', 'none')!r})."
+        )
     out.status = up.status
+    out.engine_busy = ok  # a refusal (4xx, 5xx relayed) used no tokens
     size = up.content_length
     if up.status in _NO_BODY_STATUS:
         # An engine's body on these would be framing nobody agrees on: none is relayed.
         request.respond(up.status, headers, b"")
         return
+    json_usage = ok and readable and up.content_type == "application/json"
     if size is not None and size <= _WHOLE_BODY_MAX and up.content_type != "text/event-stream":
         # A sized, small, non-SSE answer (a non-streaming completion): its bytes are all
         # here or nearly, and one write of headers + body saves syscalls.
@@ -378,16 +419,16 @@ async def _relay(
             state.metrics.upstream_errors.labels(out.region or "none", "stream_broken").inc()
             raise UpstreamFailed("The model backend broke off its answer.") from None
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        if 200 <= up.status < 300 and up.content_type == "application/json":
-            out.usage = usage_from_json_tail(body[-TAIL_BYTES:])
+        if json_usage:
+            out.usage = usage_from_json(body)  # its tail, else all of it (prompt_logprobs)
         request.respond(up.status, headers, body)
         return
     meter: StreamMeter | None = None
-    tail: bytes | None = None  # the end of a JSON answer, for its usage
+    scanner: JsonUsageScanner | None = None  # a JSON answer's usage, read as it passes
     first = opened.first_chunk
-    if 200 <= up.status < 300 and up.content_type == "application/json":
-        tail = b""
-    elif 200 <= up.status < 300 and up.content_type == "text/event-stream":
+    if json_usage:
+        scanner = JsonUsageScanner()
+    elif ok and readable and up.content_type == "text/event-stream":
         meter = out.meter = StreamMeter(strip_usage)
         first = meter.feed(first)
         if strip_usage:
@@ -396,8 +437,8 @@ async def _relay(
     await request.start(up.status, headers, content_length=size, first=first)
     chunk = opened.first_chunk
     while chunk:
-        if tail is not None:
-            tail = (tail + chunk)[-TAIL_BYTES:]
+        if scanner is not None:
+            scanner.feed(chunk)
         try:
             chunk = await up.read()
         except (ConnectionBroken, ProtocolViolation, TimeoutError) as exc:
@@ -412,6 +453,6 @@ async def _relay(
             await request.write(chunk)  # ClientGone once the client left (b"": nothing)
         else:
             await request.write(meter.feed(chunk) if chunk else meter.finish())
-    if tail is not None:
-        out.usage = usage_from_json_tail(tail)
+    if scanner is not None:
+        out.usage = scanner.usage
     await request.end()

@@ -316,11 +316,13 @@ class QuotaService:
             await self._redis.close()
 
 
-def used_tokens(ticket: Ticket, usage: Usage | None) -> int:
+def used_tokens(ticket: Ticket, usage: Usage | None, *, unknown: bool = False) -> int:
     """What a request used, for `settle`: the engine's figures (`factory_router.metering`);
-    a prompt it did not report (a stream cut short) counts as estimated; no usage at all
-    (no engine answered, or an error answer): nothing."""
+    a prompt it did not report (a stream cut short) counts as estimated. No usage: the
+    whole reservation when an engine may have worked on it (`unknown`: a 2xx answer whose
+    usage could not be read, a client gone before the answer, a first-byte timeout; fail
+    closed), else nothing (no engine got it, or it refused it)."""
     if usage is None:
-        return 0
+        return ticket.estimate.total if unknown else 0
     prompt = ticket.estimate.prompt if usage.prompt_tokens is None else usage.prompt_tokens
     return prompt + usage.completion_tokens
