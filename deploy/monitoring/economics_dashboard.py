@@ -163,9 +163,8 @@ def economics() -> dict[str, Any]:
             [
                 (
                     f"1e6 * sum by (tenant) (factory:tenant_spend_usd:per_hour{{{SEL}}}) / "
-                    "(3600 * sum by (tenant) (factory:tenant_tokens:rate5m * on (model, region, "
-                    "pool) group_left group by (model, region, pool) "
-                    f"(factory:pool_cost_per_million_tokens:provisioned_rate5m{{{SEL}}})) > 0)",
+                    "(3600 * sum by (tenant) (factory:tenant_pool_tokens:rate5m"
+                    f"{{{SEL}}} and factory:tenant_spend_usd:per_hour) > 0)",
                     "{{tenant}}",
                 )
             ],
