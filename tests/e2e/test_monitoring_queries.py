@@ -245,7 +245,7 @@ def _increase(values: list[float]) -> float:
 def _offline_cost(prom: PrometheusConnect, factory: dict[str, Any], pool: dict[str, Any],
                   region: dict[str, Any]) -> float:  # fmt: skip
     """The pool's cost per million tokens from the raw samples of its engines' token counters
-    over the 5 minutes before the status's costsTime, every ready replica billed."""
+    over the 5 minutes before the status's costsTime, every replica ready then billed."""
     meta = factory["metadata"]
     at = datetime.fromisoformat(factory["status"]["costsTime"].replace("Z", "+00:00"))
     match = f'namespace="{meta["namespace"]}", factory="{meta["name"]}", pool="{pool["name"]}"'
@@ -254,9 +254,14 @@ def _offline_cost(prom: PrometheusConnect, factory: dict[str, Any], pool: dict[s
         for series in prom.custom_query(f"{counter}{{{match}}}[{WINDOW_SECONDS}s]",
                                         params={"time": at.timestamp()}):  # fmt: skip
             tokens += _increase([float(v) for _, v in series["values"]])
+    # The ready replicas at that time, as the operator exported them (status may have moved
+    # on since: a later reconcile keeps the cost but updates readyReplicas).
+    ready = prom.custom_query(f'max(factory_operator_pool_replicas{{kind="ready", {match}}})',
+                              params={"time": at.timestamp()})  # fmt: skip
+    replicas = float(ready[0]["value"][1])
     spec = next(p for p in factory["spec"]["pools"] if p["name"] == pool["name"])
     accelerator = spec["accelerator"]
-    per_hour = pool["readyReplicas"] * accelerator["count"] * region["pricing"][accelerator["type"]]
+    per_hour = replicas * accelerator["count"] * region["pricing"][accelerator["type"]]
     return 1e6 * per_hour / (3600 * tokens / WINDOW_SECONDS)
 
 
