@@ -332,3 +332,42 @@ def test_a_stream_cut_short_records_what_was_generated(fleet: Fleet) -> None:
     assert received <= record["completion_tokens"] <= generated < 2000
     estimated = fleet.router_tokens("eu-only", source="estimated")[1] - estimated_before
     assert estimated == record["completion_tokens"]
+
+
+def test_lax_booleans_are_metered_as_the_engine_reads_them(fleet: Fleet) -> None:
+    """Review: `"stream": 1`, `"true"`, `"yes"` or `include_usage: 0`, `"false"` streamed
+    without a usage chunk (the router acted on JSON true only; the engine's pydantic reads
+    these): metered "estimated", prompt tokens 0. Now each is metered from the engine's
+    usage, equal to its own counters, and the client that did not ask gets no usage."""
+    headers = {"authorization": f"Bearer {KEYS['eu']}"}
+    body = {"model": "llama", "messages": [{"role": "user", "content": "word " * 50}]}
+    shapes: list[dict[str, Any]] = [
+        {"stream": 1},
+        {"stream": "true"},
+        {"stream": "yes"},
+        {"stream": 1.0},
+        {"stream": True, "stream_options": {"include_usage": 0}},
+        {"stream": True, "stream_options": {"include_usage": "false"}},
+    ]
+    for shape in shapes:
+        before, router_before = fleet.engine_tokens("eu"), fleet.router_tokens("eu-only")
+        records_before = len(fleet.records())
+        reply = httpx.post(
+            fleet.router_url + "/v1/chat/completions",
+            json={**body, "max_tokens": 5, **shape},
+            headers=headers,
+            timeout=30,
+        )
+        assert reply.status_code == 200, shape
+        assert reply.content.endswith(b"data: [DONE]\n\n")
+        assert b'"usage"' not in reply.content, shape
+        engine = tuple(a - b for a, b in zip(fleet.engine_tokens("eu"), before, strict=True))
+        counted = tuple(
+            a - b for a, b in zip(fleet.router_tokens("eu-only"), router_before, strict=True)
+        )
+        assert counted == engine and engine[0] > 0, (shape, counted, engine)
+        (record,) = wait_until(
+            lambda n=records_before: fleet.records()[n:], timeout=10, what="the access line"
+        )
+        assert record["usage"] == "engine"
+        assert (record["prompt_tokens"], record["completion_tokens"]) == engine
