@@ -366,8 +366,10 @@ def test_lax_booleans_are_metered_as_the_engine_reads_them(fleet: Fleet) -> None
             a - b for a, b in zip(fleet.router_tokens("eu-only"), router_before, strict=True)
         )
         assert counted == engine and engine[0] > 0, (shape, counted, engine)
-        (record,) = wait_until(
-            lambda n=records_before: fleet.records()[n:], timeout=10, what="the access line"
-        )
+
+        def written(n: int = records_before) -> list[dict[str, Any]]:
+            return fleet.records()[n:]
+
+        (record,) = wait_until(written, timeout=10, what="the access line")
         assert record["usage"] == "engine"
         assert (record["prompt_tokens"], record["completion_tokens"]) == engine
