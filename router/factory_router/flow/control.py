@@ -133,10 +133,14 @@ class FlowControl:
                 await handle
         except TimeoutError:
             self._arrived(handle)
-            if not _given_turn(handle):
+            if handle.done() and not handle.cancelled():
+                shed = handle.exception()  # shed for a newcomer as the deadline passed
+                if shed is not None:
+                    raise shed from None
+                # else woken as the deadline passed: it has its turn, it goes on
+            else:
                 self.scheduler.remove(entry)
                 raise self._shed_error(entry, "max_wait") from None
-            # woken as the deadline passed: it has its turn, it goes on
         except BaseException:
             self._arrived(handle)  # a turn given and not taken goes to the next
             self.scheduler.remove(entry)
