@@ -123,6 +123,10 @@ class Bench:
         self.kubectl_bin = str(tools.kubectl)
         self.kubeconfig = FleetHome(home).kubeconfig
         self.audit = self.kubeconfig.parent / "logs" / "audit.log"
+        # `kubectl apply` of 1,000 factories took over 300 s on the loaded machine (2.2 a second
+        # at 16:52 UTC on 2026-12-03): main() allows 3 s a factory (the baseline applies its 3
+        # Deployments), 300 s at least.
+        self.kubectl_timeout = 300.0
 
     def factoryctl(self, *args: str) -> None:
         subprocess.run([sys.executable, "-c", FACTORYCTL_WITH_READS_AUDIT,
@@ -132,7 +136,7 @@ class Bench:
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         return subprocess.run(
             [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args], input=input_text,
-            capture_output=True, text=True, check=True, timeout=300,
+            capture_output=True, text=True, check=True, timeout=self.kubectl_timeout,
         ).stdout  # fmt: skip
 
     def apply(self, items: list[dict[str, Any]]) -> None:
@@ -323,7 +327,14 @@ def main() -> None:
                           "spec": {"jurisdiction": _jurisdiction(r)}}
                          for r in REGIONS])  # fmt: skip
             factories = [factory(i, "bench") for i in range(args.factories)]
+            bench.kubectl_timeout = max(300.0, 3.0 * args.factories)
             operator = run_operator(bench, factories, args.idle)
+            # Kept at once: the baseline can still fail or be cut short.
+            out = HERE / "results"
+            out.mkdir(exist_ok=True)
+            (out / f"{args.factories}-factories-operator.json").write_text(
+                json.dumps(operator, indent=2)
+            )
             baseline = run_baseline(bench, factories)
         finally:
             bench.factoryctl("down", "--topology", str(fleet))
