@@ -102,6 +102,8 @@ def usage_from_json(body: bytes) -> Usage | None:
 
 _OUTSIDE = re.compile(rb'["{}\[\]]')  # what changes the structure outside a string
 _INSIDE = re.compile(rb'["\\]')  # what ends a string or escapes its next byte
+# Complete strings and anything but a bracket or a quote (possessive: no backtracking).
+_SKIP = re.compile(rb'(?:"(?:[^"\\]++|\\.)*+"|[^"{}\[\]]++)*+', re.S)
 _WS = b" \t\r\n"
 MAX_USAGE_BYTES = 64 * 1024  # a `usage` value longer than this is not read (vLLM's: ~100)
 _MAX_DEPTH = 4096  # deeper: not read (an answer's usage is at depth 2)
@@ -118,8 +120,9 @@ class JsonUsageScanner:
     keeps the value of the last one that reads `usage` when it is an object (json.loads
     keeps the last of duplicate keys too). The answer must be one object with nothing but
     whitespace after it; anything else (or a piece of it that is not JSON the scan can
-    tell) gives None. Costs one regex search per string, brace and bracket: a JSON of
-    floats (embeddings) is a few searches, vLLM's `prompt_logprobs` about 12 per token."""
+    tell) gives None. Costs one regex search per key of the outermost object and per
+    brace and bracket below it (strings and scalars there are skipped by one regex): a JSON
+    of floats (embeddings) is a few searches, vLLM's `prompt_logprobs` 4 per token."""
 
     __slots__ = (
         "_bad", "_depth", "_ended", "_escape", "_in_key", "_in_string", "_key", "_open",
@@ -147,6 +150,17 @@ class JsonUsageScanner:
         while i < n:
             if self._in_string:
                 i = self._string(chunk, i)
+                continue
+            if self._depth >= 2 and self._value is None:
+                # Inside a member of no interest: whole strings and scalars skipped in C,
+                # one step per bracket (a string cut by the piece's end: read as usual).
+                i = _SKIP.match(chunk, i).end()  # type: ignore[union-attr]  # always matches
+                if i >= n:
+                    return
+                self._structure(chunk[i : i + 1])
+                if self._bad:
+                    return
+                i += 1
                 continue
             found = _OUTSIDE.search(chunk, i)
             stop = n if found is None else found.start()
