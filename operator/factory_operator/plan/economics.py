@@ -28,13 +28,9 @@ SIGNIFICANT_DIGITS = 4  # what status shows: finer changes would be writes witho
 
 
 def _lookup(table: Mapping[str, float] | None, accelerator_type: str) -> float | None:
-    """A value of spec.pricing/spec.power by accelerator type (exact key first, then any case)."""
-    if not table:
-        return None
-    if accelerator_type in table:
-        return table[accelerator_type]
-    lowered = {k.lower(): v for k, v in table.items()}
-    return lowered.get(accelerator_type.lower())
+    """A value of spec.pricing/spec.power by accelerator type: the exact key, as the recording
+    rules join the operator's gauges on it (H100, L4, inf2...)."""
+    return table.get(accelerator_type) if table else None
 
 
 def accelerator_price(region: FleetRegion | None, accelerator_type: str) -> float | None:
