@@ -51,39 +51,46 @@ def usage_from_json_tail(tail: bytes) -> Usage | None:
             return None
         end = at
         found = _top_level_usage(text, at, len(_KEY))
-        if found is not None:
-            return found
+        if found is not _NOT_HERE:
+            # The last top-level `usage` (json.loads keeps the last of duplicate keys):
+            # its figures, or None when they are not counts.
+            return usage_from_object(found)
     return None
 
 
-def _top_level_usage(text: str, at: int, key_len: int) -> Usage | None:
+_NOT_HERE = object()  # not provably the top-level member
+
+
+def _top_level_usage(text: str, at: int, key_len: int) -> object:
+    """The value of the `usage` key at `at` when it is provably the outermost object's
+    member, else `_NOT_HERE`."""
     j = at - 1
     while j >= 0 and text[j] in " \t\r\n":
         j -= 1
     if j < 0 or text[j] not in "{,":
-        return None
+        return _NOT_HERE
     i = at + key_len
     while i < len(text) and text[i] in " \t\r\n":
         i += 1
     if i >= len(text) or text[i] != ":":
-        return None
+        return _NOT_HERE
     i += 1
     while i < len(text) and text[i] in " \t\r\n":
         i += 1
     try:
         value, stop = _DECODER.raw_decode(text, i)
     except (ValueError, RecursionError):  # an engine value nested too deep: unread
-        return None
+        return _NOT_HERE
     rest = text[stop:].strip(" \t\r\n")
     if rest != "}":
         # Further members, then the end: `,"k":v,...}` must be exactly one object's rest.
         if not rest.startswith(",") or not rest[1:].lstrip(" \t\r\n").startswith('"'):
-            return None
+            return _NOT_HERE
         try:
             json.loads("{" + rest[1:])
         except (ValueError, RecursionError):
-            return None
-    return usage_from_object(value)
+            return _NOT_HERE
+    return value
 
 
 def usage_from_json(body: bytes) -> Usage | None:

@@ -440,6 +440,9 @@ def test_the_answers_top_level_usage_is_read_from_its_tail() -> None:
     assert usage_from_json_tail(_answer({"prompt_tokens": -1})) is None
     assert usage_from_json_tail(_answer({"prompt_tokens": True})) is None
     assert usage_from_json_tail(b'{"usage":{"prompt_tokens":1},}') is None  # not JSON
+    # Duplicate keys: the last one, as json.loads reads them (not an earlier, valid one).
+    duplicate = b'{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":null}'
+    assert usage_from_json_tail(duplicate) is None and usage_from_json(duplicate) is None
 
 
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), _text)
