@@ -4,36 +4,18 @@ per joule and spend per tenant, by region and accelerator kind (GPU and Neuron s
 one series per region and kind on the same panel).
 
 It reads the recording rules of the group inference-factory.economics.recording
-(deploy/monitoring/alerts.yaml); see their comment for what each figure means.
-
-    python deploy/monitoring/economics_dashboard.py [--check]
-
-writes deploy/monitoring/dashboards/economics.json and its chart copy
-(charts/inference-factory/files/dashboards/), or with --check exits 1 when either is stale
-(tests/unit/chart/test_economics_dashboard.py checks the same). It stands apart from
-tools/dashboards.py only while the generators there are being reorganised: registered in
-tools.dashboards.DASHBOARDS, tools/sync_chart.py writes both copies and this script goes.
+(deploy/monitoring/alerts.yaml); see their comment for what each figure means. Registered in
+tools/dashboards.py (``DASHBOARDS``), so ``factoryctl gen`` (tools/sync_chart.py) writes
+deploy/monitoring/dashboards/economics.json and its chart copy with the other dashboards.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script
-    sys.path.insert(0, str(ROOT))
-
-from tools.grafana import dashboard, row, stat, ts  # noqa: E402
+from tools.grafana import dashboard, row, stat, ts
 
 NAME = "economics"
-TARGETS = (
-    ROOT / "deploy" / "monitoring" / "dashboards" / f"{NAME}.json",
-    ROOT / "charts" / "inference-factory" / "files" / "dashboards" / f"{NAME}.json",
-)
 SEL = 'namespace=~"$namespace", factory=~"$factory", region=~"$region"'
 BY = "region, accelerator_kind"  # GPU (nvidia) and Neuron side by side, per region
 SIDE_BY_SIDE = "{{region}} {{accelerator_kind}}"
@@ -179,33 +161,3 @@ def economics() -> dict[str, Any]:
         "accelerator.",
         panels,
     )
-
-
-def render() -> str:
-    """The dashboard's JSON text, as tools/sync_chart.py writes the others."""
-    return json.dumps(economics(), indent=2) + "\n"
-
-
-def stale() -> list[Path]:
-    """Copies that differ from ``render()``."""
-    text = render()
-    return [p for p in TARGETS if not p.exists() or p.read_text() != text]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
-    args = parser.parse_args(argv)
-    outdated = stale()
-    if args.check:
-        for path in outdated:
-            print(f"stale: {path.relative_to(ROOT)}")
-        return 1 if outdated else 0
-    for path in outdated:
-        path.write_text(render())
-        print(f"wrote {path.relative_to(ROOT)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

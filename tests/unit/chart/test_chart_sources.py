@@ -13,17 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.monitoring.economics_dashboard import NAME as ECONOMICS
-from deploy.monitoring.economics_dashboard import economics
 from factory_operator.k8s import OperatorMetrics
 from factory_router.app.metrics import RouterMetrics
 from factory_sim.engine.metric_names import VLLM_METRICS
 from tests.unit.chart.chart_tools import CHART, MONITORING
 from tools import sync_chart
 from tools.dashboards import DASHBOARDS
-
-# Every dashboard's builder: the economics one stands apart from tools/dashboards.py for now.
-BUILDERS = {**DASHBOARDS, ECONOMICS: economics}
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -105,7 +100,7 @@ def test_every_value_is_in_the_schema_and_the_readme() -> None:
 
 def _dashboard_exprs() -> list[tuple[str, str]]:
     out = []
-    for name, build in BUILDERS.items():
+    for name, build in DASHBOARDS.items():
         for panel in build()["panels"]:
             for target in panel.get("targets", []):
                 out.append((f"{name}/{panel['title']}", target["expr"]))
@@ -199,8 +194,8 @@ def test_dashboards_use_the_fleet_label_set() -> None:
 
 
 def test_dashboards_have_unique_uids_and_panel_ids() -> None:
-    uids = [build()["uid"] for build in BUILDERS.values()]
+    uids = [build()["uid"] for build in DASHBOARDS.values()]
     assert len(set(uids)) == len(uids)
-    for build in BUILDERS.values():
+    for build in DASHBOARDS.values():
         ids = [p["id"] for p in build()["panels"]]
         assert len(set(ids)) == len(ids)
