@@ -25,7 +25,9 @@ usage chunk, last before `data: [DONE]`), unless the client asked for
   whose bytes hold `"role"` are parsed to tell it from a token that says "role"): one
   token each, as vLLM sends them;
 - unreadable: an event that may hold `usage` nested too deep for the JSON parser
-  (RecursionError): not read, not stripped; the caller settles such a stream as unknown.
+  (RecursionError): not read, not counted, and dropped when `strip_usage` (it may be the
+  usage chunk the router asked for; no client's parser could read it either); the caller
+  settles such a stream as unknown.
 
 Memory is bounded: an event longer than `max_event_bytes` (1 MiB; vLLM's usage chunk is
 about 150 bytes, a token's event a few hundred) is relayed as it comes, unread, and never
@@ -152,6 +154,10 @@ class StreamMeter:
         (Searched in place: most events are looked at without a copy.)"""
         if data.find(b"usage", start, end) >= 0 or data.find(b"\\u", start, end) >= 0:
             doc = self._parse(data, start, end)
+            if doc is _TOO_DEEP:
+                # Perhaps the usage chunk the router asked for: never relayed to a client
+                # that did not ask (no parser of the client's could read it either).
+                return self.strip_usage
             if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
                 found = usage_from_object(doc["usage"])
                 if found is not None:
@@ -175,7 +181,10 @@ class StreamMeter:
             return _json_data(bytes(data[start:end]))
         except RecursionError:  # an engine's value nested too deep to parse
             self.unreadable = True
-            return None
+            return _TOO_DEEP
+
+
+_TOO_DEEP = object()  # an event nested deeper than the JSON parser goes
 
 
 def _is_role_chunk(doc: object) -> bool:

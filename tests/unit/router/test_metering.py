@@ -397,10 +397,13 @@ def test_only_the_role_chunk_is_left_out_of_the_estimate() -> None:
 def test_a_usage_chunk_nested_too_deep_to_parse_is_unreadable_not_an_error() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     chunk = b'data: {"choices":[],"usage":{"prompt_tokens":1,"x":' + deep + b"}}\n\n"
-    meter = StreamMeter(strip_usage=True)
-    out = _relay(meter, [_sse(_content("a")), chunk, _sse("[DONE]")])
-    assert out == _sse(_content("a")) + chunk + _sse("[DONE]")  # not read: not stripped
-    assert meter.unreadable and meter.engine_usage is None
+    for strip in (True, False):
+        meter = StreamMeter(strip_usage=strip)
+        out = _relay(meter, [_sse(_content("a")), chunk, _sse("[DONE]")])
+        # Perhaps the chunk the router asked for: dropped then; else relayed as it came.
+        assert out == _sse(_content("a")) + (b"" if strip else chunk) + _sse("[DONE]")
+        assert meter.unreadable and meter.engine_usage is None
+        assert meter.usage == Usage(None, 1, "estimated")
 
 
 def _loads(data: str) -> Any:
