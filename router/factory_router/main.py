@@ -164,7 +164,10 @@ class Settings(BaseSettings):
     quota_default_max_tokens: int = Field(
         _Q.default_max_tokens,
         ge=1,
-        description="tokens reserved for a completion without max_tokens (settled by its usage)",
+        le=1 << 24,
+        description="for a tenant with a tokens quota, a chat completion setting neither "
+        "max_completion_tokens nor max_tokens: reserved, and sent to the engine as its "
+        "max_tokens (the engine cannot generate more than was reserved)",
     )
     endpoint_key_file: Path | None = Field(
         None,

@@ -62,7 +62,7 @@ from factory_router.policy.fleet import Backend
 from factory_router.policy.policies import PolicyName, Ranked, RouteRequest
 from factory_router.policy.route import RoutePlan
 from factory_router.policy.tenants import Tenant, allowed_jurisdictions
-from factory_router.quota.buckets import QuotaExceeded
+from factory_router.quota.buckets import QuotaExceeded, bound_body
 from factory_router.quota.service import Ticket, used_tokens
 from factory_router.upstream.client import (
     AttemptFailed,
@@ -138,9 +138,12 @@ async def handle(state: RouterState, request: Request) -> None:
             if not isinstance(model_field, str) or not model_field:
                 raise BadRequest("'model' is required and must be a string.", param="model")
             model = model_field
-            # Quotas (429 before any engine is asked); None for a tenant without any.
-            completes = request.path in _COMPLETION_PATHS
-            out.quota = await state.quota.admit(tenant, doc, len(body), completes=completes)
+            # Quotas (429 before any engine is asked); None for a tenant without any. A
+            # reservation's bound (no max_tokens in the body) is written into the forwarded
+            # body: the engine may generate no more than was reserved.
+            out.quota = await state.quota.admit(tenant, doc, len(body), path=request.path)
+            if out.quota is not None and out.quota.estimate.bound is not None:
+                body = bound_body(doc, out.quota.estimate.bound)
             client_region = request.headers.get("x-factory-client-region") or state.region
             key = None
             strip_usage = False

@@ -7,11 +7,13 @@ a bucket admits at most `capacity + rate x T`; a request is admitted only when e
 of its tenant holds its cost, and then it is taken from all of them at once.
 
 Tokens are not known before an answer ends: a request reserves its worst case, the prompt
-estimated from the body (`PROMPT_BYTES_PER_TOKEN` bytes per token) plus `max_tokens` (or
-`max_completion_tokens`, times `n`; the router's default when absent), and the answer's
-actual usage settles it (`delta = reserved - actual` given back; a prompt bigger than its
-estimate is taken, possibly below zero: the next requests wait for it). So what was
-admitted never exceeds the limit by more than one estimate.
+estimated from the body (`PROMPT_BYTES_PER_TOKEN` bytes per token) plus what the engine may
+generate (`estimate`: its counts read as the engine reads them, times `n` or `best_of`;
+when the body sets none, a bound the router writes into the forwarded body, so that the
+engine cannot generate more than was reserved), and the answer's actual usage settles it
+(`delta = reserved - actual` given back; a prompt bigger than its estimate is taken,
+possibly below zero: the next requests wait for it). So what was admitted never exceeds
+the limit by more than one estimate.
 
 `LocalBuckets` keeps buckets in memory (the per-replica fallback, each limit divided by the
 replica count); `redis_store` keeps the same buckets in Redis with the same arithmetic.
@@ -19,15 +21,30 @@ replica count); `redis_store` keeps the same buckets in Redis with the same arit
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from factory_router.policy.errors import TooManyRequests
+from pydantic import TypeAdapter, ValidationError
+
+from factory_router.policy.errors import BadRequest, TooManyRequests
 
 PROMPT_BYTES_PER_TOKEN = 4  # the usual English average; the settle corrects it
-MAX_N = 128  # `n` beyond this is the engine's to refuse; the estimate stops there
+# Counts beyond these are refused (400), not reserved: no model's context holds 2**24
+# tokens (the longest, 10M), and OpenAI's API allows `n` up to 128. Bounded counts also keep
+# the arithmetic in floats (a 321-digit max_tokens overflowed it: a 500).
+MAX_TOKENS = 1 << 24
+MAX_N = 128
+# The engines' own default of `max_tokens` on /v1/completions (vLLM's and OpenAI's): when a
+# body sets none, the router writes it, so that an engine with another default (the rest of
+# the context) cannot generate more than was reserved.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+_LAX_INT: TypeAdapter[int] = TypeAdapter(int)  # vLLM's `Optional[int]` fields, lax mode
+_MAX_COUNT_CHARS = 64  # a longer string is no count the router needs to parse
 
 LimitName = Literal["requests_per_minute", "tokens_per_minute", "tokens_per_day"]
 LimitKind = Literal["requests", "tokens"]
@@ -72,32 +89,85 @@ def buckets_of(limits: Mapping[LimitName, int | None], divisor: int = 1) -> tupl
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
+    """A request's reservation: its prompt, what it may generate, and the bound the
+    router writes into the forwarded body (`bound_body`) when the body set none."""
+
     prompt: int
     completion: int
+    bound: tuple[str, int] | None = None  # (field, value) to set on the forwarded body
 
     @property
     def total(self) -> int:
         return self.prompt + self.completion
 
 
-def estimate(doc: Mapping[str, Any], body_bytes: int, *, completes: bool, default: int) -> Estimate:
-    """The worst case of a request's tokens: its prompt from the body's size, plus what it
-    may generate (`max_completion_tokens`, else `max_tokens`, else `default`; times `n`).
-    Embeddings (`completes` false) generate nothing."""
+def estimate(doc: Mapping[str, Any], body_bytes: int, *, path: str, default: int) -> Estimate:
+    """The worst case of a request's tokens: its prompt from the body's size, plus what the
+    engine may generate, read as vLLM reads it (pydantic's lax int: `"5000"` and `5000.0`
+    are 5000, `5000.5` is refused):
+
+    - `/v1/chat/completions`: `max_completion_tokens`, else `max_tokens`; neither: `default`
+      (`--quota-default-max-tokens`), written into the body as `max_tokens`;
+    - `/v1/completions`: `max_tokens` only (`max_completion_tokens` is no field of it);
+      absent: the engines' default, 16, written into the body;
+    - anything else (embeddings): the prompt only;
+
+    times `n`, or `best_of` when larger (every candidate is generated). `BadRequest` (400)
+    for a count the engine would refuse (not an integer, below 1) or beyond `MAX_TOKENS` /
+    `MAX_N`. (vLLM reads `max_completion_tokens or max_tokens`, so a 0 there falls through
+    to `max_tokens`; the router refuses a 0 instead: no reservation is ever read as less
+    than the engine may generate.)"""
     prompt = math.ceil(body_bytes / PROMPT_BYTES_PER_TOKEN)
-    if not completes:
+    if path == CHAT_PATH:
+        fields: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
+        fallback = default
+    elif path == COMPLETIONS_PATH:
+        fields, fallback = ("max_tokens",), COMPLETIONS_DEFAULT_MAX_TOKENS
+    else:
         return Estimate(prompt, 0)
-    raw = doc.get("max_completion_tokens")
-    wanted = _count(doc.get("max_tokens") if raw is None else raw) or default
-    n = min(_count(doc.get("n")) or 1, MAX_N)
-    return Estimate(prompt, wanted * n)
+    wanted: int | None = None
+    for name in fields:
+        wanted = _count(doc, name, MAX_TOKENS)
+        if wanted is not None:
+            break
+    bound = None
+    if wanted is None:
+        wanted, bound = fallback, ("max_tokens", fallback)
+    n = _count(doc, "n", MAX_N) or 1
+    best_of = _count(doc, "best_of", MAX_N) or 1
+    return Estimate(prompt, wanted * max(n, best_of), bound)
 
 
-def _count(value: Any) -> int | None:
-    """A positive JSON integer, else None (left for the engine to refuse)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
+def _count(doc: Mapping[str, Any], name: str, most: int) -> int | None:
+    """`doc[name]` as the engine's `Optional[int]` reads it: None when absent or null;
+    `BadRequest` when it is no integer, below 1 or above `most`."""
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) > _MAX_COUNT_CHARS:
+        raise BadRequest(f"'{name}' must be an integer from 1 to {most}.", param=name)
+    try:
+        count = _LAX_INT.validate_python(value, strict=False)
+    except ValidationError:
+        raise BadRequest(f"'{name}' must be an integer.", param=name) from None
+    if not 1 <= count <= most:
+        raise BadRequest(f"'{name}' must be an integer from 1 to {most}.", param=name)
+    return count
+
+
+def bound_body(doc: dict[str, Any], bound: tuple[str, int]) -> bytes:
+    """The body to forward with `bound` set (`doc` updated in place): the parsed object
+    serialized again, UTF-8 as the client sent it (what the engine reads of duplicate keys
+    is what `json.loads` read: the last one)."""
+    name, value = bound
+    doc[name] = value
+    try:
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800", which json.loads accepts)
+            return json.dumps(doc, separators=(",", ":")).encode()
+    except RecursionError:  # nested about as deep as json.loads allows
+        raise BadRequest("Request body is nested too deeply.") from None
 
 
 def refill(level: float, since: float, now: float, bucket: Bucket) -> float:
@@ -144,9 +214,6 @@ class LocalBuckets:
         """Settle: `delta` tokens back (negative: taken), never above the capacity."""
         level = min(bucket.capacity, self._level(key, bucket, now) + delta)
         self._state[key] = (level, now)
-
-    def clear(self) -> None:
-        self._state.clear()
 
 
 def duration(seconds: float) -> str:
@@ -213,12 +280,15 @@ def exceeded(
 ) -> QuotaExceeded:
     """The 429 of a refused request: named after the bucket that makes it wait longest;
     `Retry-After` in whole seconds, rounded up (the request fits then, if nothing else is
-    taken meanwhile)."""
+    taken meanwhile), at most the bucket's period."""
     waits = [
         ((c - lv) / b.per_second, b, lv, c)
         for b, lv, c in zip(buckets, verdict.levels, costs, strict=True)
     ]
     wait, bucket, level, cost = max(waits, key=lambda w: w[0])
+    # At most the bucket's full refill (its period: a minute, a day): a request larger than
+    # the capacity never fits, and a debt (a prompt beyond its estimate) is told again.
+    wait = min(wait, bucket.capacity / bucket.per_second)
     retry_after = max(1, math.ceil(wait))
     limit = math.floor(bucket.capacity)
     if cost > bucket.capacity:

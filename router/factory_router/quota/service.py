@@ -3,13 +3,25 @@
 Where the buckets are (`backend`):
 
 - `redis`: shared by every replica (`--quota-redis-url`);
-- `local (redis unreachable)`: Redis failed (an error or a timeout, on any call): from that
-  call on, each replica keeps its own buckets with each limit divided by the replica count
-  (`--quota-replicas`), so the replicas together stay near the tenant's limit. A task
-  pings Redis every `retry_interval` and switches back at the first answer. The request
-  that met the failure is decided locally at once: a Redis outage is never a 5xx or a hang;
+- `local (redis unreachable)`: Redis failed (any exception from the store on any call: an
+  error, a timeout, a reply of the wrong shape): from that call on, each replica keeps its
+  own buckets with each limit divided by the replica count (`--quota-replicas`), so the
+  replicas together stay near the tenant's limit. A task probes Redis every
+  `retry_interval` by running the quota script itself on a probe key, over a connection of
+  its own (a PING would pass on a Redis that refuses or holds scripts: out of memory, an
+  ACL, a read-only replica, `CLIENT PAUSE` during a failover), and switches back after
+  `recover_probes` good probes in a row, with fresh connections. The request that met the
+  failure is decided locally at once: a Redis outage is never a 5xx or a hang. This
+  replica's buckets are kept across switches: while Redis governs they are not asked; when
+  it fails again they continue from where they were (a flapping Redis cannot refill them);
 - `local`: no Redis configured; the limits are this replica's alone (divided by the
   replica count all the same).
+
+A take whose reply is lost (a timeout: Redis may have run it) is undone in the background,
+best-effort and once (`redis_store`: the reservation's id is recorded with it): its tokens
+go back and its lease is removed at the first good probe, or within `undo_seconds` never
+(then its tokens stay taken, on the safe side, and its lease, never renewed, expires
+within `lease_seconds`).
 
 With Redis configured, a tenant's `max_concurrent_requests` is shared too: each admitted
 request holds a lease in Redis (taken by the same script as the buckets), renewed by this
@@ -34,11 +46,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import RedisError
 
 from factory_router.metering.usage import Usage
 from factory_router.policy.tenants import Tenant
 from factory_router.quota.buckets import (
+    PROMPT_BYTES_PER_TOKEN,
     Bucket,
     Estimate,
     LimitName,
@@ -50,12 +62,22 @@ from factory_router.quota.buckets import (
     exceeded,
     rate_limit_headers,
 )
-from factory_router.quota.redis_store import Lease, RedisBuckets, bucket_key, lease_key
+from factory_router.quota.redis_store import (
+    Lease,
+    RedisBuckets,
+    Reservation,
+    bucket_key,
+    lease_key,
+    records_key,
+)
 
 log = logging.getLogger("factory_router.quota")
 
 Backend = Literal["redis", "local (redis unreachable)", "local"]
-_FAILURES = (RedisError, OSError, TimeoutError, ConnectionError)
+# Any exception from the store trips the circuit (a reply of the wrong shape as much as a
+# refused connection): none may become a 5xx. Cancellation is no failure (BaseException).
+_FAILURES: tuple[type[Exception], ...] = (Exception,)
+MAX_PENDING_UNDOS = 4096  # beyond: not undone (their tokens stay taken: the safe side)
 
 
 @dataclass(frozen=True)
@@ -65,12 +87,18 @@ class QuotaConfig:
     redis_url: str | None = None
     replicas: int = 1  # router replicas sharing the tenants' limits (the fallback divides)
     redis_timeout: float = 0.25  # seconds, per Redis call (connect, read, whole script)
-    retry_interval: float = 1.0  # seconds between pings while Redis is unreachable
-    default_max_tokens: int = 1024  # reserved for a completion that sets no max_tokens
+    retry_interval: float = 1.0  # seconds between probes while Redis is unreachable
+    recover_probes: int = 3  # good probes in a row before Redis governs again
+    # Reserved for a chat completion that sets neither max_completion_tokens nor
+    # max_tokens, and written into its forwarded body as max_tokens (the engine's own
+    # default is the rest of the context, which the router does not know).
+    default_max_tokens: int = 1024
     # A request in flight counts among its tenant's concurrent requests (in Redis) for this
     # long unless its router renews it (every third of it): a router that dies frees its
     # tenants' places within a lease.
     lease_seconds: float = 30.0
+    # A take whose reply was lost can be undone this long (its record lives as long).
+    undo_seconds: float = 30.0
     key_prefix: str = "factory:quota:"
 
 
@@ -101,11 +129,18 @@ class QuotaService:
         self.config = config
         self._local = LocalBuckets()
         self._redis = (
-            RedisBuckets(config.redis_url, timeout=config.redis_timeout, prefix=config.key_prefix)
+            RedisBuckets(
+                config.redis_url,
+                timeout=config.redis_timeout,
+                prefix=config.key_prefix,
+                record_seconds=config.undo_seconds,
+            )
             if config.redis_url
             else None
         )
         self._shared = self._redis is not None
+        self._good_probes = 0  # in a row, while Redis is not governing
+        self._undos: list[tuple[float, Reservation]] = []  # (give up at, reservation)
         self.last_error: str | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._leases: dict[str, Lease] = {}  # member -> lease, renewed while in flight
@@ -130,6 +165,13 @@ class QuotaService:
             "Redis calls that failed and switched quotas to per-replica limits.",
             registry=registry,
         )
+        self.undone = Counter(
+            "factory_router_quota_undone_reservations",
+            "Reservations whose Redis reply was lost, by outcome: undone (given back), "
+            "absent (never made), expired (not undone in time: left taken).",
+            ["outcome"],
+            registry=registry,
+        )
 
     @property
     def backend(self) -> Backend:
@@ -147,31 +189,40 @@ class QuotaService:
         }
 
     async def admit(
-        self, tenant: Tenant, doc: Mapping[str, Any], body_bytes: int, *, completes: bool
+        self, tenant: Tenant, doc: Mapping[str, Any], body_bytes: int, *, path: str
     ) -> Ticket | None:
-        """Reserve the request's worst case, and its place among the tenant's concurrent
-        requests; None for a tenant without quotas; `QuotaExceeded` (429, nothing taken)
-        when a bucket lacks it or the tenant is at its concurrent requests."""
+        """Reserve the request's worst case (`buckets.estimate`, for the endpoint `path`),
+        and its place among the tenant's concurrent requests; None for a tenant without
+        quotas; `QuotaExceeded` (429, nothing taken) when a bucket lacks it or the tenant is
+        at its concurrent requests; `BadRequest` (400) for a count the engine would refuse.
+        When the ticket's `estimate.bound` is set, the caller must forward the body with it
+        (`buckets.bound_body`): the engine may generate no more than was reserved."""
         limits = _limits(tenant)
         # Concurrent requests are shared only through Redis; without one, `TenantLimits`
         # (per router) is the whole story, as before quotas.
         concurrent = tenant.max_concurrent_requests if self._redis is not None else None
         if not any(limits.values()) and not concurrent:
             return None
-        est = estimate(doc, body_bytes, completes=completes, default=self.config.default_max_tokens)
+        if tenant.tokens_per_minute or tenant.tokens_per_day:
+            est = estimate(doc, body_bytes, path=path, default=self.config.default_max_tokens)
+        else:  # no token bucket: the body's counts are the engine's business alone
+            est = Estimate(math.ceil(body_bytes / PROMPT_BYTES_PER_TOKEN), 0)
         if self._redis is not None and self._shared:
             buckets = buckets_of(limits)
             keys = tuple(bucket_key(self.config.key_prefix, tenant.name, b) for b in buckets)
             costs = [b.cost(est.total) for b in buckets]
+            member = self._member(next(self._sequence))  # the reservation's id
             lease = None
             if concurrent:
-                member = self._member(next(self._sequence))
                 key = lease_key(self.config.key_prefix, tenant.name)
                 lease = Lease(key, member, concurrent, self._lease_ms)
+            records = records_key(self.config.key_prefix, tenant.name)
+            taken = Reservation(member, keys, buckets, tuple(costs), records, lease)
             try:
-                verdict = await self._redis.take(keys, buckets, costs, lease)
+                verdict = await self._redis.take(taken)
             except _FAILURES as exc:
                 self._trip(exc)
+                self._undo_later(taken)  # Redis may have run it: undone once it answers
             else:
                 ticket = self._verdict(
                     tenant, buckets=buckets, keys=keys, costs=costs, est=est, verdict=verdict,
@@ -197,6 +248,30 @@ class QuotaService:
             return ticket
         self._inflight[tenant.name] = held + 1
         return replace(ticket, counted=True)
+
+    def _undo_later(self, taken: Reservation) -> None:
+        if len(self._undos) < MAX_PENDING_UNDOS:
+            self._undos.append((time.monotonic() + self.config.undo_seconds, taken))
+        else:
+            self.undone.labels("expired").inc()
+
+    async def _undo_pending(self) -> None:
+        """Undo the reservations whose reply was lost, oldest first; stop at the first
+        failure (Redis is not answering: the next round tries again)."""
+        assert self._redis is not None
+        while self._undos:
+            give_up_at, taken = self._undos[0]
+            if time.monotonic() >= give_up_at:
+                self._undos.pop(0)
+                self.undone.labels("expired").inc()
+                continue
+            try:
+                given_back = await self._redis.undo(taken)
+            except _FAILURES as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                return
+            self._undos.pop(0)
+            self.undone.labels("undone" if given_back else "absent").inc()
 
     def _verdict(
         self,
@@ -275,11 +350,14 @@ class QuotaService:
         if self._shared:
             log.warning("quota: redis unreachable, per-replica limits: %s", self.last_error)
         self._shared = False
+        self._good_probes = 0
 
     async def run(self) -> None:
         """Renew the leases of this replica's requests in flight every third of a lease;
-        while Redis is unreachable, ping it every `retry_interval`: at its first answer the
-        buckets are shared again (this replica's own are dropped)."""
+        undo the reservations whose reply was lost; while Redis is not governing, probe it
+        every `retry_interval` (the quota script on a probe key, on the probe's own
+        connection): after `recover_probes` good probes in a row, the buckets are shared
+        again, on fresh connections. This replica's own buckets are kept."""
         if self._redis is None:
             return
         renew_every = self.config.lease_seconds / 3
@@ -293,16 +371,23 @@ class QuotaService:
                         await self._redis.renew(list(self._leases.values()), self._lease_ms)
                     except _FAILURES as exc:
                         self._trip(exc)
+                if self._undos:
+                    await self._undo_pending()
                 continue
             try:
-                await self._redis.ping()
+                await self._redis.probe()
             except _FAILURES as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self._good_probes = 0
                 continue
-            log.warning("quota: redis reachable again, shared limits")
-            self._local.clear()
-            self._leases.clear()  # expired there by now, or soon: not renewed
+            await self._undo_pending()
+            self._good_probes += 1
+            if self._good_probes < self.config.recover_probes:
+                continue
+            log.warning("quota: redis answers the quota script again, shared limits")
+            self._redis.reconnect()
             self._shared = True
+            self._good_probes = 0
             self.last_error = None
 
     @property

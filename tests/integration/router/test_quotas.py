@@ -19,6 +19,7 @@ cache): the test fails without it, it never skips. Everything binds 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -37,10 +38,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis as redis_py
 
 from factory_router.policy.tenants import Tenant, hash_key
-from factory_router.quota.buckets import QuotaExceeded
-from factory_router.quota.service import QuotaConfig, QuotaService, Ticket
+from factory_router.quota.buckets import CHAT_PATH, QuotaExceeded, buckets_of
+from factory_router.quota.redis_store import bucket_key, lease_key
+from factory_router.quota.service import QuotaConfig, QuotaService, Ticket, _limits
 from factoryctl.redis_server import find_redis
 from tests.support.waiting import async_wait_until, wait_until
 
@@ -317,11 +320,11 @@ def _openai(router: Router, tenant: str, retries: int) -> openai.OpenAI:
     )
 
 
-def _chat(client: openai.OpenAI) -> Any:
+def _chat(client: openai.OpenAI, max_tokens: int) -> Any:
     return client.chat.completions.create(
         model=BODY["model"],
         messages=BODY["messages"],
-        max_tokens=BODY["max_tokens"],
+        max_tokens=max_tokens,
         extra_body={"ignore_eos": True},
     )
 
@@ -346,14 +349,16 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
     figures["shared"] = (admitted, round(bound))
     assert abs(admitted - bound) <= 0.05 * bound, figures
 
-    # Retry-After is right: the bucket is empty now; the wait the 429 states is what its
-    # figures give (tokens missing / rate, rounded up), and the openai client, told to
-    # retry, waits it and is admitted.
+    # Retry-After is right: the bucket is nearly empty now (a request of 300 tokens does
+    # not fit for 3 s: the 40-token ones could, after the time the load took to stop); the
+    # wait the 429 states is what its figures give (tokens missing / rate, rounded up), and
+    # the openai client, told to retry, waits it and is admitted.
+    big = 300
     with (
         _openai(fleet.routers[0], "limited", retries=0) as client,
         pytest.raises(openai.RateLimitError) as refused,
     ):
-        _chat(client)
+        _chat(client, big)
     assert refused.value.code == "rate_limit_exceeded"
     retry_after = int(refused.value.response.headers["retry-after"])
     message = refused.value.body["message"]  # type: ignore[index]
@@ -361,8 +366,8 @@ def test_quotas_shared_then_per_replica_while_redis_is_down_then_shared_again(
     missing = requested - (TPM - used)
     assert retry_after in {max(1, math.ceil((missing + d) / RATE)) for d in (-1, 0, 1)}, message
     with _openai(fleet.routers[1], "limited", retries=2) as client:
-        answer = _chat(client)
-    assert answer.usage is not None and answer.usage.completion_tokens == BODY["max_tokens"]
+        answer = _chat(client, big)
+    assert answer.usage is not None and answer.usage.completion_tokens == big
     figures["retry_after"] = retry_after
 
     # 2. Redis killed mid-run: per-replica limits, no 5xx, /readyz and the gauge say so.
@@ -440,13 +445,13 @@ async def test_concurrent_requests_are_shared_leased_and_split_without_redis(
     renewing = asyncio.create_task(b.run())  # `a` renews nothing: it stands for a dead router
 
     async def admit(service: QuotaService) -> Ticket:
-        ticket = await service.admit(tenant, {}, 10, completes=True)
+        ticket = await service.admit(tenant, {}, 10, path=CHAT_PATH)
         assert ticket is not None
         return ticket
 
     async def refused(service: QuotaService) -> QuotaExceeded:
         with pytest.raises(QuotaExceeded) as err:
-            await service.admit(tenant, {}, 10, completes=True)
+            await service.admit(tenant, {}, 10, path=CHAT_PATH)
         return err.value
 
     try:
@@ -485,3 +490,256 @@ async def test_concurrent_requests_are_shared_leased_and_split_without_redis(
         await b.close()
         if not redis.answers():
             redis.start()
+
+
+def test_the_reservation_is_what_the_engine_may_generate(fleet: Fleet) -> None:
+    """The review's evasions, through a real router and the simulator: counts the engine
+    reads leniently (`"5000"`, `5000.0`) reserve what they say; a body without max_tokens
+    is sent with the router's default (the engine cannot run to the end of its context);
+    /v1/completions reserves its max_tokens, not max_completion_tokens (`n` and `best_of`,
+    which the simulator refuses beyond 1, are unit-tested); counts the engine would
+    refuse, or beyond any context, are 400s."""
+    router = fleet.routers[0]
+    headers = {"authorization": f"Bearer {KEYS['other']}"}
+    capacity = 10_000_000  # the other tenant's tokens per minute (refills 166,666 a second)
+
+    def post(path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(router.url + path, json=body, headers=headers, timeout=60)
+
+    def reserved(resp: httpx.Response) -> int:
+        # Against the limit in force: the shared one, or this router's share after a
+        # timeout on a loaded machine (a request that meets one is decided locally).
+        assert resp.status_code == 200, resp.text
+        limit = int(resp.headers["x-ratelimit-limit-tokens"])
+        assert limit in (capacity, capacity // 2)
+        return limit - int(resp.headers["x-ratelimit-remaining-tokens"])
+
+    chat = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+    for value in ("5000", 5000.0):
+        resp = post("/v1/chat/completions", {**chat, "max_tokens": value})
+        assert 5000 <= reserved(resp) < 5000 + 100, value  # the prompt: ~20 tokens
+    resp = post(
+        "/v1/completions",
+        {"model": "llama", "prompt": "hi", "max_completion_tokens": 1, "max_tokens": 2000},
+    )
+    assert 2000 <= reserved(resp) < 2100
+    # No max_tokens, EOS ignored: the engine would generate up to the rest of its context
+    # (131,072 tokens); the router sent its default, 1024, and reserved that.
+    resp = post("/v1/chat/completions", {**chat, "ignore_eos": True})
+    assert 1024 <= reserved(resp) < 1024 + 100
+    assert resp.json()["usage"]["completion_tokens"] == 1024
+    for bad in (5000.5, "5e3", 0, 10**40, 10**320):
+        resp = post("/v1/chat/completions", {**chat, "max_tokens": bad})
+        assert resp.status_code == 400, (bad, resp.text)
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "max_tokens"
+        assert "retry-after" not in resp.headers
+
+
+def _cli(server: Redis) -> redis_py.Redis:
+    return redis_py.Redis(port=server.port, socket_timeout=5)
+
+
+class SlowProxy:
+    """A TCP proxy in front of the real Redis that holds each reply `delay` seconds: the
+    script runs, its answer arrives after the router's timeout."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.delay = port, 0.0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, *, slow: bool) -> None:
+        try:
+            while data := await r.read(65536):
+                if slow and self.delay:
+                    await asyncio.sleep(self.delay)
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+        for task in (
+            asyncio.create_task(self._pipe(reader, up_w, slow=False)),
+            asyncio.create_task(self._pipe(up_r, writer, slow=True)),
+        ):
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def test_a_reply_lost_to_the_timeout_is_undone_once_redis_answers(redis: Redis) -> None:
+    """The script runs but answers after the 0.25 s timeout: the request is decided
+    locally, and its reservation and lease in Redis, untracked, once locked a tenant with
+    max_concurrent_requests 4 out for 28.7 s with nothing in flight. Now each is undone (by
+    its id) at the first good probe: the tenant's places and tokens are all back."""
+    if not redis.answers():
+        redis.start()
+    cli = _cli(redis)
+    cli.flushall()
+    proxy = SlowProxy(redis.port)
+    await proxy.start()
+    config = QuotaConfig(redis_url=proxy.url, redis_timeout=0.25, retry_interval=0.2)
+    service = QuotaService(config)
+    tenant = Tenant("c", frozenset({"EU"}), max_concurrent_requests=4, tokens_per_minute=100_000)
+    runner = asyncio.create_task(service.run())
+    prefix = config.key_prefix
+    try:
+        warm = Tenant("warm", frozenset({"EU"}), tokens_per_minute=100_000)  # 4 connections
+        for ticket in await asyncio.gather(
+            *[service.admit(warm, {"max_tokens": 1}, 4, path=CHAT_PATH) for _ in range(4)]
+        ):
+            assert ticket is not None and ticket.shared  # not settled: no call in flight
+        proxy.delay = 0.6
+        tickets = await asyncio.gather(
+            *[service.admit(tenant, {"max_tokens": 100}, 40, path=CHAT_PATH) for _ in range(4)]
+        )
+        assert all(t is not None and not t.shared for t in tickets)
+        for ticket in tickets:
+            assert ticket is not None
+            service.settle(ticket, 50)
+        # The scripts did run: four leases and 440 tokens taken, nobody tracking them.
+        await async_wait_until(
+            lambda: cli.zcard(lease_key(prefix, "c")) == 4, timeout=5, what="late takes"
+        )
+        proxy.delay = 0.0
+        await async_wait_until(lambda: service.backend == "redis", timeout=10, what="back")
+        assert cli.zcard(lease_key(prefix, "c")) == 0
+        level = float(cli.hget(bucket_key(prefix, "c", buckets_of(_limits(tenant))[0]), "l"))
+        assert level > 100_000 - 50, level  # refunded (and refilled meanwhile)
+        assert service.undone.labels("undone")._value.get() == 4
+        started = time.monotonic()
+        again = [await service.admit(tenant, {"max_tokens": 10}, 40, path=CHAT_PATH)
+                 for _ in range(4)]  # fmt: skip
+        assert all(t is not None and t.shared for t in again)
+        assert time.monotonic() - started < 1.0
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await service.close()
+        await proxy.close()
+
+
+async def test_client_pause_is_no_5xx_no_hang_and_no_flapping(redis: Redis) -> None:
+    """`CLIENT PAUSE 3000 WRITE` (what a Sentinel failover does): PING answers, scripts
+    wait. Requests during the pause are decided locally within one timeout; the circuit
+    trips once and stays open until the pause is over and the script answers again (it
+    flapped 12 times in 15 s, with 500s from a pool disconnected under requests)."""
+    if not redis.answers():
+        redis.start()
+    cli = _cli(redis)
+    cli.flushall()
+    config = QuotaConfig(redis_url=redis.url, redis_timeout=0.25, retry_interval=0.2)
+    service = QuotaService(config)
+    tenant = Tenant(
+        "p", frozenset({"EU"}), tokens_per_minute=6_000_000, max_concurrent_requests=500
+    )
+    switches: list[str] = []
+    runner = asyncio.create_task(service.run())
+
+    async def watch() -> None:
+        last = service.backend
+        while True:
+            await asyncio.sleep(0.01)
+            if service.backend != last:
+                last = service.backend
+                switches.append(last)
+
+    watcher = asyncio.create_task(watch())
+    latencies: list[float] = []
+
+    async def one() -> Ticket | None:
+        started = time.monotonic()
+        try:
+            return await service.admit(tenant, {"max_tokens": 20}, 40, path=CHAT_PATH)
+        finally:
+            latencies.append(time.monotonic() - started)
+
+    try:
+        first = await one()
+        assert first is not None and first.shared
+        service.settle(first, 10)  # its lease released before the pause
+        await async_wait_until(
+            lambda: cli.zcard(lease_key(config.key_prefix, "p")) == 0, timeout=5, what="settled"
+        )
+        cli.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+        paused = time.monotonic()
+        tickets: list[Ticket | None] = []
+        while time.monotonic() - paused < 2.5:
+            batch = await asyncio.gather(*[one() for _ in range(20)])
+            for ticket in batch:
+                assert ticket is not None  # never an exception (a 5xx)
+                service.settle(ticket, 10)
+            tickets += batch
+        assert switches == ["local (redis unreachable)"], switches
+        assert max(latencies) < 0.25 * 2 + 0.3, max(latencies)
+        await async_wait_until(lambda: service.backend == "redis", timeout=10, what="back")
+        assert switches == ["local (redis unreachable)", "redis"], switches
+        assert service.last_error is None
+        # The takes that waited out the pause ran after it; they were undone.
+        await async_wait_until(
+            lambda: cli.zcard(lease_key(config.key_prefix, "p")) == 0, timeout=10, what="undone"
+        )
+    finally:
+        watcher.cancel()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        cli.execute_command("CLIENT", "UNPAUSE")
+        await service.close()
+
+
+async def test_a_redis_that_pings_but_refuses_scripts_keeps_the_local_share(
+    redis: Redis,
+) -> None:
+    """An ACL that forbids EVAL/EVALSHA (as a read-only replica or a policy change would
+    refuse the script): PING answers, every script is refused. The probe runs the script,
+    so the replica keeps its own share: tokens admitted stay within its bucket's bound (it
+    was switched back by the PING every second and refilled: 54,810 in 10 s against
+    7,001)."""
+    if not redis.answers():
+        redis.start()
+    cli = _cli(redis)
+    cli.flushall()
+    config = QuotaConfig(redis_url=redis.url, redis_timeout=0.25, retry_interval=0.1)
+    service = QuotaService(config)
+    tenant = Tenant("noperm", frozenset({"EU"}), tokens_per_minute=6000)  # 100 a second
+    runner = asyncio.create_task(service.run())
+    cli.acl_setuser("default", enabled=True, commands=["-eval", "-evalsha"])
+    try:
+        admitted, started = 0, time.monotonic()
+        while (elapsed := time.monotonic() - started) < 3.0:
+            try:
+                await service.admit(tenant, {"max_tokens": 90}, 40, path=CHAT_PATH)
+                admitted += 100
+            except QuotaExceeded:
+                await asyncio.sleep(0.02)
+        assert service.backend == "local (redis unreachable)"
+        assert service.last_error and "NoPermission" in service.last_error, service.last_error
+        assert admitted <= 6000 + 100 * elapsed, admitted
+        cli.acl_setuser("default", enabled=True, commands=["+@all"])
+        await async_wait_until(lambda: service.backend == "redis", timeout=10, what="back")
+    finally:
+        cli.acl_setuser("default", enabled=True, commands=["+@all"])
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await service.close()

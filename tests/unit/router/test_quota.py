@@ -7,26 +7,35 @@ limits at once (no error to the client), and a tenant without quotas costs no Re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import time
 
 import pytest
 
 from factory_router.metering.usage import Usage
-from factory_router.policy.errors import PolicyError
+from factory_router.policy.errors import BadRequest, PolicyError
 from factory_router.policy.tenants import Tenant, parse_tenants
 from factory_router.quota.buckets import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    MAX_N,
+    MAX_TOKENS,
     PROMPT_BYTES_PER_TOKEN,
     Bucket,
     LocalBuckets,
     QuotaExceeded,
+    bound_body,
     buckets_of,
     duration,
     estimate,
     exceeded,
     rate_limit_headers,
 )
+from factory_router.quota.redis_store import bucket_key, lease_key
 from factory_router.quota.service import QuotaConfig, QuotaService, used_tokens
+from tests.support.waiting import async_wait_until
 
 TPM = Bucket("tokens_per_minute", 600.0, 10.0)
 RPM = Bucket("requests_per_minute", 60.0, 1.0)
@@ -78,13 +87,89 @@ def test_settle_gives_back_the_unused_reservation_and_takes_an_excess() -> None:
 def test_the_estimate_is_the_worst_case() -> None:
     body = 400
     prompt = math.ceil(body / PROMPT_BYTES_PER_TOKEN)
-    assert estimate({"max_tokens": 50}, body, completes=True, default=1024).total == prompt + 50
+    chat = {"path": CHAT_PATH, "default": 1024}
+    assert estimate({"max_tokens": 50}, body, **chat).total == prompt + 50  # type: ignore[arg-type]
     both = {"max_tokens": 50, "max_completion_tokens": 70, "n": 2}
-    assert estimate(both, body, completes=True, default=1024).completion == 140
-    assert estimate({}, body, completes=True, default=1024).completion == 1024
-    for bad in ({"max_tokens": "9"}, {"max_tokens": True}, {"max_tokens": -1}):
-        assert estimate(bad, body, completes=True, default=7).completion == 7
-    assert estimate({"max_tokens": 50}, body, completes=False, default=1024).completion == 0
+    assert estimate(both, body, **chat).completion == 140  # type: ignore[arg-type]
+    assert estimate({"max_tokens": 50}, body, path="/v1/embeddings", default=9).completion == 0
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "completion", "bound"),
+    [
+        # read as the engine's pydantic lax int reads them (the review: these reserved 1024)
+        ({"max_tokens": "5000"}, CHAT_PATH, 5000, None),
+        ({"max_tokens": 5000.0}, CHAT_PATH, 5000, None),
+        ({"max_tokens": " 5_000 "}, CHAT_PATH, 5000, None),
+        ({"max_completion_tokens": None, "max_tokens": 2000}, CHAT_PATH, 2000, None),
+        # /v1/completions has no max_completion_tokens: max_tokens is what the engine reads
+        ({"max_completion_tokens": 1, "max_tokens": 5000}, COMPLETIONS_PATH, 5000, None),
+        # absent: a bound the router writes into the forwarded body
+        ({}, CHAT_PATH, 1024, ("max_tokens", 1024)),
+        ({"max_completion_tokens": None}, CHAT_PATH, 1024, ("max_tokens", 1024)),
+        ({"max_completion_tokens": 9}, COMPLETIONS_PATH, 16, ("max_tokens", 16)),
+        # every candidate is generated: n, or best_of when larger
+        ({"max_tokens": 100, "n": "3"}, CHAT_PATH, 300, None),
+        ({"max_tokens": 100, "n": 2, "best_of": 5}, COMPLETIONS_PATH, 500, None),
+        ({"n": 4}, CHAT_PATH, 4096, ("max_tokens", 1024)),
+    ],
+)
+def test_the_estimate_reads_counts_as_the_engine_does(
+    doc: dict[str, object], path: str, completion: int, bound: tuple[str, int] | None
+) -> None:
+    est = estimate(doc, 40, path=path, default=1024)
+    assert (est.completion, est.bound) == (completion, bound)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"max_tokens": 5000.5},
+        {"max_tokens": "5e3"},
+        {"max_tokens": [1]},
+        {"max_tokens": 0},
+        {"max_tokens": -1},
+        {"max_tokens": MAX_TOKENS + 1},
+        {"max_tokens": 10**320},  # was a 500 (OverflowError)
+        {"max_tokens": 10**40},  # was a 429 with an absurd Retry-After
+        {"max_tokens": "9" * 400},
+        {"max_completion_tokens": "x", "max_tokens": 10},
+        {"max_tokens": 10, "n": 0},
+        {"max_tokens": 10, "n": MAX_N + 1},
+        {"max_tokens": 10, "best_of": 1.5},
+    ],
+)
+def test_a_count_the_engine_would_refuse_or_beyond_any_context_is_a_400(
+    doc: dict[str, object],
+) -> None:
+    with pytest.raises(BadRequest) as refused:
+        estimate(doc, 40, path=CHAT_PATH, default=1024)
+    assert refused.value.status == 400 and refused.value.type == "invalid_request_error"
+
+
+def test_the_bound_is_written_into_the_forwarded_body() -> None:
+    doc = {"model": "m", "messages": [{"role": "user", "content": "h\u00e9"}], "stream": True}
+    sent = bound_body(doc, ("max_tokens", 1024))
+    assert json.loads(sent) == {**doc, "max_tokens": 1024}
+    assert "hé".encode() in sent  # UTF-8 as sent
+
+
+def test_retry_after_is_at_most_the_buckets_period() -> None:
+    tpd = Bucket("tokens_per_day", 1000.0, 1000 / 86400)
+    for bucket, most in ((TPM, 60), (tpd, 86400)):
+        verdict = LocalBuckets().take(["t"], [bucket], [MAX_TOKENS * MAX_N], 0.0)
+        err = exceeded("acme", [bucket], verdict, [MAX_TOKENS * MAX_N], scope="")
+        assert err.retry_after is not None and 1 <= err.retry_after <= most
+        assert "Request too large" in err.message
+
+
+def test_keys_keep_every_tenant_apart_in_one_hash_tag() -> None:
+    """`team{x}` and `team(x)` shared their keys (braces were replaced by parentheses)."""
+    a, b = bucket_key("q:", "team{x}", TPM), bucket_key("q:", "team(x)", TPM)
+    assert a != b
+    for key in (a, b, lease_key("q:", "team{x}")):
+        assert key.count("{") == 1 and key.count("}") == 1  # one Cluster hash tag
+    assert bytes.fromhex(a[a.index("{") + 1 : a.index("}")]).decode() == "team{x}"
 
 
 def test_limits_become_buckets_divided_by_the_replicas() -> None:
@@ -157,7 +242,7 @@ def test_the_tenants_file_takes_quotas_and_refuses_bad_ones() -> None:
 async def test_used_tokens_counts_the_estimated_prompt_when_the_engine_gave_none() -> None:
     service = QuotaService(QuotaConfig())
     tenant = Tenant("t", frozenset({"EU"}), tokens_per_minute=10_000)
-    ticket = await service.admit(tenant, {"max_tokens": 10}, 40, completes=True)
+    ticket = await service.admit(tenant, {"max_tokens": 10}, 40, path=CHAT_PATH)
     assert ticket is not None and ticket.estimate.prompt == 10
     assert used_tokens(ticket, None) == 0
     assert used_tokens(ticket, Usage(7, 3, "engine")) == 10
@@ -170,21 +255,21 @@ async def test_an_unreachable_redis_means_per_replica_limits_at_once() -> None:
     tenant = Tenant("t", frozenset({"EU"}), tokens_per_minute=1200)
     assert service.backend == "redis"
     started = time.monotonic()
-    ticket = await service.admit(tenant, {"max_tokens": 490}, 40, completes=True)
+    ticket = await service.admit(tenant, {"max_tokens": 490}, 40, path=CHAT_PATH)
     assert time.monotonic() - started < 1.0
     assert ticket is not None and not ticket.shared
     assert service.backend == "local (redis unreachable)"
     assert service.status(str)["quota_backend"] == "local (redis unreachable)"
     assert ticket.headers["x-ratelimit-limit-tokens"] == "600"  # 1200 / 2 replicas
     with pytest.raises(QuotaExceeded) as refused:
-        await service.admit(tenant, {"max_tokens": 490}, 40, completes=True)
+        await service.admit(tenant, {"max_tokens": 490}, 40, path=CHAT_PATH)
     assert "this router's share" in refused.value.message
     await service.close()
 
 
 async def test_a_tenant_without_quotas_costs_no_redis_call() -> None:
     service = QuotaService(QuotaConfig(redis_url="redis://127.0.0.1:1/0"))
-    assert await service.admit(Tenant("t", frozenset({"EU"})), {}, 10, completes=True) is None
+    assert await service.admit(Tenant("t", frozenset({"EU"})), {}, 10, path=CHAT_PATH) is None
     assert service.backend == "redis"  # Redis was never asked, so never found down
     await service.close()
 
@@ -205,10 +290,10 @@ async def test_a_redis_that_hangs_costs_one_timeout_then_no_more() -> None:
     tenant = Tenant("t", frozenset({"EU"}), requests_per_minute=100)
     try:
         started = time.monotonic()
-        first = await service.admit(tenant, {}, 10, completes=True)
+        first = await service.admit(tenant, {}, 10, path=CHAT_PATH)
         first_took = time.monotonic() - started
         started = time.monotonic()
-        second = await service.admit(tenant, {}, 10, completes=True)
+        second = await service.admit(tenant, {}, 10, path=CHAT_PATH)
         second_took = time.monotonic() - started
     finally:
         await service.close()
@@ -218,3 +303,145 @@ async def test_a_redis_that_hangs_costs_one_timeout_then_no_more() -> None:
     assert second is not None and not second.shared and second_took < 0.05
     assert service.backend == "local (redis unreachable)"
     assert service.last_error and "Timeout" in service.last_error
+
+
+class FakeRedis:
+    """A RESP server on loopback whose script replies the test chooses (`reply`: raw RESP
+    bytes for EVALSHA/EVAL); PING and connection set-up always answer."""
+
+    def __init__(self) -> None:
+        self.reply = b"+OK\r\n"
+        self.scripts = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> FakeRedis:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                args = []
+                for _ in range(int(line[1:])):
+                    size = int((await reader.readline())[1:])
+                    args.append((await reader.readexactly(size + 2))[:-2])
+                name = args[0].upper()
+                if name in (b"EVALSHA", b"EVAL"):
+                    self.scripts += 1
+                    writer.write(self.reply)
+                elif name == b"PING":
+                    writer.write(b"+PONG\r\n")
+                else:
+                    writer.write(b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+# The take script's reply for one bucket: admitted, no wait, 1 holder, the level.
+ADMITTED = b"*4\r\n:1\r\n$1\r\n0\r\n:1\r\n$3\r\n100\r\n"
+MALFORMED = [
+    b"+OK\r\n",
+    b"*3\r\n:1\r\n$1\r\n0\r\n:1\r\n",  # no levels (an IndexError once)
+    b"*4\r\n:1\r\n$1\r\n0\r\n:1\r\n$3\r\nabc\r\n",  # a level that is no number
+    b"*4\r\n:7\r\n$1\r\n0\r\n:1\r\n$3\r\n100\r\n",
+    b"*4\r\n:1\r\n$3\r\nnan\r\n:1\r\n$3\r\n100\r\n",
+    b":1\r\n",
+]
+
+
+@pytest.mark.parametrize("reply", MALFORMED)
+async def test_a_malformed_script_reply_is_a_failure_never_a_5xx(reply: bytes) -> None:
+    """A reply of the wrong shape (a proxy, a foreign server) was an IndexError/ValueError
+    out of `admit` (a 500) while /readyz said ok: now it trips the circuit like an error."""
+    async with FakeRedis() as fake:
+        fake.reply = reply
+        service = QuotaService(QuotaConfig(redis_url=fake.url, redis_timeout=0.5))
+        tenant = Tenant("t", frozenset({"EU"}), tokens_per_minute=6000)
+        try:
+            ticket = await service.admit(tenant, {"max_tokens": 10}, 40, path=CHAT_PATH)
+            assert ticket is not None and not ticket.shared
+            assert service.backend == "local (redis unreachable)"
+            assert service.last_error and "ReplyError" in service.last_error
+        finally:
+            await service.close()
+
+
+async def test_a_redis_that_pings_but_fails_scripts_never_governs_and_flaps_keep_local() -> None:
+    """PING answers, the script does not (OOM, an ACL, a read-only replica): the probe runs
+    the script, so the replica stays on its own buckets, and those are never refilled by a
+    switch: a Redis that comes and goes cannot hand out a fresh share each time."""
+    async with FakeRedis() as fake:
+        fake.reply = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+        config = QuotaConfig(
+            redis_url=fake.url, redis_timeout=0.5, retry_interval=0.05, recover_probes=3
+        )
+        service = QuotaService(config)
+        tenant = Tenant("t", frozenset({"EU"}), tokens_per_minute=600)  # 10 a second
+        body = {"max_tokens": 90}  # + 10 of prompt: 100 a request
+
+        async def admitted() -> bool:
+            try:
+                await service.admit(tenant, body, 40, path=CHAT_PATH)
+            except QuotaExceeded:
+                return False
+            return True
+
+        runner = asyncio.create_task(service.run())
+        try:
+            results = [await admitted() for _ in range(7)]
+            assert results == [True] * 6 + [False]  # the local share, then refused
+            probes = fake.scripts
+            await async_wait_until(lambda: fake.scripts >= probes + 5, timeout=5, what="probes")
+            assert service.backend == "local (redis unreachable)"  # PONG is not enough
+            # Redis runs scripts again: it governs after 3 good probes in a row.
+            fake.reply = ADMITTED
+            await async_wait_until(lambda: service.backend == "redis", timeout=5, what="back")
+            assert await admitted()  # Redis (the fake) admits
+            # It fails again: this replica's buckets continue where they were (refused).
+            fake.reply = b"-READONLY You can't write against a read only replica.\r\n"
+            assert not await admitted()
+            assert service.backend == "local (redis unreachable)"
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            await service.close()
+
+
+async def test_hysteresis_one_good_probe_between_failures_does_not_switch_back() -> None:
+    async with FakeRedis() as fake:
+        fake.reply = b"-ERR flaky\r\n"
+        config = QuotaConfig(
+            redis_url=fake.url, redis_timeout=0.5, retry_interval=0.05, recover_probes=3
+        )
+        service = QuotaService(config)
+        tenant = Tenant("t", frozenset({"EU"}), requests_per_minute=600)
+        await service.admit(tenant, {}, 10, path=CHAT_PATH)  # trips
+        runner = asyncio.create_task(service.run())
+        try:
+            for _ in range(10):  # good, bad, good, bad...: never 3 in a row
+                fake.reply = ADMITTED if fake.reply != ADMITTED else b"-ERR flaky\r\n"
+                seen = fake.scripts
+
+                def probed(seen: int = seen) -> bool:
+                    return fake.scripts > seen
+
+                await async_wait_until(probed, timeout=5, what="a probe")
+                assert service.status(str)["quota_backend"] == "local (redis unreachable)"
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            await service.close()
