@@ -288,12 +288,13 @@ def test_operator_rbac_is_what_the_code_uses() -> None:
         ("inference.factory.dev", "inferencefactories/status"): {"patch"},
         ("inference.factory.dev", "inferencefactories/finalizers"): {"update"},
         ("apps", "deployments"): {"list", "watch"} | writes,
-        ("", "services"): {"list"} | writes,
-        ("policy", "poddisruptionbudgets"): {"list"} | writes,
-        ("monitoring.coreos.com", "podmonitors"): {"list"} | writes,
-        ("apps", "replicasets"): {"list"},
-        ("", "pods"): {"list"},
-        ("", "persistentvolumeclaims"): {"list"},  # k8s/observe.py read_claims
+        # Watched (kopf indexes, handlers/indexes.py): a converged reconcile lists nothing.
+        ("", "services"): {"list", "watch"} | writes,
+        ("policy", "poddisruptionbudgets"): {"list", "watch"} | writes,
+        ("monitoring.coreos.com", "podmonitors"): {"list", "watch"} | writes,
+        ("apps", "replicasets"): {"list", "watch"},
+        ("", "pods"): {"list", "watch"},
+        ("", "persistentvolumeclaims"): {"list", "watch"},
         ("", "events"): {"create"},
     }
 
