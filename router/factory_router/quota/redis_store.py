@@ -133,6 +133,9 @@ return out
 # present: its leases. ARGV[1]: n; ARGV[2]: the reservation's id; ARGV[3]: a record's life
 # in ms; then per bucket: capacity, refill per ms, cost; then, with leases: the limit, the
 # lease in ms. Answers {admitted 0|1, wait ms, holders, levels...} (levels as strings).
+# A refusal writes nothing; an admission's first write is the buckets' HSET, which a Redis
+# over maxmemory refuses (a script that has written once may write on: with a cleanup
+# first, an OOM Redis took requests while refusing every settle, and the circuit flapped).
 _TAKE = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
@@ -142,7 +145,6 @@ local record_ms = tonumber(ARGV[3])
 local records = KEYS[n + 1]
 local lease_key = KEYS[n + 2]
 local extra = 4 + 3 * n
-redis.call('ZREMRANGEBYSCORE', records, '-inf', now)
 if redis.call('ZSCORE', records, '-' .. id) then
   return {0, '0', -1}
 end
@@ -175,8 +177,7 @@ for i = 1, n do
 end
 local holders = 0
 if lease_key then
-  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-  holders = redis.call('ZCARD', lease_key)
+  holders = redis.call('ZCOUNT', lease_key, '(' .. now, '+inf')
 end
 if wait > 0 or (lease_key and holders >= tonumber(ARGV[extra])) then
   local out = {0, tostring(wait), holders}
@@ -194,10 +195,12 @@ for i = 1, n do
   redis.call('PEXPIRE', KEYS[i], math.ceil((cap - level) / rate) + 1000)
   out[#out + 1] = tostring(level)
 end
+redis.call('ZREMRANGEBYSCORE', records, '-inf', now)
 redis.call('ZADD', records, now + record_ms, id)
 redis.call('PEXPIRE', records, record_ms)
 if lease_key then
   local lease = tonumber(ARGV[extra + 1])
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
   redis.call('ZADD', lease_key, now + lease, id)
   redis.call('PEXPIRE', lease_key, lease)
 end

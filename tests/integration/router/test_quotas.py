@@ -707,38 +707,50 @@ async def test_client_pause_is_no_5xx_no_hang_and_no_flapping(redis: Redis) -> N
         await service.close()
 
 
+@pytest.mark.parametrize("refusal", ["acl", "oom"])
 async def test_a_redis_that_pings_but_refuses_scripts_keeps_the_local_share(
-    redis: Redis,
+    redis: Redis, refusal: str
 ) -> None:
-    """An ACL that forbids EVAL/EVALSHA (as a read-only replica or a policy change would
-    refuse the script): PING answers, every script is refused. The probe runs the script,
-    so the replica keeps its own share: tokens admitted stay within its bucket's bound (it
-    was switched back by the PING every second and refilled: 54,810 in 10 s against
-    7,001)."""
+    """PING answers, every script is refused: an ACL without EVAL/EVALSHA (NOPERM), or
+    memory over maxmemory (OOM: the admission's first write, the settle's too). The probe
+    runs the script, so the replica keeps its own share: tokens admitted stay within its
+    bucket's bound (the PING switched it back every second and refilled it: 54,810 in
+    10 s against 7,001)."""
     if not redis.answers():
         redis.start()
     cli = _cli(redis)
     cli.flushall()
     config = QuotaConfig(redis_url=redis.url, redis_timeout=0.25, retry_interval=0.1)
     service = QuotaService(config)
-    tenant = Tenant("noperm", frozenset({"EU"}), tokens_per_minute=6000)  # 100 a second
+    tenant = Tenant("refused", frozenset({"EU"}), tokens_per_minute=6000)  # 100 a second
     runner = asyncio.create_task(service.run())
-    cli.acl_setuser("default", enabled=True, commands=["-eval", "-evalsha"])
+
+    def restore() -> None:
+        cli.acl_setuser("default", enabled=True, commands=["+@all"])
+        cli.config_set("maxmemory", "0")
+
+    if refusal == "acl":
+        cli.acl_setuser("default", enabled=True, commands=["-eval", "-evalsha"])
+    else:
+        cli.config_set("maxmemory", "1")
     try:
         admitted, started = 0, time.monotonic()
         while (elapsed := time.monotonic() - started) < 3.0:
             try:
-                await service.admit(tenant, {"max_tokens": 90}, 40, path=CHAT_PATH)
+                ticket = await service.admit(tenant, {"max_tokens": 90}, 40, path=CHAT_PATH)
+                assert ticket is not None
+                service.settle(ticket, 100)
                 admitted += 100
             except QuotaExceeded:
                 await asyncio.sleep(0.02)
         assert service.backend == "local (redis unreachable)"
-        assert service.last_error and "NoPermission" in service.last_error, service.last_error
+        error = service.last_error or ""
+        assert ("NoPermission" if refusal == "acl" else "OutOfMemory") in error, error
         assert admitted <= 6000 + 100 * elapsed, admitted
-        cli.acl_setuser("default", enabled=True, commands=["+@all"])
+        restore()
         await async_wait_until(lambda: service.backend == "redis", timeout=10, what="back")
     finally:
-        cli.acl_setuser("default", enabled=True, commands=["+@all"])
+        restore()
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
