@@ -22,8 +22,8 @@ router:
   flow:
     enabled: false
     maxQueued: 10000000
-    maxWait: {interactive: 0.5, standard: 12, batch: 300}
-    retryAfter: 7
+    maxWaitSeconds: {interactive: 0.5, standard: 12, batch: 300}
+    retryAfterSeconds: 7
 """
 README_BLOCK = re.compile(
     r"^<!-- readme-test: tenants -->\n```yaml\n(?P<body>.*?)^```", re.M | re.S
@@ -78,16 +78,31 @@ def test_values_render_the_flags_the_router_reads(
     assert "--flow-control" in on and "--no-flow-control" not in on
 
 
+def test_large_counts_from_a_values_file_are_whole_numbers(tmp_path: Path) -> None:
+    """Every integer flag of the router, not only flow's: a float rendered as 1e+07 would
+    keep the router from starting."""
+    values = tmp_path / "big.yaml"
+    values.write_text(
+        "router:\n  replicas: 12\n  hold: {maxRequests: 10000000}\n"
+        "  quota: {defaultMaxTokens: 10000000}\n"
+    )
+    args = _router(helm_template("-f", str(values)))["args"]
+    for flag in ("--hold-max-requests=10000000", "--quota-default-max-tokens=10000000",
+                 "--quota-replicas=12"):  # fmt: skip
+        assert flag in args, args
+    assert not [a for a in args if "e+" in a], args
+
+
 @pytest.mark.parametrize(
     ("setting", "where"),
     [
         ("router.flow.enabled=yes", "/router/flow/enabled"),
         ("router.flow.maxQueued=-1", "/router/flow/maxQueued"),
         ("router.flow.maxQueued=1.5", "/router/flow/maxQueued"),
-        ("router.flow.maxWait.batch=-1", "/router/flow/maxWait/batch"),
-        ("router.flow.maxWait.urgent=1", "additional properties 'urgent' not allowed"),
-        ("router.flow.retryAfter=0", "/router/flow/retryAfter"),
-        ("router.flow.retryAfterSeconds=5", "additional properties 'retryAfterSeconds'"),
+        ("router.flow.maxWaitSeconds.batch=-1", "/router/flow/maxWaitSeconds/batch"),
+        ("router.flow.maxWaitSeconds.urgent=1", "additional properties 'urgent' not allowed"),
+        ("router.flow.retryAfterSeconds=0", "/router/flow/retryAfterSeconds"),
+        ("router.flow.retryAfter=5", "additional properties 'retryAfter'"),
     ],
 )
 def test_schema_refuses(setting: str, where: str) -> None:
