@@ -157,7 +157,8 @@ class RealEngines:
             return Poll(run.port, running=True)
         exited = None
         if run.started is not None:  # it ran and is gone: the engine's own words say why
-            exited = last_lines(procs.log_path(self.home, name))
+            # Never empty: an engine killed before it wrote a line still exited.
+            exited = last_lines(procs.log_path(self.home, name)) or "(it wrote nothing)"
             if code is not None:
                 exited += f"\n(exit code {code})"
             # Its engine and worker processes outlive `vllm serve` when it dies hard: end

@@ -5,8 +5,8 @@ SIGTERM to `vllm serve`, then SIGKILL at the end of the grace period).
 One real engine runs the operator's command line for the local fleet's real-engine sample
 (`deploy/local/tiny-llama.yaml`, with the agent's CPU substitutions), its `--max-model-len`
 raised to the agent's cap so that a generation is long. It gets two full batches of long
-streams (the sample's `--max-num-seqs`, twice); once the first batch is under way its pod is
-released and the clock moved past the preStop sleep, so SIGTERM arrives while one batch runs
+streams (the sample's `--max-num-seqs`, twice); once the first batch is under way and vLLM's
+own /metrics shows every stream in its engine (running or waiting), its pod is released and the clock moved past the preStop sleep, so SIGTERM arrives while one batch runs
 and the other waits in vLLM's queue. vLLM's log
 says how many requests it was draining (more than none: SIGTERM came mid-generation), every
 stream ends with all its tokens, `finish_reason` and `[DONE]`, and only then does vLLM exit,
@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from factoryctl import procs
 from factoryctl.agents.real_engine import RealEngines, RealEngineSetup, process_name
@@ -93,6 +94,16 @@ def _long_generations(pod: dict[str, Any]) -> dict[str, Any]:
     return {**pod, "spec": {**pod["spec"], "containers": [{**container, "args": args}]}}
 
 
+def _admitted(url: str) -> int:
+    """Requests vLLM's engine holds, running or waiting, by its own /metrics: the ones a
+    SIGTERM now drains (a request still in the API server's hands when SIGTERM comes is
+    refused, as it should be: its pod is going)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return int(sum(sample.value for family in text_string_to_metric_families(text)
+                   if family.name in ("vllm:num_requests_running", "vllm:num_requests_waiting")
+                   for sample in family.samples))  # fmt: skip
+
+
 def _arg(pod: dict[str, Any], flag: str) -> str:
     args: list[str] = pod["spec"]["containers"][0]["args"]
     return args[args.index(flag) + 1]
@@ -141,6 +152,8 @@ def test_streams_in_progress_finish_when_their_pod_is_deleted(
         reader.start()
     wait_until(lambda: sum(s.started >= 3 for s in streams) >= batch, 120, interval=0.02,
                what="a batch of streams to be under way")  # fmt: skip
+    wait_until(lambda: _admitted(url) == len(streams), 60, interval=0.02,
+               what="vLLM's engine to hold every stream, running or waiting")  # fmt: skip
     # The pod is deleted: its preStop sleep first (nothing is signalled), then SIGTERM.
     assert real.release("drained", pod) is False
     clock.now += prestop
@@ -157,7 +170,7 @@ def test_streams_in_progress_finish_when_their_pod_is_deleted(
     for stream in streams:
         assert stream.status == 200 and stream.error is None, (stream.status, stream.error)
         assert stream.done and not stream.failures, stream.failures[:2]
-        assert stream.completion_tokens == MAX_TOKENS and stream.finish_reason == "length"
+        assert (stream.completion_tokens, stream.finish_reason) == (MAX_TOKENS, "length")
     # vLLM exits once its requests are done, long before the grace period's SIGKILL.
     wait_until(lambda: real.release("drained", pod), 60, interval=0.5,
                what="the drained engine to exit after its streams")  # fmt: skip

@@ -304,11 +304,14 @@ def test_a_gone_pod_gets_its_prestop_then_sigterm_then_sigkill(tmp_path: Path) -
 
 def test_a_restarted_agent_adopts_running_engines(tmp_path: Path) -> None:
     home = FleetHome(tmp_path / "home")
-    first = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    # One wrapper for both agents: writing it again could truncate it under a shell that
+    # has not read it yet (the first engine would then exit at once, saying nothing).
+    vllm = _fake_vllm(tmp_path)
+    first = RealEngines(home, setup(tmp_path, vllm))
     port = first.poll(_pod("u3", [])).port
     child = first.runs["u3"].process  # the first agent's child, reaped at the end
     assert child is not None
-    again = RealEngines(home, setup(tmp_path, _fake_vllm(tmp_path)))
+    again = RealEngines(home, setup(tmp_path, vllm))
     assert again.uids() == {"u3"} and again.poll(_pod("u3", [])).port == port
     again.stop_all()
     assert procs.running_pid(home, process_name("u3")) is None
