@@ -3,8 +3,10 @@ the scheduler's order (`flow.scheduler`), or be shed with 503 `capacity_shed`.
 
     not saturated, nothing waiting     `must_wait` is False: one look at the plan's own
                                        figures (outstanding vs capacity), no queue
-    saturated, or others waiting       `wait`: queued, then a dispatch pass at once (the
-                                       request goes on if it is next and has room)
+    room, others waiting elsewhere     goes on: nobody waits for its engines (another model,
+                                       another jurisdiction), so it jumps no queue
+    saturated, or others waiting for   `wait`: queued, then a dispatch pass at once (the
+    an engine it could use             request goes on if it is next and has room)
     a slot frees                       `kick` (every attempt's end in the proxy) and a poll
                                        every `FlowConfig.poll_seconds` while anything waits
                                        (other routers' requests end in the snapshot only):
@@ -64,7 +66,7 @@ class FlowControl:
         self._pass_due = False
         # Turns given whose requests have not yet run (nor taken their slot): no other turn
         # is given meanwhile, or one free slot would go twice.
-        self._in_transit: set[_Handle] = set()
+        self._in_transit: dict[_Handle, tuple[str, frozenset[str]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._max_wait = {
             PriorityClass.INTERACTIVE: config.max_wait_interactive,
@@ -102,14 +104,25 @@ class FlowControl:
         if registry is not None:
             registry.register(_QueuedCollector(self.scheduler))
 
-    def must_wait(self, ordered: Iterable[Ranked]) -> bool:
-        """The request path's one check: others are waiting, or no candidate of the plan has
-        room (the plan's own figures). Off (`enabled` False): never."""
+    def must_wait(self, ordered: Sequence[Ranked]) -> bool:
+        """The request path's one check: no candidate of the plan has room (the plan's own
+        figures), or others wait for (or have just been given) a candidate it has too: it
+        does not jump their queue. A request whose engines nobody waits for goes on, so a
+        full queue for one model or jurisdiction never sheds a request for another that has
+        room. Off (`enabled` False): never."""
         if not self.config.enabled:
             return False
-        if self.scheduler.size or self._in_transit:
+        if not any(parts_have_room(r.parts) for r in ordered):
             return True
-        return not any(parts_have_room(r.parts) for r in ordered)
+        if not (self.scheduler.size or self._in_transit):
+            return False
+        mine = {r.backend.id for r in ordered}
+        waiting = {(e.model, e.allowed) for e in self.scheduler.entries()}
+        waiting.update(self._in_transit.values())
+        return any(
+            not mine.isdisjoint(b.id for b in self.candidates(model, allowed))
+            for model, allowed in waiting
+        )
 
     async def wait(
         self, tenant: str, priority: PriorityClass, model: str, allowed: frozenset[str]
@@ -158,8 +171,7 @@ class FlowControl:
     def _arrived(self, handle: _Handle) -> None:
         """The woken request runs (or left): the next pass may come, once its step (planning,
         taking its slot) is done: call_soon runs after it."""
-        if handle in self._in_transit:
-            self._in_transit.discard(handle)
+        if self._in_transit.pop(handle, None) is not None:
             self.kick()
 
     def _dispatch(self) -> None:
@@ -181,7 +193,7 @@ class FlowControl:
         while (entry := self.scheduler.pop_next(can_go)) is not None:
             if not entry.handle.done():  # else its waiter is leaving: the next one
                 entry.handle.set_result(None)
-                self._in_transit.add(entry.handle)
+                self._in_transit[entry.handle] = (entry.model, entry.allowed)
                 return
 
     def _ensure_poller(self) -> None:

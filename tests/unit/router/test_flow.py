@@ -310,6 +310,39 @@ async def test_not_saturated_nothing_waiting_is_one_check_and_no_queue() -> None
     assert not off.must_wait([parts(4, 4)])
 
 
+async def test_a_request_for_engines_nobody_waits_for_goes_on_past_a_full_queue() -> None:
+    """A full queue for one model (or jurisdiction) neither holds nor sheds a request for
+    another model whose engine has room; one that shares an engine with the waiters queues."""
+    from factory_router.policy.policies import Ranked  # noqa: PLC0415
+    from factory_router.policy.scoring import ScoreParts  # noqa: PLC0415
+
+    other = Backend(id="q/a", model="other", pool="q", region="eu-west-1", url="http://y")
+    view = FakeView(1)
+    view.running[ENGINE.id] = 1  # the model "m" is full; "other" is idle
+    flow = FlowControl(
+        FlowConfig(poll_seconds=0.01, max_queued=1),
+        view,
+        lambda model, allowed: [ENGINE] if model == "m" else [other],
+        CollectorRegistry(),
+    )
+    waiting = asyncio.create_task(flow.wait("a", S, "m", EU))
+    await asyncio.sleep(0)
+    assert flow.scheduler.size == 1
+
+    def room(backend: Backend) -> Ranked:
+        parts = ScoreParts(0, 0, 0, 0, 0, 0, 0, 0, 1, "matrix", "inflight-only")
+        return Ranked(backend, parts, False)
+
+    assert not flow.must_wait([room(other)])  # nobody waits for its engine: it goes on
+    assert flow.must_wait([room(ENGINE)])  # room now, but "a" waits for it: no jumping
+    assert flow.must_wait([room(other), room(ENGINE)])
+    assert flow.scheduler.size == 1 and not waiting.done()  # nobody was shed
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await flow.close()
+
+
 async def test_a_client_that_leaves_frees_its_place_and_its_turn() -> None:
     view = FakeView(1)
     view.running[ENGINE.id] = 1
