@@ -138,10 +138,10 @@ class FlowControl:
             raise self._shed_error(entry, "queue_full")
         if victim is not None and not victim.handle.done():
             victim.handle.set_exception(self._shed_error(victim, "queue_full"))
-        self._dispatch()  # it may be next, with room: then it goes on at once
-        self._ensure_poller()
         limit = self._max_wait[priority]
         try:
+            self._dispatch()  # it may be next, with room: then it goes on at once
+            self._ensure_poller()
             async with asyncio.timeout(limit):
                 await handle
         except TimeoutError:
@@ -223,10 +223,6 @@ class FlowControl:
             f"(priority class {entry.priority.value}); retry in {retry}s.",
             retry_after=retry,
         )
-
-
-def _given_turn(handle: _Handle) -> bool:
-    return handle.done() and not handle.cancelled() and handle.exception() is None
 
 
 class _QueuedCollector:

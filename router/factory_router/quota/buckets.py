@@ -112,7 +112,9 @@ def estimate(doc: Mapping[str, Any], body_bytes: int, *, path: str, default: int
       absent: the engines' default, 16, written into the body;
     - anything else (embeddings): the prompt only;
 
-    times `n`, or `best_of` when larger (every candidate is generated). `BadRequest` (400)
+    times `n`, or `best_of` when larger (every candidate is generated), and on
+    `/v1/completions` times the prompts of a batch (`prompt` as a list of strings or of
+    token lists: the engine answers each). `BadRequest` (400)
     for a count the engine would refuse (not an integer, below 1) or beyond `MAX_TOKENS` /
     `MAX_N`. (vLLM reads `max_completion_tokens or max_tokens`, so a 0 there falls through
     to `max_tokens`; the router refuses a 0 instead: no reservation is ever read as less
@@ -135,7 +137,17 @@ def estimate(doc: Mapping[str, Any], body_bytes: int, *, path: str, default: int
         wanted, bound = fallback, ("max_tokens", fallback)
     n = _count(doc, "n", MAX_N) or 1
     best_of = _count(doc, "best_of", MAX_N) or 1
-    return Estimate(prompt, wanted * max(n, best_of), bound)
+    prompts = _prompts(doc) if path == COMPLETIONS_PATH else 1
+    return Estimate(prompt, wanted * max(n, best_of) * prompts, bound)
+
+
+def _prompts(doc: Mapping[str, Any]) -> int:
+    """How many prompts a completions request holds: one string or one token list is one;
+    a list of strings or of token lists is a batch, each generated for."""
+    prompt = doc.get("prompt")
+    if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    return 1
 
 
 def _count(doc: Mapping[str, Any], name: str, most: int) -> int | None:

@@ -223,6 +223,9 @@ class QuotaService:
             except _FAILURES as exc:
                 self._trip(exc)
                 self._undo_later(taken)  # Redis may have run it: undone once it answers
+            except BaseException:  # the client left meanwhile: Redis may have run it too
+                self._undo_later(taken)
+                raise
             else:
                 ticket = self._verdict(
                     tenant, buckets=buckets, keys=keys, costs=costs, est=est, verdict=verdict,

@@ -112,6 +112,12 @@ def test_the_estimate_is_the_worst_case() -> None:
         ({"max_tokens": 100, "n": "3"}, CHAT_PATH, 300, None),
         ({"max_tokens": 100, "n": 2, "best_of": 5}, COMPLETIONS_PATH, 500, None),
         ({"n": 4}, CHAT_PATH, 4096, ("max_tokens", 1024)),
+        # a completions batch: every prompt is generated for (the review: reserved once)
+        ({"max_tokens": 100, "prompt": ["a", "b", "c"]}, COMPLETIONS_PATH, 300, None),
+        ({"max_tokens": 100, "prompt": [[1, 2], [3]]}, COMPLETIONS_PATH, 200, None),
+        ({"max_tokens": 100, "prompt": [1, 2, 3]}, COMPLETIONS_PATH, 100, None),  # one, tokens
+        ({"max_tokens": 100, "prompt": "abc"}, COMPLETIONS_PATH, 100, None),
+        ({"max_tokens": 100, "prompt": ["a", "b"], "n": 2}, COMPLETIONS_PATH, 400, None),
     ],
 )
 def test_the_estimate_reads_counts_as_the_engine_does(
