@@ -6,11 +6,11 @@ One real engine runs the operator's command line for the local fleet's real-engi
 (`deploy/local/tiny-llama.yaml`, with the agent's CPU substitutions), its `--max-model-len`
 raised to the agent's cap so that a generation is long. It gets two full batches of long
 streams (the sample's `--max-num-seqs`, twice); once the first batch is under way and vLLM's
-own /metrics shows every stream in its engine (running or waiting), its pod is released and the clock moved past the preStop sleep, so SIGTERM arrives while one batch runs
-and the other waits in vLLM's queue. vLLM's log
-says how many requests it was draining (more than none: SIGTERM came mid-generation), every
-stream ends with all its tokens, `finish_reason` and `[DONE]`, and only then does vLLM exit,
-long before the grace period's SIGKILL.
+own /metrics shows every stream in its engine (running or waiting), its pod is released
+and the clock moved past the preStop sleep, so SIGTERM arrives while one batch runs and the
+other waits in vLLM's queue. vLLM's log says how many requests it was draining (more than
+none: SIGTERM came mid-generation), every stream ends with all its tokens, `finish_reason`
+and `[DONE]`, and only then does vLLM exit, long before the grace period's SIGKILL.
 """
 
 from __future__ import annotations
