@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     flow_control: bool = Field(
         _F.enabled,
         description="when every compliant engine is at capacity, requests wait in the router "
-        "by the tenants' priority class, tenants of a class in turn (--no-flow-control: off)",
+        "by the tenants' priority class, tenants of a class in turn (off by default)",
     )
     flow_max_queued: int = Field(
         _F.max_queued,

@@ -144,7 +144,9 @@ class FlowConfig:
     seconds has missed its SLO, and its client does better retrying (`retry_after_seconds`)
     than waiting on; a batch request may wait a minute."""
 
-    enabled: bool = True
+    # Off by default: with it on, requests beyond the engines' batches wait in the router,
+    # where the operator's autoscaler (engines' running + waiting) does not see them.
+    enabled: bool = False
     max_queued: int = 512
     max_wait_interactive: float = 5.0
     max_wait_standard: float = 30.0

@@ -156,7 +156,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                  "--region", "eu-west-1", "--tenants", str(home / "tenants.yaml"),
                  "--backends", str(home / "backends.yaml"), "--probe-interval", "0",
                  "--no-access-log", "--log-level", "WARNING",
-                 "--flow-max-queued", "32", "--flow-max-wait-batch", "2",
+                 "--flow-control", "--flow-max-queued", "32", "--flow-max-wait-batch", "2",
                  "--flow-retry-after", "1"],
                 stderr=stderr, env=env,
             )  # fmt: skip

@@ -47,7 +47,7 @@ def _flow_of(container: Obj, monkeypatch: pytest.MonkeyPatch) -> FlowConfig:
 
 def test_defaults_are_the_routers(monkeypatch: pytest.MonkeyPatch) -> None:
     args = _router(helm_template())["args"]
-    assert "--flow-control" in args and "--flow-max-queued=512" in args
+    assert "--no-flow-control" in args and "--flow-max-queued=512" in args
     assert _flow_of(_router(helm_template()), monkeypatch) == FlowConfig()
 
 

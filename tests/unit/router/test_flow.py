@@ -210,7 +210,7 @@ def control(view: FakeView, **cfg: float) -> tuple[FlowControl, CollectorRegistr
     def candidates(model: str, allowed: frozenset[str]) -> Sequence[Backend]:
         return [ENGINE]
 
-    config = FlowConfig(poll_seconds=0.01, **cfg)  # type: ignore[arg-type]
+    config = FlowConfig(enabled=True, poll_seconds=0.01, **cfg)  # type: ignore[arg-type]
     return FlowControl(config, view, candidates, registry), registry
 
 
@@ -320,7 +320,7 @@ async def test_a_request_for_engines_nobody_waits_for_goes_on_past_a_full_queue(
     view = FakeView(1)
     view.running[ENGINE.id] = 1  # the model "m" is full; "other" is idle
     flow = FlowControl(
-        FlowConfig(poll_seconds=0.01, max_queued=1),
+        FlowConfig(enabled=True, poll_seconds=0.01, max_queued=1),
         view,
         lambda model, allowed: [ENGINE] if model == "m" else [other],
         CollectorRegistry(),
@@ -408,7 +408,7 @@ async def test_through_the_proxy_the_interactive_request_takes_the_next_slot_and
     capacity_shed with Retry-After, and the interactive one the slot when the stream ends."""
     cfg = RouterConfig(
         timeouts=Timeouts(first_byte=5.0, grace_period=1.0),
-        flow=FlowConfig(max_queued=1, retry_after_seconds=3),
+        flow=FlowConfig(enabled=True, max_queued=1, retry_after_seconds=3),
     )
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     async with (
