@@ -26,9 +26,6 @@ import concurrent.futures
 import json
 import math
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +39,8 @@ import httpx
 import pytest
 
 from factory_router.policy.tenants import hash_key
+from factoryctl.home import free_port
+from tests.integration.router.processes import metric_sum, stop_process
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,32 +50,6 @@ KEYS = {name: f"sk-flow-{name}-000000000" for name in TENANTS}
 CAPACITY = 4
 SLO_P99_S = 0.5
 START_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _sample(text: str, name: str, *label_parts: str) -> float:
-    """The sum of a metric's samples whose labels contain every one of `label_parts`."""
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
-        labels = match.group(1) or ""
-        if all(part in labels for part in label_parts):
-            total += float(match.group(2))
-    return total
 
 
 @dataclass
@@ -90,18 +63,18 @@ class Fleet:
         return httpx.get(self.admin_url + "/metrics", timeout=5).text
 
     def flow(self, name: str, priority: str, *more: str) -> float:
-        return _sample(
+        return metric_sum(
             self.metrics(), f"factory_router_flow_{name}", f'priority="{priority}"', *more
         )
 
     def tokens(self, tenant: str) -> float:
-        return _sample(
+        return metric_sum(
             self.metrics(), "factory_router_completion_tokens_total", f'tenant="{tenant}"'
         )
 
     def engine_generated(self, name: str) -> float:
         text = httpx.get(self.engines[name] + "/metrics", timeout=5).text
-        return _sample(text, "vllm:generation_tokens_total")
+        return metric_sum(text, "vllm:generation_tokens_total")
 
     def engine_received(self, name: str) -> int:
         doc = httpx.get(self.control_url + "/engines", timeout=5).json()
@@ -148,7 +121,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             for name, region in (("eu", "eu-west-1"), ("us", "us-east-1"))
         ]  # fmt: skip
         (home / "backends.yaml").write_text(json.dumps({"regions": regions, "backends": backends}))
-        listen, admin = _free_port(), _free_port()
+        listen, admin = free_port(), free_port()
         with (home / "router.log").open("wb") as stderr:
             router = subprocess.Popen(
                 [sys.executable, "-m", "factory_router.main",
@@ -174,8 +147,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield result
     finally:
         if router is not None:
-            _stop(router)
-        _stop(sim)
+            stop_process(router)
+        stop_process(sim)
         if sim.stdout is not None:
             sim.stdout.close()
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +26,8 @@ import openai
 import pytest
 
 from factory_router.policy.tenants import hash_key
+from factoryctl.home import free_port
+from tests.integration.router.processes import metric_sum, stop_process
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,22 +48,6 @@ TIME_SCALE = 0.05  # simulated durations x0.05: a 2000-token stream lasts second
 START_SECONDS = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @dataclass
 class Fleet:
     router_url: str
@@ -74,19 +57,19 @@ class Fleet:
 
     def engine_tokens(self, name: str) -> tuple[float, float]:
         text = httpx.get(self.engines[name] + "/metrics", timeout=5).text
-        return _sample(text, "vllm:prompt_tokens_total"), _sample(
+        return metric_sum(text, "vllm:prompt_tokens_total"), metric_sum(
             text, "vllm:generation_tokens_total"
         )
 
     def engine_running(self, name: str) -> float:
         text = httpx.get(self.engines[name] + "/metrics", timeout=5).text
-        return _sample(text, "vllm:num_requests_running")
+        return metric_sum(text, "vllm:num_requests_running")
 
     def router_tokens(self, tenant: str, source: str = "engine") -> tuple[float, float]:
         text = httpx.get(self.admin_url + "/metrics", timeout=5).text
         where = f'tenant="{tenant}"'
-        prompt = _sample(text, "factory_router_prompt_tokens_total", where)
-        completion = _sample(
+        prompt = metric_sum(text, "factory_router_prompt_tokens_total", where)
+        completion = metric_sum(
             text, "factory_router_completion_tokens_total", where, f'source="{source}"'
         )
         return prompt, completion
@@ -94,16 +77,6 @@ class Fleet:
     def records(self) -> list[dict[str, Any]]:
         lines = self.access_log.read_text().splitlines()
         return [json.loads(x) for x in lines if '"factory_router.access"' in x]
-
-
-def _sample(text: str, name: str, *label_parts: str) -> float:
-    """The sum of a metric's samples whose labels contain every one of `label_parts`."""
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
-        labels = match.group(1) or ""
-        if all(part in labels for part in label_parts):
-            total += float(match.group(2))
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +120,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 }
             )
         )
-        listen, admin = _free_port(), _free_port()
+        listen, admin = free_port(), free_port()
         log = home / "router.log"
         with log.open("wb") as stderr:
             router = subprocess.Popen(
@@ -170,8 +143,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield result
     finally:
         if router is not None:
-            _stop(router)
-        _stop(sim)
+            stop_process(router)
+        stop_process(sim)
         if sim.stdout is not None:
             sim.stdout.close()
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,9 @@ from factory_router.policy.tenants import Tenant, hash_key
 from factory_router.quota.buckets import CHAT_PATH, QuotaExceeded, buckets_of
 from factory_router.quota.redis_store import bucket_key, lease_key
 from factory_router.quota.service import QuotaConfig, QuotaService, Ticket, _limits
+from factoryctl.home import free_port
 from factoryctl.redis_server import find_redis
+from tests.integration.router.processes import stop_process
 from tests.support.waiting import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -81,22 +82,6 @@ RUN_SECONDS = 6.0
 PACE_SECONDS = 0.02  # a load thread's pause after a 429 (the 429s cost CPU, not tokens)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _redis_binary() -> Path:
     binary = find_redis()
     if binary is None:
@@ -113,7 +98,7 @@ class Redis:
 
     def __init__(self, binary: Path, folder: Path) -> None:
         self.binary, self.folder = binary, folder
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -202,7 +187,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: Redis) -> Iterator[Fl
         }  # fmt: skip
         (home / "backends.yaml").write_text(json.dumps(backends))
         for i in range(2):
-            listen, admin = _free_port(), _free_port()
+            listen, admin = free_port(), free_port()
             with (home / f"router-{i}.log").open("wb") as stderr:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "factory_router.main",
@@ -226,8 +211,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: Redis) -> Iterator[Fl
         yield Fleet(routers, redis, home)
     finally:
         for r in routers:
-            _stop(r.proc)
-        _stop(sim)
+            stop_process(r.proc)
+        stop_process(sim)
         if sim.stdout is not None:
             sim.stdout.close()
 
