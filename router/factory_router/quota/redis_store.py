@@ -49,26 +49,19 @@ from redis.backoff import NoBackoff
 
 from factory_router.quota.buckets import Bucket, Verdict
 
-# Settle (`give`; its "take" mode is the take of before the records, unused). ARGV[1]:
-# "take" or "give"; ARGV[2]: the number of buckets n; then, per bucket key
-# (KEYS[1..n]): capacity, refill per ms, cost (take) or the tokens to give back (give;
-# negative: take). A key after the buckets, KEYS[n+1], is the tenant's concurrent requests
-# (a sorted set of leases scored by their expiry), with ARGV after the buckets' triples:
-# the limit, this request's member, the lease in ms (take); the member (give: released).
-# Levels are returned as strings (a Lua number returned to Redis loses its fraction).
-_SCRIPT = """
+# Settle: give tokens back. KEYS[1..n]: the buckets; KEYS[n+1], when present: the tenant's
+# concurrent requests (a sorted set of leases scored by their expiry). ARGV[1]: n; then per
+# bucket: capacity, refill per ms, the tokens to give back (negative: take); then, with a
+# lease key, the member to release. Levels never rise above capacity.
+_GIVE = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
-local mode = ARGV[1]
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[1])
 local lease_key = KEYS[n + 1]
-local extra = 3 + 3 * n
-local levels = {}
-local wait = 0
 for i = 1, n do
-  local cap = tonumber(ARGV[3 * i])
-  local rate = tonumber(ARGV[3 * i + 1])
-  local amount = tonumber(ARGV[3 * i + 2])
+  local cap = tonumber(ARGV[3 * i - 1])
+  local rate = tonumber(ARGV[3 * i])
+  local amount = tonumber(ARGV[3 * i + 1])
   local s = redis.call('HMGET', KEYS[i], 'l', 't')
   local level = tonumber(s[1])
   local at = tonumber(s[2])
@@ -79,54 +72,14 @@ for i = 1, n do
   if now > at then
     level = level + (now - at) * rate
   end
-  if level > cap then
-    level = cap
-  end
-  levels[i] = level
-  if mode == 'take' and amount > level then
-    local w = (amount - level) / rate
-    if w > wait then
-      wait = w
-    end
-  end
-end
-local holders = 0
-if lease_key and mode == 'take' then
-  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-  holders = redis.call('ZCARD', lease_key)
-end
-if mode == 'take' and (wait > 0 or (lease_key and holders >= tonumber(ARGV[extra]))) then
-  local out = {0, tostring(wait), holders}
-  for i = 1, n do
-    out[#out + 1] = tostring(levels[i])
-  end
-  return out
-end
-local out = {1, '0', holders + 1}
-for i = 1, n do
-  local cap = tonumber(ARGV[3 * i])
-  local rate = tonumber(ARGV[3 * i + 1])
-  local amount = tonumber(ARGV[3 * i + 2])
-  local level
-  if mode == 'take' then
-    level = levels[i] - amount
-  else
-    level = math.min(cap, levels[i] + amount)
-  end
+  level = math.min(cap, math.min(cap, level) + amount)
   redis.call('HSET', KEYS[i], 'l', tostring(level), 't', now)
   redis.call('PEXPIRE', KEYS[i], math.ceil((cap - level) / rate) + 1000)
-  out[#out + 1] = tostring(level)
 end
 if lease_key then
-  if mode == 'take' then
-    local lease = tonumber(ARGV[extra + 2])
-    redis.call('ZADD', lease_key, now + lease, ARGV[extra + 1])
-    redis.call('PEXPIRE', lease_key, lease)
-  else
-    redis.call('ZREM', lease_key, ARGV[extra])
-  end
+  redis.call('ZREM', lease_key, ARGV[3 * n + 2])
 end
-return out
+return 1
 """
 
 # Take, recorded. KEYS[1..n]: the buckets; KEYS[n+1]: the tenant's records; KEYS[n+2], when
@@ -373,16 +326,11 @@ class RedisBuckets:
         self._probe_redis = _client(url, timeout, 1)  # the probe's and undo's own
         self._retired: list[Redis] = []  # request clients of before a reconnect
         self._retiring: set[asyncio.Task[None]] = set()
-        self._script = self._redis.register_script(_SCRIPT)
+        self._give = self._redis.register_script(_GIVE)
         self._take = self._redis.register_script(_TAKE)
         self._undo = self._redis.register_script(_UNDO)
         self._renew = self._redis.register_script(_RENEW)
         self._probes = 0
-
-    async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        async with asyncio.timeout(self.timeout * 2):
-            result: list[Any] = await self._script(keys=list(keys), args=list(args))
-        return result
 
     def _take_call(self, r: Reservation) -> tuple[list[str], list[Any]]:
         keys = [*r.keys, r.records]
@@ -424,14 +372,15 @@ class RedisBuckets:
         self, keys: Sequence[str], buckets: Sequence[Bucket], delta: int, lease: Lease | None
     ) -> None:
         """Give `delta` tokens back to the buckets, and release `lease`."""
-        args: list[Any] = ["give", len(buckets)]
+        args: list[Any] = [len(buckets)]
         for b in buckets:
             args += [repr(b.capacity), repr(b.per_second / 1000), delta]
         all_keys = list(keys)
         if lease is not None:
             all_keys.append(lease.key)
             args.append(lease.member)
-        await self._run(all_keys, args)
+        async with asyncio.timeout(self.timeout * 2):
+            await self._give(keys=all_keys, args=args)
 
     async def renew(self, leases: Sequence[Lease], ms: int) -> None:
         if leases:
@@ -465,7 +414,7 @@ class RedisBuckets:
         once more: a restarted Redis closed them); the old pool is closed once every call
         on it has met its deadline."""
         old, self._redis = self._redis, _client(self.url, self.timeout, MAX_CONNECTIONS)
-        for script in (self._script, self._take, self._undo, self._renew):
+        for script in (self._give, self._take, self._undo, self._renew):
             script.registered_client = self._redis
         self._retired.append(old)
 
