@@ -56,3 +56,12 @@ def pool_series_labels(
     """The pool labels a series of this pod carries ("" for a label the pod lacks, which
     Prometheus treats as absent)."""
     return {name: pod_labels.get(prefixed(name, prefix), "") for name in POOL_SERIES_LABELS}
+
+# The router's per-revision series (what clients saw of each revision of a pool), labelled
+# ``REVISION_SERIES_LABELS``; the operator's rollout gates compare canary against stable.
+REVISION_SERIES_LABELS = ("namespace", FACTORY_LABEL, POOL_LABEL, "revision")
+BACKEND_ATTEMPTS = "factory_router_backend_attempts_total"  # outcome="ok"|"error"
+BACKEND_TTFT_SECONDS = "factory_router_backend_ttft_seconds"  # histogram
+BACKEND_ITL_SECONDS = "factory_router_backend_itl_seconds"  # histogram
+BACKEND_COMPLETION_TOKENS = "factory_router_backend_completion_tokens_total"
+BACKEND_STREAM_SECONDS = "factory_router_backend_stream_seconds_total"

@@ -34,6 +34,13 @@ POOL_LABEL = "pool"
 REGION_LABEL = "region"
 JURISDICTION_LABEL = "jurisdiction"
 REVISION_LABEL = "revision"
+# A canary's Deployment and pods: ``prefixed(TRACK_LABEL) = CANARY_TRACK`` (stable ones do
+# not carry the label: adding it would roll every running pod).
+TRACK_LABEL = "track"
+CANARY_TRACK = "canary"
+# The router's admin targeting header (golden prompts to one pool, one revision):
+# ``<namespace>/<factory>/<pool>`` or ``<namespace>/<factory>/<pool>@<revision>``.
+TARGET_HEADER = "x-factory-target"
 
 # Pod annotations of the local fleet: the engine's real address (the simulated engines
 # listen on 127.0.0.1, the router uses it instead of the pod IP), the engine's readiness, and
@@ -51,3 +58,11 @@ def prefixed(name: str, prefix: str = DEFAULT_PREFIX) -> str:
 def pool_object_name(factory: str, pool: str) -> str:
     """The name of a pool's Deployment, Service, PodDisruptionBudget and PodMonitor."""
     return f"{factory}-{pool}"
+
+
+CANARY_SUFFIX = "-canary"
+
+
+def canary_object_name(factory: str, pool: str) -> str:
+    """The name of a pool's canary Deployment (the pool's Service reaches it too)."""
+    return pool_object_name(factory, pool) + CANARY_SUFFIX

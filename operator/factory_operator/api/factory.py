@@ -32,6 +32,7 @@ from .common import (
     cel_rules,
 )
 from .engine import EngineSpec
+from .rollout import PoolCanaryStatus, Rollout, RolloutStatus
 
 MODEL_URI = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?)$"
 MAX_POOLS = 16
@@ -365,6 +366,12 @@ class InferenceFactorySpec(ApiModel):
         "live load (the operator's Prometheus). Absent: not autoscaled, every pool runs "
         "replicas.min; {} (or no policy): the balanced policy.",
     )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How a new revision (a change to what the engines run) rolls out. "
+        "Absent: every pool's Deployment rolls at once, ungated; {}: canaries region by "
+        "region, step by step, gated on golden prompts and live SLOs, rolled back on failure.",
+    )
     pools: list[Pool] = Field(
         description="Regional pools.",
         min_length=1,
@@ -414,6 +421,11 @@ class PoolStatus(ApiModel):
         description="The autoscaler's desired and current replicas, its reason, and what it "
         "remembers between decisions.",
     )
+    canary: PoolCanaryStatus | None = Field(
+        default=None,
+        description="The pool's canary while a rollout runs one (the router splits the pool's "
+        "traffic by its weight).",
+    )
     cost_per_million_tokens: float | None = Field(
         default=None,
         description="USD per million tokens (prompt + generated) over the last 5 minutes, "
@@ -453,6 +465,9 @@ class InferenceFactoryStatus(ApiModel):
         description="Each pool's costPerMillionTokens (USD), e.g. 'dub=0.42,fra=0.51', for "
         "kubectl.",
         max_length=MAX_STRING,
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The factory's revision and where its rollout is."
     )
     costs_time: str | None = Field(
         default=None,

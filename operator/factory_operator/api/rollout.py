@@ -1,0 +1,355 @@
+"""``spec.rollout`` and ``status.rollout``: canary rollouts of a factory's revisions.
+
+A *revision* of a factory is a hash of what its engines run (every pool's image, model uri
+and revision, engine args and environment: ``plan.engine.revision_hash`` per pool, then
+``plan.rollout.factory_revision`` over the pools). A change of revision goes region by
+region (``waves``), each pool of a wave running the new revision as a canary next to the
+stable one, through ``steps`` of increasing traffic weight, each step judged by the gates
+(golden prompts, live SLOs canary against stable) before the next. Pass: promoted. Fail:
+rolled back (traffic back to stable at once, canary removed) and the revision is not tried
+again until the spec changes. docs/rollouts.md shows it as an operator sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from .common import MAX_NAME, MAX_STRING, RFC3339, ApiModel, cel, cel_rules
+
+MAX_STEPS = 8
+MAX_WAVES = 16
+MAX_GOLDEN_PROMPTS = 16
+MAX_PROMPT = 8192
+MAX_GATE_RESULTS = 32
+REVISION = r"^[a-z0-9]{1,32}$"
+
+DEFAULT_STEPS: tuple[tuple[int, int], ...] = ((10, 60), (50, 60))  # (weight %, pauseSeconds)
+
+
+class RolloutStep(ApiModel):
+    """One step of a canary: its traffic weight, its size, and how long it runs before its
+    gates are judged."""
+
+    weight: int = Field(
+        description="Percent of each canary pool's traffic sent to the new revision (the "
+        "router splits by it; a tenant's residency is never affected).",
+        ge=1,
+        le=99,
+    )
+    replicas: int | None = Field(
+        default=None,
+        description="Canary replicas per pool at this step. Default: the stable "
+        "replicas x weight / 100, rounded up, at least 1.",
+        ge=1,
+        le=64,
+    )
+    pause_seconds: int = Field(
+        default=60,
+        description="How long the step runs, once its canary replicas are ready, before its "
+        "gates are judged; also the window of the SLO comparison.",
+        ge=10,
+        le=86400,
+    )
+
+
+class AnswerChecks(ApiModel):
+    """Checks on one golden prompt's answer; every check given must pass."""
+
+    equals: str | None = Field(
+        default=None, description="The answer, exactly.", max_length=MAX_PROMPT
+    )
+    regex: str | None = Field(
+        default=None,
+        description="A regular expression (Python syntax) the answer must match somewhere.",
+        max_length=1024,
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema (draft 2020-12) the answer, parsed as JSON, must satisfy.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    max_length: int | None = Field(
+        default=None, description="Most characters the answer may have.", ge=0, le=1_000_000
+    )
+    must_not_contain: list[str] = Field(
+        default_factory=list,
+        description="Strings the answer must not contain (case-sensitive).",
+        max_length=32,
+        json_schema_extra={"items": {"maxLength": 1024}},
+    )
+    similar_to_stable: float | None = Field(
+        default=None,
+        description="Least similarity (0-1, difflib's ratio on the characters) between the "
+        "canary's answer and the stable revision's answer to the same prompt.",
+        ge=0,
+        le=1,
+    )
+
+
+class ChatMessage(ApiModel):
+    """One message of a golden prompt's conversation."""
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who says it.")
+    content: str = Field(description="What is said.", max_length=MAX_PROMPT)
+
+
+class GoldenPrompt(ApiModel):
+    """A prompt every canary must keep answering well."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "has(self.prompt) != has(self.messages)",
+                "a golden prompt has either prompt or messages",
+            )
+        )
+    )
+
+    name: str = Field(description="Name, in events and gate results.", max_length=MAX_NAME)
+    prompt: str | None = Field(
+        default=None, description="One user message.", max_length=MAX_PROMPT
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="A conversation (chat completions).", max_length=16
+    )
+    max_tokens: int = Field(default=64, description="max_tokens of the request.", ge=1, le=4096)
+    checks: AnswerChecks = Field(description="What the answer must satisfy.")
+
+
+class ConfigMapPrompts(ApiModel):
+    """Golden prompts kept in a ConfigMap of the factory's namespace."""
+
+    name: str = Field(description="ConfigMap name.", max_length=253)
+    key: str = Field(
+        default="golden-prompts.yaml",
+        description="Data key holding a YAML list of golden prompts (the goldenPrompts "
+        "schema).",
+        max_length=253,
+    )
+
+
+class SloGates(ApiModel):
+    """Live SLOs, canary against stable over the same window (the router's per-revision
+    series in Prometheus: what clients saw)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Judge the SLOs (needs the operator's --prometheus-url); false: only "
+        "the golden prompts judge.",
+    )
+    max_error_ratio_increase: float = Field(
+        default=0.01,
+        description="Most the canary's error ratio (failed upstream attempts / attempts) may "
+        "exceed the stable's.",
+        ge=0,
+        le=1,
+    )
+    max_ttft_p95_ratio: float = Field(
+        default=1.5,
+        description="Most the canary's time-to-first-token p95 may be, as a multiple of the "
+        "stable's.",
+        ge=1,
+        le=100,
+    )
+    max_itl_p95_ratio: float = Field(
+        default=1.5,
+        description="Most the canary's inter-token latency p95 may be, as a multiple of the "
+        "stable's.",
+        ge=1,
+        le=100,
+    )
+    min_throughput_ratio: float = Field(
+        default=0.7,
+        description="Least the canary's generation throughput (tokens per second of "
+        "streaming, per request: what a replica does with each request it is given) may be, "
+        "as a fraction of the stable's.",
+        ge=0,
+        le=1,
+    )
+    min_requests: int = Field(
+        default=20,
+        description="Fewest canary requests in the window for the SLOs to be judged; fewer: "
+        "the step waits (inconclusive), and rolls back at progressDeadlineSeconds.",
+        ge=1,
+        le=1_000_000,
+    )
+
+
+class RolloutGates(ApiModel):
+    """What each step is judged on."""
+
+    golden_prompts: list[GoldenPrompt] = Field(
+        default_factory=list,
+        description="Prompts sent to every canary pool (and, for similarToStable, to its "
+        "stable revision) through the router with its admin key.",
+        max_length=MAX_GOLDEN_PROMPTS,
+    )
+    golden_prompts_from: ConfigMapPrompts | None = Field(
+        default=None, description="More golden prompts, from a ConfigMap."
+    )
+    slo: SloGates = Field(
+        default_factory=SloGates, description="Live SLOs, canary against stable."
+    )
+
+
+class Rollout(ApiModel):
+    """How a new revision rolls out."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.steps) || "
+                "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))",
+                "each step's weight must be different",
+                ".steps",
+            ),
+            cel(
+                "!has(self.steps) || self.steps.map(s, s.weight).isSorted()",
+                "steps' weights must increase",
+                ".steps",
+            ),
+        )
+    )
+
+    strategy: Literal["Canary", "Rolling"] = Field(
+        default="Canary",
+        description="Canary: region by region, step by step, gated; Rolling: every pool's "
+        "Deployment rolls at once (the behaviour without spec.rollout).",
+    )
+    waves: list[list[str]] | None = Field(
+        default=None,
+        description="Regions in rollout order, wave by wave (every region of the factory's "
+        "pools exactly once). Default: the first pool's region alone (the canary region), "
+        "then the other regions in spec order, waveSize at a time.",
+        max_length=MAX_WAVES,
+        json_schema_extra={"items": {"maxItems": 16, "items": {"maxLength": MAX_NAME}}},
+    )
+    wave_size: int = Field(
+        default=2, description="Regions per wave after the first (default waves).", ge=1, le=16
+    )
+    steps: list[RolloutStep] | None = Field(
+        default=None,
+        description="Canary steps, weights increasing. Default: weight 10 for 60 s, then "
+        "weight 50 for 60 s; after the last step the wave is promoted.",
+        min_length=1,
+        max_length=MAX_STEPS,
+    )
+    progress_deadline_seconds: int = Field(
+        default=600,
+        description="Longest a step may wait for its canary to be ready or its gates to be "
+        "conclusive; beyond it the revision is rolled back.",
+        ge=60,
+        le=86400,
+    )
+    paused: bool = Field(
+        default=False,
+        description="Hold the rollout where it is (traffic split kept, no step judged); "
+        "false resumes it, restarting the current step's clock.",
+    )
+    promote: str | None = Field(
+        default=None,
+        description="Set to the revision of status.rollout.revision to promote it "
+        "everywhere at once, skipping the remaining steps and gates (a revision that no "
+        "longer matches is ignored).",
+        pattern=REVISION,
+        max_length=32,
+    )
+    gates: RolloutGates = Field(
+        default_factory=RolloutGates, description="What each step is judged on."
+    )
+
+    def step_list(self) -> list[RolloutStep]:
+        """The steps, defaults applied."""
+        if self.steps:
+            return list(self.steps)
+        return [RolloutStep(weight=w, pause_seconds=p) for w, p in DEFAULT_STEPS]
+
+
+RolloutPhase = Literal["Stable", "Progressing", "Paused", "Promoting", "RolledBack"]
+
+
+class GateResult(ApiModel):
+    """One check of one pool's canary at one step."""
+
+    check: str = Field(
+        description="ErrorRatio, TtftP95, ItlP95, Throughput, GoldenPrompt, CanaryReady or "
+        "Deadline.",
+        max_length=64,
+    )
+    pool: str = Field(description="The pool whose canary was judged.", max_length=MAX_NAME)
+    passed: bool | None = Field(
+        default=None, description="True, false, or absent while it cannot be judged."
+    )
+    value: float | None = Field(default=None, description="The canary's figure.")
+    baseline: float | None = Field(default=None, description="The stable revision's figure.")
+    threshold: float | None = Field(default=None, description="The limit applied.")
+    message: str = Field(default="", description="The check, in words.", max_length=1024)
+
+
+class RolloutStatus(ApiModel):
+    """Where the factory's rollout is."""
+
+    revision: str | None = Field(
+        default=None, description="The revision the spec asks for.", max_length=32
+    )
+    stable_revision: str | None = Field(
+        default=None, description="The last revision fully rolled out.", max_length=32
+    )
+    failed_revision: str | None = Field(
+        default=None,
+        description="A revision rolled back; not tried again until the spec changes.",
+        max_length=32,
+    )
+    phase: RolloutPhase = Field(
+        default="Stable",
+        description="Stable, Progressing, Paused, Promoting (the stable Deployments roll to "
+        "the new revision) or RolledBack.",
+    )
+    wave: int = Field(default=0, description="Index of the wave in progress.", ge=0)
+    step: int = Field(default=0, description="Index of the step in progress.", ge=0)
+    regions: list[str] = Field(
+        default_factory=list,
+        description="The regions of the wave in progress.",
+        max_length=16,
+        json_schema_extra={"items": {"maxLength": MAX_NAME}},
+    )
+    step_started_at: str | None = Field(
+        default=None,
+        description="When the step's canaries were all ready (its gates are judged "
+        "pauseSeconds later); absent while they start.",
+        json_schema_extra={"format": RFC3339},
+        max_length=64,
+    )
+    started_at: str | None = Field(
+        default=None,
+        description="When the rollout of this revision started.",
+        json_schema_extra={"format": RFC3339},
+        max_length=64,
+    )
+    message: str = Field(default="", description="What is happening, in words.", max_length=4096)
+    gates: list[GateResult] = Field(
+        default_factory=list,
+        description="The last judgement of the step's gates.",
+        max_length=MAX_GATE_RESULTS,
+    )
+    summary: str = Field(
+        default="",
+        description="e.g. 'wave 1/2 step 2/2 weight 50', for kubectl.",
+        max_length=MAX_STRING,
+    )
+
+
+class PoolCanaryStatus(ApiModel):
+    """A pool's canary: what the router splits the pool's traffic by."""
+
+    revision: str = Field(description="The canary pods' revision label.", max_length=32)
+    weight: int = Field(
+        description="Percent of the pool's traffic for the canary (0: none, e.g. while it "
+        "starts or is removed).",
+        ge=0,
+        le=100,
+    )
+    desired_replicas: int = Field(description="Canary replicas asked for.", ge=0)
+    ready_replicas: int = Field(default=0, description="Ready canary pods.", ge=0)
