@@ -315,6 +315,13 @@ class RolloutStatus(ApiModel):
         max_length=16,
         json_schema_extra={"items": {"maxLength": MAX_NAME}},
     )
+    step_entered_at: str | None = Field(
+        default=None,
+        description="When the rollout entered the step in progress (its progress deadline "
+        "counts from here).",
+        json_schema_extra={"format": RFC3339},
+        max_length=64,
+    )
     step_started_at: str | None = Field(
         default=None,
         description="When the step's canaries were all ready (its gates are judged "
