@@ -164,6 +164,15 @@ class FactorySpecView(View):
     autoscaling: AutoscalingView | None = None
 
 
+class CanaryView(View):
+    """``status.pools[].canary``: the revision under test and the share of requests it gets
+    (0-100). Malformed (no revision, a weight that is not a whole number in range) reads as
+    no canary: the router then splits nothing."""
+
+    revision: str = Field(min_length=1)
+    weight: Annotated[int, BeforeValidator(_count), Field(ge=0, le=100)]
+
+
 class PoolStatusView(View):
     """One ``status.pools[]`` entry: a pool the operator deployed (or blocked)."""
 
@@ -171,6 +180,7 @@ class PoolStatusView(View):
     region: LenientStr = None
     jurisdiction: LenientStr = None
     state: LenientStr = None
+    canary: Annotated[CanaryView | None, WrapValidator(_or_none)] = None
     desired_replicas: Count = None
 
 

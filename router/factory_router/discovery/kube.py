@@ -18,7 +18,9 @@ the FleetRegions and InferenceFactories read through the contract's views
   `desiredReplicas` and whether an autoscaler wakes it (`spec.autoscaling`): a request
   whose compliant pools are all at zero or starting is held for them (`app/hold.py`).
 - Pods: annotation `inference.factory.dev/address: host:port` overrides the endpoint's
-  address (the local fleet's simulated engines listen on 127.0.0.1).
+  address (the local fleet's simulated engines listen on 127.0.0.1); label
+  `inference.factory.dev/revision` is the backend's revision (a canary's pods carry the new
+  one), which `status.pools[].canary` (revision, weight) splits by (`policy.canary`).
 
 Fail closed: a pool whose status jurisdiction disagrees with its FleetRegion's gets no
 region (never a candidate, still visible in the explain output).
@@ -35,9 +37,10 @@ from pydantic import ValidationError
 
 from factory_contract import names
 from factory_contract.status import FactoryView, PoolStatusView, RegionView
-from factory_router.policy.fleet import Backend, Fleet, Pool, Region, RttMatrix, build_fleet
+from factory_router.policy.fleet import Backend, Canary, Fleet, Pool, Region, RttMatrix, build_fleet
 
 ADDRESS_ANNOTATION = names.prefixed(names.ADDRESS_ANNOTATION)
+REVISION_LABEL = names.prefixed(names.REVISION_LABEL)
 SERVICE_NAME_LABEL = names.SERVICE_NAME_LABEL
 MANAGED_BY_SELECTOR = names.MANAGED_BY_SELECTOR
 DEFAULT_PORT = 8000
@@ -113,6 +116,11 @@ def _serving(endpoint: Obj) -> tuple[bool, bool]:
     return bool(is_serving), bool(terminating)
 
 
+def _revision(pod: Obj | None) -> str | None:
+    value = _get(pod, "metadata", "labels", REVISION_LABEL)
+    return value if isinstance(value, str) and value else None
+
+
 def _pool_cost(factory: FactoryView, pool_name: str, region: RegionView | None) -> float:
     spec = factory.pool_spec(pool_name)
     if spec is None or region is None or spec.accelerator.type is None:
@@ -127,6 +135,7 @@ def _pool(
     factory: FactoryView, status: PoolStatusView, model: str, region: str | None, cost: float
 ) -> Pool:
     desired = status.desired_replicas
+    canary = status.canary
     return Pool(
         namespace=factory.metadata.namespace,
         factory=factory.metadata.name,
@@ -138,6 +147,7 @@ def _pool(
         wakeable=factory.wakeable(status.name),
         cost=cost,
         max_num_seqs=factory.max_num_seqs(status.name),
+        canary=Canary(canary.revision, canary.weight) if canary is not None else None,
     )
 
 
@@ -205,6 +215,8 @@ def fleet_from_objects(
                         max_num_seqs=capacity,
                         serving=serving,
                         terminating=terminating,
+                        revision=_revision(pod),
+                        pool_name=pname,
                     )
             view = region_views.get(region) if region else None
             endpoint = view.spec.endpoint if view is not None else None
@@ -222,6 +234,7 @@ def fleet_from_objects(
                         namespace=ns,
                         cost=cost,
                         via_endpoint=True,
+                        pool_name=pname,
                     ),
                 )
     return build_fleet(regions.values(), backends.values(), rtt, pools)

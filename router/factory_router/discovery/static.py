@@ -10,7 +10,9 @@
         pool: eu-h100               # pool name (prefix affinity works within a pool)
         region: eu-west-1           # must name a region above, else never a candidate
         url: http://127.0.0.1:8001
-        factory: llama              # optional
+        factory: llama              # optional (with namespace: x-factory-target reaches it)
+        namespace: inference        # optional
+        revision: 3f2a9c0d1e        # optional: the per-revision series' label, the target's
         pod: llama-eu-h100-0        # optional: matches Prometheus `pod` label
         cost: 1.0                   # optional: relative cost per token
         max_num_seqs: 64            # optional: the engine's batch capacity (--max-num-seqs)
@@ -57,6 +59,7 @@ class _BackendDoc(BaseModel):
     factory: str | None = None
     namespace: str | None = None
     pod: str | None = None
+    revision: str | None = Field(None, min_length=1)
     cost: float = 0.0
     max_num_seqs: int | None = Field(None, ge=1)
     id: str | None = None
@@ -100,6 +103,7 @@ def fleet_from_doc(doc: Any) -> Fleet:
                 cost=b.cost,
                 max_num_seqs=b.max_num_seqs,
                 via_endpoint=b.endpoint,
+                revision=b.revision,
             )
         )
     return build_fleet(

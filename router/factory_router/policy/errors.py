@@ -4,13 +4,16 @@ Tree (all carry an OpenAI-shaped body via `RouterError.body()`):
 
     RouterError                      (500, api_error)      base; never raised bare
     ├── BadRequest                   (400, invalid_request_error)
-    │   └── InvalidResidency         (400, code=invalid_residency)   bad x-factory-residency
+    │   ├── InvalidResidency         (400, code=invalid_residency)   bad x-factory-residency
+    │   └── InvalidTarget            (400, code=invalid_target)      bad x-factory-target (admin)
     ├── RequestTimeout               (408, code=request_timeout)     request not received in time
     ├── PayloadTooLarge              (413, code=payload_too_large)
     ├── HeadTooLarge                 (431, code=head_too_large)      request line + headers
     ├── Unauthenticated              (401, code=invalid_api_key)
     ├── Forbidden                    (403, permission_error)
-    │   └── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
+    │   ├── ResidencyDenied          (403, code=residency_denied)    narrowed to nothing
+    │   └── TargetNotAllowed         (403, code=target_not_allowed)  x-factory-target from a
+    │                                tenant without `admin: true`
     ├── NotFound                     (404, code=not_found)           unknown path
     ├── TooManyRequests              (429, code=rate_limit_exceeded) tenant's concurrency limit
     │   └── QuotaExceeded            (429, type=requests|tokens)     + Retry-After, x-ratelimit-*:
@@ -89,6 +92,10 @@ class InvalidResidency(BadRequest):
     code = "invalid_residency"
 
 
+class InvalidTarget(BadRequest):
+    code = "invalid_target"
+
+
 class RequestTimeout(RouterError):
     status = 408
     type = "invalid_request_error"
@@ -121,6 +128,10 @@ class Forbidden(RouterError):
 
 class ResidencyDenied(Forbidden):
     code = "residency_denied"
+
+
+class TargetNotAllowed(Forbidden):
+    code = "target_not_allowed"
 
 
 class NotFound(RouterError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from factory_router.policy.config import ScoringConfig
 from factory_router.policy.errors import ModelNotFound, clip
@@ -38,6 +39,23 @@ class Backend:
     serving: bool = True  # EndpointSlice `serving`
     terminating: bool = False  # EndpointSlice `terminating`: only a last resort
     via_endpoint: bool = False  # a region's `spec.endpoint` (e.g. its router), not an engine
+    revision: str | None = None  # its pod's `<prefix>/revision` label (None: unknown)
+    pool_name: str | None = None  # status.pools[].name (`pool` is its Service's name)
+
+    @property
+    def bare_pool(self) -> str:
+        """The pool's own name, as the per-revision series and the target header name it
+        (a static backend's `pool` is that name already)."""
+        return self.pool_name or self.pool
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A pool's canary (`status.pools[].canary`): the revision under test and its share of
+    requests in percent (`policy.canary` splits by it)."""
+
+    revision: str
+    weight: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class Pool:
     wakeable: bool = False  # an autoscaler brings it up on demand (spec.autoscaling, max >= 1)
     cost: float = 0.0  # one replica-hour (FleetRegion pricing x accelerator count)
     max_num_seqs: int | None = None
+    canary: Canary | None = None  # status.pools[].canary, while the pool has one
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,16 @@ class Fleet:
     backends: tuple[Backend, ...]
     rtt: RttMatrix = field(default_factory=RttMatrix)
     pools: tuple[Pool, ...] = ()  # every pool in the factories' status (scale from zero)
+
+    @cached_property
+    def _canaries(self) -> dict[tuple[str, str], Canary]:
+        return {(p.namespace, p.service): p.canary for p in self.pools if p.canary is not None}
+
+    def canary_of(self, backend: Backend) -> Canary | None:
+        """The canary of the backend's pool, if it has one."""
+        if not self._canaries:
+            return None
+        return self._canaries.get((backend.namespace or "", backend.pool))
 
     def jurisdiction_of(self, backend: Backend) -> str | None:
         if not backend.region:

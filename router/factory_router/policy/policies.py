@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from factory_router.policy.affinity import preferred
+from factory_router.policy.canary import Target
 from factory_router.policy.config import ScoringConfig
 from factory_router.policy.fleet import Backend, Fleet
 from factory_router.policy.scoring import LoadView, ScoreParts, predict
@@ -30,6 +31,7 @@ class RouteRequest:
     client_region: str | None
     prefix_key: str | None = None
     request_key: str = ""  # spreads exact ties across requests, deterministically
+    target: Target | None = None  # an admin's x-factory-target (policy.canary)
 
 
 @dataclass(frozen=True)

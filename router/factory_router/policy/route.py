@@ -3,6 +3,11 @@
     plan() -> RoutePlan(ordered candidates)   or raises
         ModelNotFound        nothing in the allowed jurisdictions serves the model
         NoCompliantBackend   something does, but every such endpoint is down/ejected
+                             (or none is of the admin's x-factory-target)
+
+Between the residency filter and health, `policy.canary` narrows the candidates: to the
+pool (and revision) of an admin's target, else by each canary pool's weight (`draw`: the
+router's random source; the side not drawn is ranked after the drawn one, for failover).
 
 Under the `score` policy, latency outliers (`health.LatencyEjector`) are judged among the
 ranked candidates and moved after the others, and a degraded (or observed-slow) candidate
@@ -17,9 +22,11 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from factory_router.policy.canary import Split, split
 from factory_router.policy.errors import ModelNotFound, NoCompliantBackend, clip
 from factory_router.policy.fleet import Backend, Fleet
 from factory_router.policy.health import Ejector, LatencyEjector
@@ -76,6 +83,7 @@ def plan(
     now: float,
     explain: bool = False,
     latency: LatencyEjector | None = None,
+    draw: Callable[[], float] | None = None,
 ) -> RoutePlan:
     try:
         compliant = fleet.compliant(req.model, req.allowed)
@@ -84,13 +92,33 @@ def plan(
             rows = _explain(fleet, req, [], {}, ranker=ranker, view=view, latency=latency, now=now)
             return RoutePlan([], rows, "model_not_found")
         raise
-    usable, excluded = healthy(compliant, ejector, now)
+    if req.target is not None:
+        target = req.target
+        chosen = Split([b for b in compliant if target.matches(b)], [], {})
+        if not chosen.primary and not explain:
+            raise NoCompliantBackend(
+                f"No backend of target {clip(str(target))} serves model '{clip(req.model)}' "
+                f"in the allowed jurisdictions ({', '.join(sorted(req.allowed))}).",
+            )
+    else:
+
+        def serves(b: Backend) -> bool:
+            return b.serving and not b.terminating and not ejector.is_ejected(b.id, now)
+
+        chosen = split(compliant, fleet, draw, serves)
+    usable, excluded = healthy(chosen.primary, ejector, now)
+    excluded.update(chosen.aside)
     ordered = ranker.rank(usable, req, fleet, view) if usable else []
     probe = False
     if latency is not None and ranker.policy is PolicyName.SCORE and ordered:
         if not explain:
             judge_latency(ordered, latency, now)
         ordered, probe = latency_order(ordered, latency, now, probe=not explain, view=view)
+    if chosen.failover:  # the sides of split pools not drawn: failover only
+        spare, spare_excluded = healthy(chosen.failover, ejector, now)
+        excluded.update(spare_excluded)
+        if spare:
+            ordered = ordered + ranker.rank(spare, req, fleet, view)
     explanation = (
         _explain(fleet, req, ordered, excluded, ranker=ranker, view=view, latency=latency, now=now)
         if explain

@@ -12,6 +12,7 @@ Tenants file (YAML), keys stored only as SHA-256 hex digests of the API key:
         tokens_per_minute: 200000          # no such limit; all absent = no quota at all (no
         tokens_per_day: 50000000           # Redis call for this tenant)
         priority: interactive              # optional: interactive | standard (default) | batch
+        admin: false                       # optional: true lets it send x-factory-target
 
 Fail closed everywhere: an empty, missing or unparseable file is a `PolicyError` (the
 router refuses to start, or keeps the previous good table on reload); an unknown key is
@@ -34,6 +35,9 @@ its answer's usage settles it. They follow the file: a reload applies to the nex
 (`factory_router.flow`): requests wait in a bounded queue, the highest class is served
 first, tenants of one class in turn, and the lowest class is shed first. A reload applies
 to the next request.
+
+`admin: true` lets the tenant send `x-factory-target` (`policy.canary`): the operator's
+golden prompts to one pool and revision of a rollout. Its residency still applies.
 """
 
 from __future__ import annotations
@@ -48,7 +52,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
 from factory_contract.grammar import normalise_jurisdiction
 from factory_router.policy.errors import (
@@ -95,6 +106,7 @@ class _TenantDoc(BaseModel):
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
     priority: PriorityClass = PriorityClass.STANDARD
+    admin: StrictBool = False  # a true/false only: "no" must not read as anything
 
     @field_validator("jurisdictions")
     @classmethod
@@ -135,6 +147,7 @@ class Tenant:
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
     priority: PriorityClass = PriorityClass.STANDARD  # its class under saturation (flow)
+    admin: bool = False  # may send x-factory-target (policy.canary)
 
 
 @dataclass(frozen=True)
@@ -200,6 +213,7 @@ def parse_tenants(doc: Any) -> TenantTable:
             tokens_per_minute=t.tokens_per_minute,
             tokens_per_day=t.tokens_per_day,
             priority=t.priority,
+            admin=t.admin,
         )
         for h in t.api_keys_sha256:
             if h in by_hash:
