@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from factory_operator.handlers import WATCHABLE, build_registry
 from factory_operator.k8s import Kube, OperatorMetrics, load_api_client, may_watch
 from factory_operator.plan import OperatorSettings
+from factory_operator.plan.settings import ENV_ONLY_SETTINGS
 
 log = logging.getLogger("factory_operator")
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -60,6 +61,7 @@ FLAG_NAMES: dict[str, tuple[str, ...]] = {
     "resync_seconds": ("--resync",),
     "liveness_endpoint": ("--liveness",),
     "autoscale_interval_seconds": ("--autoscale-interval",),
+    "rollout_interval_seconds": ("--rollout-interval",),
     "podmonitor_labels": ("--podmonitor-label",),
     "neuron_images": ("--neuron-image",),
 }
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "value of an optional setting (e.g. --prometheus-url '') means none.",
     )
     for name, field in OperatorSettings.model_fields.items():
+        if name in ENV_ONLY_SETTINGS:
+            continue  # secrets: environment only (a flag shows in `ps`)
         flags, options = _flag(name, field)
         parser.add_argument(*flags, **options)
     return parser

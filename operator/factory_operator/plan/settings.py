@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from factory_contract.names import DEFAULT_PREFIX
@@ -39,6 +39,9 @@ NEURON_LEGACY_IMAGE = (
 EXIT_MARGIN_SECONDS = 10
 # A rollout's progress deadline allows the startup budget plus this (image pull, scheduling).
 PROGRESS_MARGIN_SECONDS = 600
+# Settings read from the environment only, never flags: a flag's value shows in `ps` and in
+# the pod spec's args (factory_operator.main skips them when it derives the flags).
+ENV_ONLY_SETTINGS = frozenset({"router_admin_key"})
 
 
 class OperatorSettings(BaseSettings):
@@ -150,17 +153,44 @@ class OperatorSettings(BaseSettings):
         description="How often the autoscaler reads the load of each autoscaled factory and "
         "decides (its kopf timer).",
     )
+    router_url: str | None = Field(
+        default=None,
+        description="The router's OpenAI endpoint (e.g. "
+        "http://factory-router.factory-system:8080), to which the rollout gates send golden "
+        "prompts with the admin key; none: golden prompts cannot be judged (inconclusive: "
+        "the step waits, then rolls back).",
+        max_length=2048,
+    )
+    router_admin_key: SecretStr | None = Field(
+        default=None,
+        description="API key of a tenant with admin: true in the router's tenants config, "
+        "for golden prompts (environment FACTORY_OPERATOR_ROUTER_ADMIN_KEY only, never a "
+        "flag; never logged).",
+    )
+    rollout_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often the rollout timer looks at each factory with a rollout in "
+        "progress (a step is judged when its pauseSeconds are over).",
+    )
     podmonitor_labels: dict[str, str] = Field(
         default_factory=dict,
         description="Extra labels on the PodMonitors, e.g. {release: kube-prometheus-stack} "
         "to match that chart's default podMonitorSelector.",
     )
 
-    @field_validator("prometheus_url")
+    @field_validator("prometheus_url", "router_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         # FACTORY_OPERATOR_PROMETHEUS_URL="" (a chart value left empty) means none.
         return value or None
+
+    @field_validator("router_admin_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # A Secret's key mounted empty is no key.
+        return value if value is not None and value.get_secret_value() else None
 
     @model_validator(mode="after")
     def _drain_fits_grace(self) -> Self:

@@ -79,7 +79,9 @@ class ScoringConfig:
     affinity_bonus_ms: float = 30.0  # prefix-cache hit saves prefill
     affinity_max_outstanding: int = 64  # preferred replica "overloaded" above this
     affinity_prefix_chars: int = 512  # prompt prefix hashed for affinity
-    cost_weight_ms: float = 0.0  # ms per unit of relative cost (0 = ignore cost)
+    # ms of predicted TTFT that one USD per million tokens is worth (0 = ignore cost); the
+    # cost of a backend is its pool's (`policy.cost`, `CostConfig`)
+    cost_weight_ms: float = 0.0
     snapshot_stale_seconds: float = 15.0  # older load data is ignored (passive only)
     rtt_window_seconds: float = 30.0  # measured RTT: minimum over this window
     # Client-observed time to first byte (`signals.latency`): the median of the last
@@ -93,6 +95,23 @@ class ScoringConfig:
     observed_recent_samples: int = 2
     observed_wins_ratio: float = 0.5
     observed_wins_margin_ms: float = 50.0
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """A pool's cost per million tokens for the cost term (`policy.cost`).
+
+    The live figure (`status.pools[].costPerMillionTokens`: the pool's bill over the tokens
+    of the last 5 minutes) is kept within [`floor_fraction`, `ceiling_multiple`] x the
+    pool's list-price estimate: a 0 (a rounding, a pricing typo) must not draw every request,
+    and a pool that served a trickle reads dear by its idleness, not its price, which would
+    keep it idle. The estimate converts the list price per replica-hour with the median
+    (live / list price) of the model's pools that have both, else of the fleet's, else at
+    `nominal_tokens_per_second` per replica (no live figure anywhere: the list-price order)."""
+
+    nominal_tokens_per_second: float = 1000.0  # per replica, only when nothing is live
+    floor_fraction: float = 0.25
+    ceiling_multiple: float = 4.0
 
 
 @dataclass(frozen=True)

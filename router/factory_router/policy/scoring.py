@@ -10,6 +10,10 @@
               + queue                         see below
               + kv_penalty                    KV-cache above the knee: preemption risk
     score     = predicted - affinity_bonus + cost_weight * cost
+    cost                         = the pool's USD per million tokens: its live figure
+                                   (the operator's, at most a minute old) held near its
+                                   list price, else its list price converted (`policy.cost`);
+                                   cost_weight = ms of TTFT one USD per million tokens is worth
 
     queue, batch capacity known  = (min(outstanding, capacity) - min(reflected, capacity))+
                                    * per_outstanding
@@ -129,6 +133,8 @@ class ScoreParts:
     observed_pool_ttft_ms: float | None = None  # the same for the replica's pool
     observed_samples: int = 0
     ttft_source: str = "default"  # "engine", "passive", "observed" or "default"
+    cost_per_mtok: float = 0.0  # the backend's cost (USD per million tokens), unweighted
+    cost_source: str = "static"  # live, floored, capped, list, unpriced, none, static
 
     @property
     def predicted_ttft_ms(self) -> float:
@@ -247,4 +253,6 @@ def predict(
         observed_pool_ttft_ms=seen_pool,
         observed_samples=seen.samples,
         ttft_source=ttft_source,
+        cost_per_mtok=backend.cost,
+        cost_source=backend.cost_source,
     )

@@ -71,7 +71,11 @@ def _check_backends(
             assert b.url.startswith("http://10.") and b.serving and not b.terminating
             assert fleet.jurisdiction_of(b) == jurisdictions[pool["region"]] == status.jurisdiction
             assert b.max_num_seqs == capacity
-            assert b.cost == pytest.approx(price * accelerator["count"] if price else 0.0)
+            if price:  # no live cost in a plan's status: the list price at 1,000 tokens/s
+                assert b.cost == pytest.approx(price * accelerator["count"] / 3.6)
+                assert b.cost_source == "list"
+            else:
+                assert b.cost_source in ("unpriced", "none")
         [hold] = [p for p in fleet.pools if p.factory == name and p.name == pool["name"]]
         assert (hold.service, hold.region, hold.namespace) == (service, pool["region"], namespace)
         assert hold.desired_replicas == replicas

@@ -6,12 +6,15 @@ import pytest
 
 from factory_operator.main import FLAG_NAMES, build_parser, parse_args
 from factory_operator.plan import OperatorSettings
+from factory_operator.plan.settings import ENV_ONLY_SETTINGS
 
 
 def test_every_setting_is_a_flag_with_its_description() -> None:
     actions = {a.dest: a for a in build_parser()._actions if a.dest != "help"}
-    assert set(actions) == set(OperatorSettings.model_fields)
+    assert set(actions) == set(OperatorSettings.model_fields) - ENV_ONLY_SETTINGS
     for name, field in OperatorSettings.model_fields.items():
+        if name in ENV_ONLY_SETTINGS:
+            continue
         assert field.description and field.description in (actions[name].help or "")
         assert f"FACTORY_OPERATOR_{name.upper()}" in (actions[name].help or "")
 
@@ -50,3 +53,19 @@ def test_a_value_the_model_refuses_is_a_usage_error() -> None:
         parse_args(["--termination-grace-seconds", "5"])  # shorter than the preStop drain
     with pytest.raises(SystemExit):
         parse_args(["--log-format", "xml"])
+
+
+def test_the_router_admin_key_is_never_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = {f for a in build_parser()._actions for f in a.option_strings}
+    assert not any("key" in f for f in flags)
+    with pytest.raises(SystemExit):
+        parse_args(["--router-admin-key", "sk-secret"])
+    monkeypatch.setenv("FACTORY_OPERATOR_ROUTER_ADMIN_KEY", "sk-secret")
+    settings = parse_args(["--router-url", "http://router:8080", "--rollout-interval", "5"])
+    assert settings.router_admin_key is not None
+    assert settings.router_admin_key.get_secret_value() == "sk-secret"
+    assert "sk-secret" not in repr(settings) and "sk-secret" not in str(settings)
+    assert (settings.router_url, settings.rollout_interval_seconds) == ("http://router:8080", 5.0)
+    monkeypatch.setenv("FACTORY_OPERATOR_ROUTER_ADMIN_KEY", "")
+    assert parse_args(["--router-url", ""]).router_admin_key is None
+    assert parse_args([]).router_url is None

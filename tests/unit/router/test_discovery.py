@@ -158,7 +158,8 @@ def test_kube_translation() -> None:
     eu0 = b["ml/llama-eu/llama-eu-0"]
     assert eu0.url == "http://127.0.0.1:41001"  # the annotation wins over the pod IP
     assert eu0.model == "llama-8b" and eu0.region == "eu-west-1" and eu0.pod == "llama-eu-0"
-    assert eu0.cost == pytest.approx(13.76)
+    # 2 x H100 at 6.88/h, nothing live: converted at the nominal 1,000 tokens/s per replica
+    assert eu0.cost == pytest.approx(13.76 / 3.6) and eu0.cost_source == "list"
     assert b["ml/llama-eu/llama-eu-1"].terminating and b["ml/llama-eu/llama-eu-1"].serving
     assert not b["ml/llama-eu/llama-eu-2"].serving
     assert b["ml/llama-us/llama-us-0"].url == "http://10.0.1.1:9000"
