@@ -18,6 +18,12 @@ reservation (fail closed). A stream whose usage chunk the router asked for must 
 unencoded `text/event-stream`: anything else is refused before its first byte (502), or
 the chunk would reach a client that did not ask for it.
 
+Canary rollouts (`policy.canary`): `plan` splits each canary pool's candidates by weight;
+an admin tenant's `x-factory-target` restricts them to one pool (and revision), unsplit and
+never held (the header is not forwarded: engines get an allowlist). Each attempt on an
+engine counts in its revision's series (`app.revisions`: attempts by outcome, TTFT, ITL,
+completion tokens and seconds of streams).
+
 Priority and fairness (`factory_router.flow`): when every candidate of the plan is at its
 batch capacity (or others already wait), the request waits its turn in the flow queue, then
 is planned again; shed: 503 `capacity_shed` with `Retry-After`. Each attempt's end tells the
@@ -42,12 +48,14 @@ from factory_router.app.http import (
     too_deep,
 )
 from factory_router.app.http_message import ClientGone, Request
+from factory_router.app.revisions import RevisionSeries, StreamClock
 from factory_router.app.state import RouterState
 from factory_router.metering.answer import JsonUsageScanner, usage_from_json
 from factory_router.metering.request import ask_for_usage
 from factory_router.metering.sse import StreamMeter
 from factory_router.metering.usage import Usage
 from factory_router.policy.affinity import prefix_key
+from factory_router.policy.canary import TARGET_HEADER, requested_target
 from factory_router.policy.errors import (
     BadRequest,
     InvalidResidency,
@@ -88,7 +96,7 @@ class _Outcome:
     """What the access log and the metrics record about one request."""
 
     __slots__ = (
-        "attempts", "backend", "engine_busy", "jurisdiction", "meter", "pool", "quota",
+        "attempts", "backend", "clock", "engine_busy", "jurisdiction", "meter", "pool", "quota",
         "reason", "region", "status", "timed_out", "usage",
     )  # fmt: skip
 
@@ -107,6 +115,7 @@ class _Outcome:
         # (else it refused or never got it). Without a usage: settled at the reservation.
         self.engine_busy = False
         self.timed_out = False  # an attempt timed out (its engine may have worked on it)
+        self.clock: StreamClock | None = None  # a streamed 2xx answer's, for its revision
 
     def unmetered(self) -> bool:
         """An engine may have worked on the request and no usage was read."""
@@ -132,6 +141,7 @@ async def handle(state: RouterState, request: Request) -> None:
             allowed = allowed_jurisdictions(
                 tenant, request.headers.get("x-factory-residency"), state.known_jurisdictions()
             )
+            target = requested_target(tenant, request.headers.get(TARGET_HEADER))  # admins'
             body = read_body(request, state.config.limits.max_body_bytes)
             doc = parse_json_object(body)
             model_field = doc.get("model")
@@ -154,8 +164,11 @@ async def handle(state: RouterState, request: Request) -> None:
                     body, strip_usage = ask_for_usage(doc, body)
             except RecursionError:  # json.dumps of a body json.loads could just read
                 raise too_deep() from None
-            req = RouteRequest(model, allowed, client_region, key, rid)
-            route = await plan_or_hold(state, req, request.headers)  # scale from zero: hold.py
+            req = RouteRequest(model, allowed, client_region, key, rid, target)
+            if target is not None:  # the pool asked for, as it is: never held
+                route = state.plan(req)
+            else:
+                route = await plan_or_hold(state, req, request.headers)  # scale from 0: hold.py
             flow = state.flow  # every compliant engine at capacity: wait in turn (flow/)
             if flow is not None and flow.must_wait(route.ordered):
                 await flow.wait(tenant.name, tenant.priority, model, allowed)
@@ -190,6 +203,8 @@ async def handle(state: RouterState, request: Request) -> None:
             usage = None  # an unreadable stream's estimate is no figure either
         if out.quota is not None:
             state.quota.settle(out.quota, used_tokens(out.quota, usage, unknown=unknown))
+        if out.clock is not None:
+            out.clock.finish(usage)
         if usage is not None:
             # tenant: a name from the tenants file (bounded); only requests that reached an
             # engine have a usage, and they were authenticated.
@@ -277,6 +292,7 @@ async def _forward(
             state.metrics.retries.inc()
         out.attempts += 1
         backend = ranked.backend
+        series = state.revisions.series(backend)
         state.load.passive.start(backend.id)
         try:
             sent = to_engine
@@ -290,12 +306,15 @@ async def _forward(
             out.timed_out = out.timed_out or failure.kind == "timeout"
             _attempt_ended(state, backend.id)
             _record_failure(state, ranked, failure.kind)
+            if series is not None and failure.kind != "pool":  # pool: the router's own limit
+                series.attempt(ok=False)
             last = failure
             continue
         except BaseException:
             _attempt_ended(state, backend.id)
             raise
         completed = False
+        engine_failed = False  # a 5xx relayed, or the body broke off (a client leaving: ok)
         try:
             state.ejector.record_success(backend.id)
             state.load.observe_first_byte(
@@ -305,17 +324,28 @@ async def _forward(
                 router_wait_ms=opened.pool_wait_s * 1000,
             )
             state.metrics.observe_ttfb(backend.region or "none", opened.ttfb_s)
+            if series is not None and opened.streamed and 200 <= opened.status < 300:
+                series.ttft.observe(opened.ttfb_s - opened.pool_wait_s)
             out.region = backend.region
             out.jurisdiction = state.fleet.jurisdiction_of(backend)
             out.pool = backend.pool
             out.backend = backend.id
             out.reason = route.reason if out.attempts == 1 else f"failover #{out.attempts - 1}"
-            await _relay(state, request, opened, rid, out, strip_usage=strip_usage)
+            try:
+                await _relay(
+                    state, request, opened, rid, out, series=series, strip_usage=strip_usage
+                )
+            except UpstreamFailed:
+                engine_failed = True
+                raise
             completed = out.status < 500
+            engine_failed = not completed
             return
         finally:
             opened.close()
             _attempt_ended(state, backend.id)
+            if series is not None:
+                series.attempt(ok=not engine_failed)
             if completed:
                 state.load.observe_completion(
                     backend,
@@ -375,6 +405,7 @@ async def _relay(
     rid: str,
     out: _Outcome,
     *,
+    series: RevisionSeries | None,
     strip_usage: bool,
 ) -> None:
     up = opened.response
@@ -428,12 +459,15 @@ async def _relay(
         return
     meter: StreamMeter | None = None
     scanner: JsonUsageScanner | None = None  # a JSON answer's usage, read as it passes
+    clock: StreamClock | None = None
     first = opened.first_chunk
     if json_usage:
         scanner = JsonUsageScanner()
     elif ok and readable and up.content_type == "text/event-stream":
         meter = out.meter = StreamMeter(strip_usage)
         first = meter.feed(first)
+        if series is not None:
+            clock = out.clock = StreamClock(series, opened.sent_at + opened.ttfb_s, meter.events)
         if strip_usage:
             size = None  # the router frames what it relays (an event may be dropped)
     # The head and the first bytes in one write; then each piece as it arrives.
@@ -450,12 +484,16 @@ async def _relay(
             kind = "idle_timeout" if isinstance(exc, TimeoutError) else "stream_broken"
             state.metrics.upstream_errors.labels(out.region or "none", kind).inc()
             out.status, out.reason = 502, f"{out.reason}; {kind} after first byte"
+            out.clock = None  # not an answer: neither its tokens nor its seconds
             request.abort()
             return
         if meter is None:
             await request.write(chunk)  # ClientGone once the client left (b"": nothing)
         else:
-            await request.write(meter.feed(chunk) if chunk else meter.finish())
+            relayed = meter.feed(chunk) if chunk else meter.finish()
+            if clock is not None and chunk:
+                clock.chunk(meter.events)
+            await request.write(relayed)
     if scanner is not None:
         out.usage = scanner.usage
     await request.end()

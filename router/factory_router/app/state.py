@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from dataclasses import dataclass, field, replace
+
+from prometheus_client import CollectorRegistry
 
 from factory_router.app.hold import Holds
 from factory_router.app.logs import AccessLog
 from factory_router.app.metrics import RouterMetrics
+from factory_router.app.revisions import RevisionMetrics
 from factory_router.flow.control import FlowControl
 from factory_router.policy.config import RouterConfig
 from factory_router.policy.errors import ModelNotFound
@@ -49,6 +53,9 @@ class RouterState:
     rtt: RttMatrix | None = None  # --rtt: every fleet installed gets it (reloads included)
     holds: Holds = field(default_factory=lambda: Holds(RouterConfig().hold))  # scale from zero
     flow: FlowControl | None = None  # priority and fairness under saturation (create() sets it)
+    # Per-revision series (create() puts them on the metrics' registry).
+    revisions: RevisionMetrics = field(default_factory=lambda: RevisionMetrics(CollectorRegistry()))
+    rng: random.Random = field(default_factory=random.Random)  # the canary split's draws
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     _jurisdictions: tuple[Fleet, TenantTable, frozenset[str]] | None = field(
         default=None, init=False, repr=False
@@ -109,6 +116,7 @@ class RouterState:
             prometheus_url=prometheus_url,
             rtt=rtt,
             holds=Holds(cfg.hold, metrics.registry),
+            revisions=RevisionMetrics(metrics.registry),
         )
         state.flow = FlowControl(cfg.flow, load, state.candidates, metrics.registry)
         if rtt is not None:
@@ -138,6 +146,7 @@ class RouterState:
             latency=self.latency_ejector,
             now=self.now(),
             explain=explain,
+            draw=None if explain else self.rng.random,
         )
 
     def candidates(self, model: str, allowed: frozenset[str]) -> list[Backend]:
@@ -159,6 +168,7 @@ class RouterState:
         self.fleet_error = None
         self.ejector.forget({b.id for b in fleet.backends})
         self.latency_ejector.forget({b.id for b in fleet.backends})
+        self.revisions.prune(fleet, self.now())
 
     @staticmethod
     def now() -> float:
