@@ -11,6 +11,7 @@ the operator's real output (tests/unit/contract).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import (
@@ -43,7 +44,16 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _amount(value: Any) -> float | None:
+    # A figure the router prices with: a finite number >= 0; anything else (a string, a
+    # bool, NaN, a negative) reads as absent, never as a failed object.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
 Count = Annotated[int | None, BeforeValidator(_count)]
+Amount = Annotated[float | None, BeforeValidator(_amount)]
 LenientStr = Annotated[str | None, WrapValidator(_or_none)]
 
 
@@ -182,6 +192,9 @@ class PoolStatusView(View):
     state: LenientStr = None
     canary: Annotated[CanaryView | None, WrapValidator(_or_none)] = None
     desired_replicas: Count = None
+    # USD per million tokens, written by the operator's economics timer (at most once a
+    # minute); absent while the pool serves no token, or without a price or a Prometheus.
+    cost_per_million_tokens: Amount = None
 
 
 class FactoryStatusView(View):

@@ -9,7 +9,8 @@ the FleetRegions and InferenceFactories read through the contract's views
   `spec.endpoint` the region's entry point in one-cluster-per-region fleets,
   `spec.pricing` price per accelerator-hour by accelerator type (cost weight).
 - InferenceFactory: `spec.model.name` is the model; `status.pools[]` (name, region,
-  jurisdiction) are the pools really running; `spec.pools[].accelerator` gives the cost,
+  jurisdiction) are the pools really running, `status.pools[].costPerMillionTokens` their
+  live cost (`policy.cost`); `spec.pools[].accelerator` the list price,
   `engine.args.maxNumSeqs` (the pool's, else the factory's) the batch capacity.
 - EndpointSlices of Service `<factory>-<pool>` (label `kubernetes.io/service-name`):
   one backend per endpoint; `conditions.serving`/`terminating` are honoured (a terminating
@@ -30,13 +31,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from factory_contract import names
 from factory_contract.status import FactoryView, PoolStatusView, RegionView
+from factory_router.policy.config import CostConfig
+from factory_router.policy.cost import Cost, PoolPrice, resolve_costs
 from factory_router.policy.fleet import Backend, Canary, Fleet, Pool, Region, RttMatrix, build_fleet
 
 ADDRESS_ANNOTATION = names.prefixed(names.ADDRESS_ANNOTATION)
@@ -121,13 +124,15 @@ def _revision(pod: Obj | None) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _pool_cost(factory: FactoryView, pool_name: str, region: RegionView | None) -> float:
+def _list_price(factory: FactoryView, pool_name: str, region: RegionView | None) -> float | None:
+    """USD per replica-hour: the region's price for the pool's accelerator type x count;
+    None when not priced."""
     spec = factory.pool_spec(pool_name)
     if spec is None or region is None or spec.accelerator.type is None:
-        return 0.0
+        return None
     price = region.spec.pricing.get(spec.accelerator.type)
     if price is None:
-        return 0.0
+        return None
     return price * float(spec.accelerator.count or 1)
 
 
@@ -159,6 +164,7 @@ def fleet_from_objects(
     *,
     rtt: RttMatrix | None = None,
     local_region: str | None = None,
+    cost_config: CostConfig | None = None,
 ) -> Fleet:
     """Pure: the current objects to a Fleet (see the module docstring for the rules)."""
     region_views = {v.name: v for v in map(region_view, fleet_regions) if v is not None}
@@ -171,6 +177,7 @@ def fleet_from_objects(
             slices.setdefault((_get(s, "metadata", "namespace") or "", svc), []).append(s)
     backends: dict[str, Backend] = {}
     pools: list[Pool] = []
+    prices: dict[Key, PoolPrice] = {}  # (namespace, service)
     for factory in filter(None, map(factory_view, factories)):
         ns, fname = factory.metadata.namespace, factory.metadata.name
         model = factory.spec.model.name
@@ -185,7 +192,9 @@ def fleet_from_objects(
             if known is not None and claimed and known.jurisdiction != claimed.upper():
                 region = None  # disagreement: fail closed
             svc = names.pool_object_name(fname, pname)
-            cost = _pool_cost(factory, pname, region_views.get(region) if region else None)
+            list_price = _list_price(factory, pname, region_views.get(region) if region else None)
+            cost = list_price or 0.0
+            prices[(ns, svc)] = PoolPrice(model, pool.cost_per_million_tokens, list_price)
             if pool.state != "Blocked":  # never deployed: nothing to wake
                 pools.append(_pool(factory, pool, model, region, cost))
             capacity = factory.max_num_seqs(pname)
@@ -237,7 +246,16 @@ def fleet_from_objects(
                         pool_name=pname,
                     ),
                 )
-    return build_fleet(regions.values(), backends.values(), rtt, pools)
+    costs = resolve_costs(prices, cost_config or CostConfig())
+    priced = [_with_cost(b, costs.get((b.namespace or "", b.pool))) for b in backends.values()]
+    return build_fleet(regions.values(), priced, rtt, pools)
+
+
+def _with_cost(backend: Backend, cost: Cost | None) -> Backend:
+    """The backend at its pool's cost per million tokens (`policy.cost`)."""
+    if cost is None:
+        return replace(backend, cost=0.0, cost_source="none")
+    return replace(backend, cost=cost.per_mtok, cost_source=cost.source)
 
 
 @dataclass

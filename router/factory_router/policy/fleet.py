@@ -34,7 +34,8 @@ class Backend:
     factory: str | None = None
     namespace: str | None = None
     pod: str | None = None  # matches the `pod` label of Prometheus series
-    cost: float = 0.0  # relative cost per token (scaled by ScoringConfig.cost_weight_ms)
+    cost: float = 0.0  # USD per million tokens (`policy.cost`); x ScoringConfig.cost_weight_ms
+    cost_source: str = "static"  # policy.cost's source, or "static" (backends file)
     max_num_seqs: int | None = None  # batch capacity (vLLM --max-num-seqs), when known
     serving: bool = True  # EndpointSlice `serving`
     terminating: bool = False  # EndpointSlice `terminating`: only a last resort
