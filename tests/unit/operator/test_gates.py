@@ -4,12 +4,15 @@ prompts read from a ConfigMap's YAML."""
 
 from __future__ import annotations
 
+import ast
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from factory_operator.api.rollout import GateResult, GoldenPrompt, SloGates
+from factory_operator.plan import gates as plan_gates
 from factory_operator.plan.gates import (
     EXCERPT_CHARS,
     LATENCY_FLOOR_SECONDS,
@@ -287,3 +290,21 @@ def test_a_bad_configmap_is_a_clear_error(data: dict[str, str], expected: str) -
     with pytest.raises(ValueError, match=r".") as caught:
         prompts_from_configmap(data, "k")
     assert expected in str(caught.value)
+
+
+def test_the_plan_layer_does_no_io() -> None:
+    """import-linter sees only the project's packages: the plan's purity against I/O
+    libraries is held here (httpx, Prometheus, Kubernetes and friends belong to k8s/)."""
+    io = {"httpx", "prometheus_api_client", "prometheus_client", "kubernetes", "kopf",
+          "aiohttp", "requests", "urllib3", "socket", "subprocess", "asyncio"}  # fmt: skip
+    folder = Path(plan_gates.__file__).parent
+    found = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )  # fmt: skip
+            found |= {(path.name, n) for n in names if n.split(".")[0] in io}
+    assert not found
