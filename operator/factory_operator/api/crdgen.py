@@ -141,6 +141,20 @@ def crd_objects() -> dict[str, dict[str, Any]]:
                 "description": "Each pool's cost per million tokens (status.pools[]."
                 "costPerMillionTokens).",
             },
+            {
+                "name": "Revision",
+                "type": "string",
+                "priority": 1,
+                "jsonPath": ".status.rollout.revision",
+                "description": "The revision the spec asks for (status.rollout.revision).",
+            },
+            {
+                "name": "Rollout",
+                "type": "string",
+                "jsonPath": ".status.rollout.summary",
+                "description": "The rollout's phase, and where it is while one runs "
+                "(status.rollout.summary).",
+            },
             _ready(),
             {
                 "name": "Reason",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from .accelerators import (
     ACCELERATOR_RESOURCES,
@@ -32,7 +32,13 @@ from .common import (
     cel_rules,
 )
 from .engine import EngineSpec
-from .rollout import PoolCanaryStatus, Rollout, RolloutStatus
+from .rollout import (
+    WAVES_COVER_POOLS_MESSAGE,
+    WAVES_NAME_POOL_REGIONS_MESSAGE,
+    PoolCanaryStatus,
+    Rollout,
+    RolloutStatus,
+)
 
 MODEL_URI = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?)$"
 MAX_POOLS = 16
@@ -304,6 +310,23 @@ class Residency(ApiModel):
     )
 
 
+# spec.rollout.waves against the pools: rules of the spec, which holds both; both hold while
+# waves is absent (the operator's default waves). Static messages: a messageExpression naming
+# the offending region (a map over the pools and waves building strings) is estimated far
+# above the API server's CEL cost budget, which then refuses the whole CRD.
+_WAVES_SET = "!has(self.rollout) || !has(self.rollout.waves) || "
+WAVES_COVER_POOLS = cel(
+    _WAVES_SET + "self.pools.all(p, self.rollout.waves.exists_one(w, p.region in w))",
+    WAVES_COVER_POOLS_MESSAGE,
+    ".rollout.waves",
+)
+WAVES_NAME_POOL_REGIONS = cel(
+    _WAVES_SET + "self.rollout.waves.all(w, w.all(r, self.pools.exists(p, p.region == r)))",
+    WAVES_NAME_POOL_REGIONS_MESSAGE,
+    ".rollout.waves",
+)
+
+
 class InferenceFactorySpec(ApiModel):
     """Desired state of a factory."""
 
@@ -335,6 +358,8 @@ class InferenceFactorySpec(ApiModel):
                 "pvc:// volume with the weights staged on it",
                 ".model.uri",
             ),
+            WAVES_COVER_POOLS,
+            WAVES_NAME_POOL_REGIONS,
         )
     )
 
@@ -386,6 +411,19 @@ class InferenceFactorySpec(ApiModel):
             ),
         },
     )
+
+    @model_validator(mode="after")
+    def _waves_match_pools(self) -> Self:
+        """The CEL rules on rollout.waves, for specs that reach the operator some other way."""
+        waves = self.rollout.waves if self.rollout else None
+        if waves is None:
+            return self
+        regions = {pool.region for pool in self.pools}
+        if any(sum(region in wave for wave in waves) != 1 for region in regions):
+            raise ValueError(WAVES_COVER_POOLS_MESSAGE)
+        if any(region not in regions for wave in waves for region in wave):
+            raise ValueError(WAVES_NAME_POOL_REGIONS_MESSAGE)
+        return self
 
 
 class PoolStatus(ApiModel):

@@ -12,14 +12,24 @@ again until the spec changes. docs/rollouts.md shows it as an operator sees it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from .common import MAX_NAME, MAX_STRING, RFC3339, ApiModel, cel, cel_rules
+from .common import (
+    DNS1123_LABEL,
+    MAX_NAME,
+    MAX_STRING,
+    RFC3339,
+    ApiModel,
+    LabelValue,
+    cel,
+    cel_rules,
+)
 
 MAX_STEPS = 8
 MAX_WAVES = 16
+MAX_WAVE_REGIONS = 16
 MAX_GOLDEN_PROMPTS = 16
 MAX_PROMPT = 8192
 MAX_GATE_RESULTS = 32
@@ -27,14 +37,31 @@ REVISION = r"^[a-z0-9]{1,32}$"
 
 DEFAULT_STEPS: tuple[tuple[int, int], ...] = ((10, 60), (50, 60))  # (weight %, pauseSeconds)
 
+# Bounded items (the API server's CEL cost estimate needs a maxLength on every string and a
+# maxItems on every list, items included). Typed here rather than through
+# json_schema_extra={"items": ...}, which would replace the items' schema and drop its type.
+RegionName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=DNS1123_LABEL)
+]
+Wave = Annotated[
+    list[RegionName],
+    Field(
+        min_length=1,
+        max_length=MAX_WAVE_REGIONS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    ),
+]
+Needle = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
 
 class RolloutStep(ApiModel):
     """One step of a canary: its traffic weight, its size, and how long it runs before its
     gates are judged."""
 
     weight: int = Field(
-        description="Percent of each canary pool's traffic sent to the new revision (the "
-        "router splits by it; a tenant's residency is never affected).",
+        description="Percent of each canary pool's traffic sent to the new revision, 1-99 (the "
+        "router splits by it; a tenant's residency is never affected). After the last step "
+        "the wave is promoted: 100 is not a step.",
         ge=1,
         le=99,
     )
@@ -73,11 +100,10 @@ class AnswerChecks(ApiModel):
     max_length: int | None = Field(
         default=None, description="Most characters the answer may have.", ge=0, le=1_000_000
     )
-    must_not_contain: list[str] = Field(
+    must_not_contain: list[Needle] = Field(
         default_factory=list,
         description="Strings the answer must not contain (case-sensitive).",
         max_length=32,
-        json_schema_extra={"items": {"maxLength": 1024}},
     )
     similar_to_stable: float | None = Field(
         default=None,
@@ -95,27 +121,47 @@ class ChatMessage(ApiModel):
     content: str = Field(description="What is said.", max_length=MAX_PROMPT)
 
 
+GOLDEN_PROMPT_XOR = "a golden prompt takes either prompt or messages, not both"
+
+
 class GoldenPrompt(ApiModel):
-    """A prompt every canary must keep answering well."""
+    """A prompt every canary must keep answering well.
+
+    Also the schema of the ConfigMap's prompts (goldenPromptsFrom), which no CEL rule sees:
+    the model checks what the CRD's rule checks.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
-            cel(
-                "has(self.prompt) != has(self.messages)",
-                "a golden prompt has either prompt or messages",
-            )
+            cel("has(self.prompt) != has(self.messages)", GOLDEN_PROMPT_XOR)
         )
     )
 
-    name: str = Field(description="Name, in events and gate results.", max_length=MAX_NAME)
+    name: str = Field(
+        description="Name, unique among the goldenPrompts; in events and gate results.",
+        min_length=1,
+        max_length=MAX_NAME,
+    )
     prompt: str | None = Field(
-        default=None, description="One user message.", max_length=MAX_PROMPT
+        default=None,
+        description="One user message (or messages, not both).",
+        min_length=1,
+        max_length=MAX_PROMPT,
     )
     messages: list[ChatMessage] | None = Field(
-        default=None, description="A conversation (chat completions).", max_length=16
+        default=None,
+        description="A conversation for chat completions (or prompt, not both).",
+        min_length=1,
+        max_length=16,
     )
     max_tokens: int = Field(default=64, description="max_tokens of the request.", ge=1, le=4096)
     checks: AnswerChecks = Field(description="What the answer must satisfy.")
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> Self:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError(GOLDEN_PROMPT_XOR)
+        return self
 
 
 class ConfigMapPrompts(ApiModel):
@@ -124,8 +170,7 @@ class ConfigMapPrompts(ApiModel):
     name: str = Field(description="ConfigMap name.", max_length=253)
     key: str = Field(
         default="golden-prompts.yaml",
-        description="Data key holding a YAML list of golden prompts (the goldenPrompts "
-        "schema).",
+        description="Data key holding a YAML list of golden prompts (the goldenPrompts schema).",
         max_length=253,
     )
 
@@ -185,29 +230,44 @@ class RolloutGates(ApiModel):
         description="Prompts sent to every canary pool (and, for similarToStable, to its "
         "stable revision) through the router with its admin key.",
         max_length=MAX_GOLDEN_PROMPTS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     golden_prompts_from: ConfigMapPrompts | None = Field(
         default=None, description="More golden prompts, from a ConfigMap."
     )
-    slo: SloGates = Field(
-        default_factory=SloGates, description="Live SLOs, canary against stable."
-    )
+    slo: SloGates = Field(default_factory=SloGates, description="Live SLOs, canary against stable.")
+
+
+# Rules of spec.rollout.waves against spec.pools: CEL rules of the spec (api/factory.py).
+WAVES_COVER_POOLS_MESSAGE = (
+    "rollout.waves must have every pool's region in exactly one wave: add a missing region "
+    "to a wave, keep a repeated region in one wave only"
+)
+WAVES_NAME_POOL_REGIONS_MESSAGE = (
+    "rollout.waves names a region no pool runs in: remove it from the waves, or add a pool "
+    "in that region"
+)
+STEP_WEIGHTS_DIFFERENT = "rollout.steps: each step needs a different weight"
+STEP_WEIGHTS_INCREASE = "rollout.steps: list the steps by increasing weight"
 
 
 class Rollout(ApiModel):
     """How a new revision rolls out."""
 
+    # isSorted() is the Kubernetes CEL list library's (not standard CEL): the unit tests give
+    # cel-python the same function; tests/integration/operator/test_validation.py runs the rule
+    # on a real API server. isSorted() allows equal neighbours: the rule before refuses them.
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
                 "!has(self.steps) || "
                 "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))",
-                "each step's weight must be different",
+                STEP_WEIGHTS_DIFFERENT,
                 ".steps",
             ),
             cel(
                 "!has(self.steps) || self.steps.map(s, s.weight).isSorted()",
-                "steps' weights must increase",
+                STEP_WEIGHTS_INCREASE,
                 ".steps",
             ),
         )
@@ -218,13 +278,14 @@ class Rollout(ApiModel):
         description="Canary: region by region, step by step, gated; Rolling: every pool's "
         "Deployment rolls at once (the behaviour without spec.rollout).",
     )
-    waves: list[list[str]] | None = Field(
+    waves: list[Wave] | None = Field(
         default=None,
-        description="Regions in rollout order, wave by wave (every region of the factory's "
-        "pools exactly once). Default: the first pool's region alone (the canary region), "
-        "then the other regions in spec order, waveSize at a time.",
+        description="Regions in rollout order, wave by wave: each wave a list of regions, "
+        "every region of the factory's pools in exactly one wave, e.g. [[eu-west-1], "
+        "[eu-central-1, us-east-1]]. Default: the first pool's region alone (the canary "
+        "region), then the other regions in spec order, waveSize at a time.",
+        min_length=1,
         max_length=MAX_WAVES,
-        json_schema_extra={"items": {"maxItems": 16, "items": {"maxLength": MAX_NAME}}},
     )
     wave_size: int = Field(
         default=2, description="Regions per wave after the first (default waves).", ge=1, le=16
@@ -259,6 +320,15 @@ class Rollout(ApiModel):
     gates: RolloutGates = Field(
         default_factory=RolloutGates, description="What each step is judged on."
     )
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> Self:
+        weights = [step.weight for step in self.steps or ()]
+        if len(set(weights)) != len(weights):
+            raise ValueError(STEP_WEIGHTS_DIFFERENT)
+        if weights != sorted(weights):
+            raise ValueError(STEP_WEIGHTS_INCREASE)
+        return self
 
     def step_list(self) -> list[RolloutStep]:
         """The steps, defaults applied."""
@@ -309,11 +379,10 @@ class RolloutStatus(ApiModel):
     )
     wave: int = Field(default=0, description="Index of the wave in progress.", ge=0)
     step: int = Field(default=0, description="Index of the step in progress.", ge=0)
-    regions: list[str] = Field(
+    regions: list[LabelValue] = Field(
         default_factory=list,
         description="The regions of the wave in progress.",
-        max_length=16,
-        json_schema_extra={"items": {"maxLength": MAX_NAME}},
+        max_length=MAX_WAVE_REGIONS,
     )
     step_entered_at: str | None = Field(
         default=None,
@@ -343,7 +412,8 @@ class RolloutStatus(ApiModel):
     )
     summary: str = Field(
         default="",
-        description="e.g. 'wave 1/2 step 2/2 weight 50', for kubectl.",
+        description="What kubectl's Rollout column shows: the phase alone when no rollout "
+        "runs, else where it is, e.g. 'wave 1/2 step 2/2 weight 50'.",
         max_length=MAX_STRING,
     )
 

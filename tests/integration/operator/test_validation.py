@@ -5,6 +5,7 @@ deployed."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,52 @@ def _set(path: str, value: Any) -> Mutation:
 
 _DELETE = object()
 POOL0 = "spec.pools.0"
+
+# spec.rollout (BASE's pools: h100-dub in eu-west-1, inf2-fra in eu-central-1).
+_PROMPT = {"name": "capital", "prompt": "Capital of France?", "checks": {"regex": "Paris"}}
+_MESSAGES = [{"role": "user", "content": "Capital of France?"}]
+ROLLOUT_REFUSED: list[tuple[str, Mutation, list[str]]] = [
+    ("rollout-weights-not-increasing",
+     _set("spec.rollout", {"steps": [{"weight": 50}, {"weight": 10}]}),
+     ["spec.rollout.steps", "rollout.steps: list the steps by increasing weight"]),
+    ("rollout-repeated-weight",
+     _set("spec.rollout", {"steps": [{"weight": 10}, {"weight": 10}]}),
+     ["spec.rollout.steps", "rollout.steps: each step needs a different weight"]),
+    ("rollout-weight-zero", _set("spec.rollout", {"steps": [{"weight": 0}]}),
+     ["spec.rollout.steps[0].weight", "should be greater than or equal to 1"]),
+    ("rollout-weight-hundred", _set("spec.rollout", {"steps": [{"weight": 10}, {"weight": 100}]}),
+     ["spec.rollout.steps[1].weight", "should be less than or equal to 99"]),
+    ("rollout-pause-below-ten", _set("spec.rollout", {"steps": [{"weight": 10,
+                                                                "pauseSeconds": 5}]}),
+     ["spec.rollout.steps[0].pauseSeconds", "should be greater than or equal to 10"]),
+    ("rollout-waves-miss-a-pool-region", _set("spec.rollout", {"waves": [["eu-west-1"]]}),
+     ["spec.rollout.waves", "rollout.waves must have every pool's region in exactly one wave: "
+      "add a missing region to a wave"]),
+    ("rollout-waves-unknown-region",
+     _set("spec.rollout", {"waves": [["eu-west-1"], ["eu-central-1", "us-east-1"]]}),
+     ["spec.rollout.waves", "rollout.waves names a region no pool runs in: remove it from the "
+      "waves, or add a pool in that region"]),
+    ("rollout-region-in-two-waves",
+     _set("spec.rollout", {"waves": [["eu-west-1"], ["eu-central-1", "eu-west-1"]]}),
+     ["spec.rollout.waves", "rollout.waves must have every pool's region in exactly one wave",
+      "keep a repeated region in one wave only"]),
+    ("rollout-region-twice-in-a-wave",
+     _set("spec.rollout", {"waves": [["eu-west-1", "eu-west-1"], ["eu-central-1"]]}),
+     ['.spec.rollout.waves[0]: duplicate entries for key [="eu-west-1"]']),
+    ("rollout-golden-prompt-and-messages",
+     _set("spec.rollout", {"gates": {"goldenPrompts": [{**_PROMPT, "messages": _MESSAGES}]}}),
+     ["spec.rollout.gates.goldenPrompts[0]",
+      "a golden prompt takes either prompt or messages, not both"]),
+    ("rollout-golden-prompt-neither",
+     _set("spec.rollout", {"gates": {"goldenPrompts": [{"name": "empty", "checks": {}}]}}),
+     ["spec.rollout.gates.goldenPrompts[0]",
+      "a golden prompt takes either prompt or messages, not both"]),
+    ("rollout-golden-prompt-names-repeated",
+     _set("spec.rollout", {"gates": {"goldenPrompts": [_PROMPT, _PROMPT]}}),
+     ['.spec.rollout.gates.goldenPrompts: duplicate entries for key [name="capital"]']),
+    ("rollout-promote-not-a-revision", _set("spec.rollout", {"promote": "Rev-1"}),
+     ["spec.rollout.promote", "should match '^[a-z0-9]{1,32}$'"]),
+]  # fmt: skip
 
 # (id, mutation, substrings the API server's refusal must contain)
 REFUSED: list[tuple[str, Mutation, list[str]]] = [
@@ -104,6 +151,7 @@ REFUSED: list[tuple[str, Mutation, list[str]]] = [
      ["spec.autoscaling.targets.kvCacheUsage"]),
     ("autoscaling-zero-step", _set("spec.autoscaling", {"scaleUp": {"maxStepReplicas": 0}}),
      ["spec.autoscaling.scaleUp.maxStepReplicas"]),
+    *ROLLOUT_REFUSED,
 ]  # fmt: skip
 
 
@@ -165,6 +213,45 @@ def test_api_server_refuses_an_unknown_node_label_scheme(operator_cluster: Kubec
     assert done.returncode != 0, "the API server accepted an unknown nodeLabelScheme"
     assert "spec.nodeLabelScheme" in done.stderr and "Unsupported value" in done.stderr
     assert "gke" in done.stderr and "instance-type" in done.stderr  # the allowed values
+
+
+ROLLOUT_ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("empty", {}),
+    ("rolling", {"strategy": "Rolling"}),
+    ("everything", {
+        "waves": [["eu-west-1"], ["eu-central-1"]], "waveSize": 1,
+        "steps": [{"weight": 5, "replicas": 1, "pauseSeconds": 10}, {"weight": 50},
+                  {"weight": 99, "pauseSeconds": 600}],
+        "progressDeadlineSeconds": 1800, "paused": True, "promote": "0123abcdef",
+        "gates": {
+            "goldenPrompts": [
+                _PROMPT,
+                {"name": "point", "messages": [{"role": "system", "content": "JSON only"},
+                                               *_MESSAGES],
+                 "maxTokens": 32,
+                 "checks": {"jsonSchema": {"type": "object", "required": ["x"],
+                                           "properties": {"x": {"type": "number"}}},
+                            "mustNotContain": ["Berlin"], "similarToStable": 0.9}},
+            ],
+            "goldenPromptsFrom": {"name": "prompts"},
+            "slo": {"enabled": False, "maxTtftP95Ratio": 2, "minRequests": 5},
+        },
+    }),
+    ("one-wave", {"waves": [["eu-central-1", "eu-west-1"]]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("rollout", [r for _, r in ROLLOUT_ACCEPTED],
+                         ids=[case_id for case_id, _ in ROLLOUT_ACCEPTED])  # fmt: skip
+def test_api_server_accepts_a_valid_rollout(
+    operator_cluster: KubectlCluster, namespace: str, rollout: dict[str, Any]
+) -> None:
+    obj = factory(rollout=rollout)
+    done = operator_cluster.run("apply", "--server-side", "--dry-run=server", "-n", namespace,
+                                "-o", "json", "-f", "-", input=as_json(obj))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Stored as given: nothing pruned (jsonSchema keeps its unknown fields), no defaults added.
+    assert json.loads(done.stdout)["spec"]["rollout"] == rollout
 
 
 def test_api_server_accepts_s3_through_a_service_account(
