@@ -262,7 +262,7 @@ def _start(
     weights = ", ".join(f"{s.weight}%" for s in ctx.steps)
     message = (
         f"rollout of revision {ctx.revision} started (stable: {state.stable_revision}): "
-        f"{len(ctx.waves)} wave(s), steps {weights}; first wave {wave_label(ctx, state)}"
+        f"{len(ctx.waves)} wave(s), steps {weights}; starts at {wave_label(ctx, state)}"
     )
     if prev is not None and abandoning:
         message += f"; replaces the rollout of {prev.revision}"

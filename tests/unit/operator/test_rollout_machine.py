@@ -526,6 +526,16 @@ def test_a_rollout_started_paused_creates_its_canary_without_traffic() -> None:
     assert paused.pools["a"] == PoolDirective("hold", 1, 0)
 
 
+def test_resume_before_the_canaries_were_ready_restarts_the_readiness_deadline() -> None:
+    first = decide(OLD, STABLE_R1, now=0)
+    paused = decide(OLD, first.status, now=10, rollout=spec(paused=True))
+    resumed = decide(OLD, paused.status, now=3000)
+    assert resumed.status.phase == "Progressing"
+    assert (resumed.status.step_entered_at, resumed.status.step_started_at) == (stamp(3000), None)
+    assert decide(OLD, resumed.status, now=3600).status.phase == "Progressing"
+    assert decide(OLD, resumed.status, now=3601).failed_check == "CanaryReady"
+
+
 def test_pause_is_ignored_while_promoting() -> None:
     promoting = _last_step(OLD)
     rolled = [view("a", stable="p2", canary="p2", ready=2), view("b", US)]
@@ -548,6 +558,19 @@ def test_manual_promote_rolls_every_pool_then_is_stable() -> None:
     [(_, reason, message)] = done.events
     assert reason == "RolloutPromoted"
     assert "manual" in message
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_manual_promote_wins_over_pause_and_works_from_the_start(paused: bool) -> None:
+    promote = spec(promote="r2", paused=paused)
+    at_start = decide(OLD, STABLE_R1, rollout=promote)
+    assert at_start.status.phase == "Promoting"
+    assert at_start.pools == {"a": TARGET, "b": TARGET}  # canary without traffic: removed
+    assert reasons(at_start) == ["RolloutStarted"]
+    held = decide(A_READY, started().status, now=20, rollout=spec(paused=True))
+    from_pause = decide(A_READY, held.status, now=30, rollout=promote)
+    assert from_pause.status.phase == "Promoting"
+    assert from_pause.pools["a"] == PoolDirective("target", 1, 10)
 
 
 def test_manual_promote_of_a_rolled_back_revision() -> None:
