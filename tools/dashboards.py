@@ -2,9 +2,10 @@
 deploy/monitoring/dashboards/*.json (and copies them into the chart).
 
 Three dashboards here: fleet overview, per-region SLOs (TTFT, inter-token latency, queue,
-KV cache) and residency (denials, traffic by jurisdiction); a fourth, unit economics, is built
-by deploy/monitoring/economics_dashboard.py with the same builders and registered below, so
-`factoryctl gen` writes it with the others. Queries use the fleet's label set
+KV cache) and residency (denials, traffic by jurisdiction); two more, unit economics and
+canary rollouts, are built by deploy/monitoring/economics_dashboard.py and
+rollouts_dashboard.py with the same builders and registered below, so `factoryctl gen` writes
+them with the others. Queries use the fleet's label set
 (namespace, factory, pool, region, jurisdiction, pod; vLLM adds model_name and engine), the
 vLLM metric names (>= 0.12), the operator's factory_operator_* and the router's
 factory_router_* metrics. Every query filters on the dashboard's variables with `=~`, so
@@ -17,6 +18,8 @@ from typing import Any
 
 from deploy.monitoring.economics_dashboard import NAME as ECONOMICS
 from deploy.monitoring.economics_dashboard import economics
+from deploy.monitoring.rollouts_dashboard import NAME as ROLLOUTS
+from deploy.monitoring.rollouts_dashboard import rollouts
 from tools.grafana import RATE, dashboard, row, stat, ts
 
 SEL = 'namespace=~"$namespace", factory=~"$factory", region=~"$region"'
@@ -430,4 +433,5 @@ DASHBOARDS = {
     "region-slos": region_slos,
     "residency": residency,
     ECONOMICS: economics,
+    ROLLOUTS: rollouts,
 }

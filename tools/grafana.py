@@ -9,6 +9,7 @@ it. Thresholds are drawn as lines on time series and colour single stats.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Panel = dict[str, Any]
@@ -118,8 +119,10 @@ def _layout(panels: list[Panel]) -> list[Panel]:
     return out
 
 
-def _variable(name: str, label: str, query: str) -> dict[str, Any]:
-    return {
+def variable(name: str, label: str, query: str, *, all_value: str | None = ".*") -> dict[str, Any]:
+    """A multi-value query variable with "All". ``all_value`` None: "All" stands for the
+    values the query lists (so a variable it depends on narrows it), not for any value."""
+    out: dict[str, Any] = {
         "name": name,
         "label": label,
         "type": "query",
@@ -128,15 +131,26 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
         "definition": query,
         "includeAll": True,
         "multi": True,
-        "allValue": ".*",
+        "allValue": all_value,
         "refresh": 2,
         "sort": 1,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
     }
+    if all_value is None:
+        del out["allValue"]
+    return out
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
-    """A complete dashboard with the datasource, namespace, factory and region variables."""
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    panels: list[Panel],
+    *,
+    variables: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """A complete dashboard with the datasource, namespace, factory and region variables,
+    then ``variables`` (built with ``variable``)."""
     base = "vllm:num_requests_running"
     return {
         "uid": uid,
@@ -173,15 +187,16 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
                     "current": {},
                     "hide": 0,
                 },
-                _variable("namespace", "Namespace", f"label_values({base}, namespace)"),
-                _variable(
+                variable("namespace", "Namespace", f"label_values({base}, namespace)"),
+                variable(
                     "factory",
                     "Factory",
                     f'label_values({base}{{namespace=~"$namespace"}}, factory)',
                 ),
-                _variable(
+                variable(
                     "region", "Region", f'label_values({base}{{factory=~"$factory"}}, region)'
                 ),
+                *variables,
             ]
         },
         "panels": _layout(panels),

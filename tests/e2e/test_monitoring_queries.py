@@ -2,7 +2,9 @@
 fleet's real Prometheus under load (alert expressions without their threshold comparison),
 the unit-economics rules and the economics dashboard included; and each pool's cost per
 million tokens in its factory's status agrees with the same figure computed here from the raw
-token samples Prometheus holds (issue 19, item 4)."""
+token samples Prometheus holds (issue 19, item 4). The few rollout expressions that have data
+only once a canary rollout has run are listed, with the reason, in
+WITHOUT_DATA_UNTIL_A_ROLLOUT: they must run, but may return nothing."""
 
 from __future__ import annotations
 
@@ -126,6 +128,21 @@ def test_threshold_stripping() -> None:
 
 
 EXPRESSIONS = rule_expressions() + dashboard_expressions()
+# Expressions with nothing to show until a canary rollout has run: the fleet's factories have
+# no spec.rollout and this module starts none (a rollout's own e2e test is where they get
+# data). They must still run on the live Prometheus (a query error fails), but may return
+# nothing. Expression id -> why it is empty.
+WITHOUT_DATA_UNTIL_A_ROLLOUT = {
+    "rollouts:Step age by factory:0": "steps in progress only; a Stable factory's step "
+    "timestamp is 0, left out",
+    "rollouts:Canary weight by pool:0": "exported only for pools that have a canary",
+    "rollouts:Rollbacks by failed check (1h):0": "a series per failed check appears with "
+    "the first rollback",
+}
+
+
+def test_without_data_entries_name_expressions() -> None:
+    assert set(WITHOUT_DATA_UNTIL_A_ROLLOUT) <= {name for name, _ in EXPRESSIONS}
 
 
 TOO_BIG = {
@@ -229,6 +246,9 @@ def _load(fleet: Fleet) -> PrometheusConnect:
 @pytest.mark.parametrize(("name", "expr"), EXPRESSIONS, ids=[n for n, _ in EXPRESSIONS])
 def test_expression_returns_data(loaded_prometheus: PrometheusConnect, name: str,
                                  expr: str) -> None:  # fmt: skip
+    if name in WITHOUT_DATA_UNTIL_A_ROLLOUT:
+        loaded_prometheus.custom_query(expr)  # a query Prometheus refuses raises
+        return
     result = wait_until(lambda: loaded_prometheus.custom_query(expr), 30, interval=1,
                         what=f"data for {name}: {expr}")  # fmt: skip
     assert result

@@ -71,7 +71,7 @@ def test_default_render_kinds() -> None:
         + ["Service"] * 3  # the operator's metrics, the router's API and its admin port
         + ["PodDisruptionBudget"] * 2
         + ["NetworkPolicy"] * 4  # default deny, operator, router, the `helm test` Pod
-        + ["ConfigMap"] * 4  # the dashboards
+        + ["ConfigMap"] * 5  # the dashboards
         + ["Pod"]  # the `helm test` hook
     )
     hook = of_kind(helm_template(), "Pod")[0]["metadata"]["annotations"]
@@ -121,7 +121,7 @@ def test_engine_podmonitor_gives_the_fleet_label_set() -> None:
 
 def test_dashboards_are_configmaps_for_the_grafana_sidecar() -> None:
     maps = of_kind(helm_template(), "ConfigMap")
-    assert len(maps) == 4
+    assert len(maps) == 5
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         ((name, text),) = cm["data"].items()

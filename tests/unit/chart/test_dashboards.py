@@ -43,7 +43,7 @@ def _steps(panel: dict[str, Any]) -> list[float]:
 
 def test_there_are_dashboards() -> None:
     assert [p.stem for p in DASHBOARDS] == [
-        "economics", "fleet-overview", "region-slos", "residency"
+        "economics", "fleet-overview", "region-slos", "residency", "rollouts"
     ]  # fmt: skip
 
 
