@@ -5,8 +5,10 @@ handler keeps the counts of the last decision (see ``k8s.autoscaler``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,10 +28,14 @@ from factory_operator.k8s import (
 )
 from factory_operator.k8s.cache import TOP_LEVEL
 from factory_operator.plan import OperatorSettings, Plan, plan_factory
+from factory_operator.plan.rollout import GateReport
+from factory_operator.plan.rollout_plan import GatesRequest
 from factory_operator.plan.scaling import AutoscalePlan
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 10.0
+# The rollout timer's judge: a due step's gates (golden prompts, SLOs) -> their report.
+Judge = Callable[[InferenceFactory, GatesRequest], Awaitable[GateReport]]
 
 
 def utc_now() -> str:
@@ -87,6 +93,17 @@ def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Pl
         labels = (ns, name, pool.name, pool.region, pool.jurisdiction or "")
         metrics.replicas.labels(*labels, "desired").set(pool.desired_replicas)
         metrics.replicas.labels(*labels, "ready").set(pool.ready_replicas)
+    rollout = plan.status.rollout
+    entered = 0.0
+    if rollout is not None and rollout.phase != "Stable" and rollout.step_entered_at:
+        with contextlib.suppress(ValueError):
+            entered = datetime.fromisoformat(rollout.step_entered_at).timestamp()
+    weights = {p.name: p.canary.weight for p in plan.status.pools if p.canary is not None}
+    metrics.set_rollout(ns, name, rollout.phase if rollout else None, entered, weights)
+    for event in plan.events:
+        if event.reason == "RolledBack":
+            failed = next((c for c in plan.status.conditions if c.type == "RolledBack"), None)
+            metrics.rollbacks.labels(ns, name, failed.reason if failed else "GateFailed").inc()
 
 
 async def reconcile_factory(
@@ -98,12 +115,15 @@ async def reconcile_factory(
     *,
     decide: bool = False,
     watched: Watched | None = None,
+    judge: Judge | None = None,
 ) -> Plan:
     """Bring one factory's children and status in line with its spec and the fleet.
 
     ``decide``: the autoscaler's decision (reads the load from ``loads``; without one, pools
     are held at replicas.min). ``watched``: the operator's watches, read instead of the API
-    server (``k8s.cache``); without it everything is read fresh. Raises kopf.PermanentError
+    server (``k8s.cache``); without it everything is read fresh. ``judge``: the rollout
+    timer's (a step whose gates are due is judged, then planned again with the report).
+    Raises kopf.PermanentError
     for a spec that can never work (after writing the status that says why) and
     kopf.TemporaryError for transient API failures.
     """
@@ -129,6 +149,11 @@ async def reconcile_factory(
         world = await observe(kube, factory, settings, stamp, watched)
         scaling = await plan_scaling(factory, world, settings, loads, decide=decide, now=now)
         plan = plan_factory(factory, world.regions, world.observed, settings, scaling)
+        if judge is not None and plan.gates is not None:
+            report = await judge(factory, plan.gates)
+            plan = plan_factory(
+                factory, world.regions, world.observed, settings, scaling, gates=report
+            )
         own = watched.own if watched else None
         writes = await execute(kube, factory, plan, world, settings, own=own)
         record_metrics(metrics, factory, plan)

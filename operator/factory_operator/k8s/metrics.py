@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 CONDITION_STATUSES = ("True", "False", "Unknown")  # a condition's status: one gauge each
+ROLLOUT_PHASES = ("Stable", "Progressing", "Paused", "Promoting", "RolledBack")
 POOL_ECONOMICS_LABELS = [
     "namespace",
     "factory",
@@ -119,12 +120,38 @@ class OperatorMetrics:
             POOL_ECONOMICS_LABELS,
             registry=self.registry,
         )
+        self.rollout_phase = Gauge(
+            "factory_operator_rollout_phase",
+            "1 on the phase the factory's rollout is in (Stable, Progressing, Paused, "
+            "Promoting, RolledBack), 0 on the others.",
+            ["namespace", "factory", "phase"],
+            registry=self.registry,
+        )
+        self.rollout_step_entered = Gauge(
+            "factory_operator_rollout_step_entered_timestamp_seconds",
+            "When the rollout entered the step in progress (Unix time; 0 when none is).",
+            ["namespace", "factory"],
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "factory_operator_rollout_canary_weight",
+            "Percent of the pool's traffic the router sends to its canary.",
+            ["namespace", "factory", "pool"],
+            registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "factory_operator_rollout_rollbacks",
+            "Rollouts rolled back, by the check that failed.",
+            ["namespace", "factory", "check"],
+            registry=self.registry,
+        )
         # Series exported per factory for the gauges above, removed when they no longer apply.
         self._scaled: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         self._pressured: dict[tuple[str, str], set[str]] = {}
         self._priced: set[tuple[str, str]] = set()
         self._powered: set[tuple[str, str]] = set()
         self._equipped: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        self._canaries: dict[tuple[str, str], set[str]] = {}
 
         # The reason last exported per (namespace, factory, condition type): a condition has
         # one reason at a time, so the series of the previous reason is removed, not left at
@@ -205,6 +232,33 @@ class OperatorMetrics:
         if pools:
             self._equipped[key] = set(pools)
 
+    def set_rollout(
+        self,
+        namespace: str,
+        factory: str,
+        phase: str | None,
+        entered: float,
+        weights: Mapping[str, int],
+    ) -> None:
+        """Export one factory's rollout: its phase (None: no rollout status), when its step
+        began, and each canary pool's weight (pools without a canary lose their series)."""
+        for value in ROLLOUT_PHASES:
+            if phase is None:
+                self.rollout_phase.remove(namespace, factory, value)
+            else:
+                self.rollout_phase.labels(namespace, factory, value).set(int(value == phase))
+        if phase is None:
+            self.rollout_step_entered.remove(namespace, factory)
+        else:
+            self.rollout_step_entered.labels(namespace, factory).set(entered)
+        key = (namespace, factory)
+        for pool in self._canaries.pop(key, set()) - set(weights):
+            self.canary_weight.remove(namespace, factory, pool)
+        for pool, weight in weights.items():
+            self.canary_weight.labels(namespace, factory, pool).set(weight)
+        if weights:
+            self._canaries[key] = set(weights)
+
     def forget_factory(self, namespace: str, factory: str) -> None:
         """Remove a deleted factory's condition and autoscaler series."""
         for key in [k for k in self._reasons if k[:2] == (namespace, factory)]:
@@ -213,6 +267,7 @@ class OperatorMetrics:
                 self.condition.remove(namespace, factory, key[2], value, reason)
         self.set_autoscaling(namespace, factory, {}, {})
         self.set_pool_accelerators(namespace, factory, {})
+        self.set_rollout(namespace, factory, None, 0.0, {})
         self._scaled.pop((namespace, factory), None)
         self._pressured.pop((namespace, factory), None)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from factory_contract import names as contract_names
 from factory_operator.api import FleetRegion, InferenceFactory
 from factory_operator.api.accelerators import ACCELERATOR_RESOURCES
 from factory_operator.plan import (
@@ -176,6 +177,7 @@ async def observe(
     ``watched`` holds the kind, else read fresh."""
     prefix = settings.annotation_prefix
     pool_key, revision_key = f"{prefix}/pool", f"{prefix}/revision"
+    track_key = contract_names.prefixed(contract_names.TRACK_LABEL, prefix)
     namespace = factory.metadata.namespace or "default"
     name = factory.metadata.name
     selector = f"{prefix}/factory={name}"
@@ -192,6 +194,7 @@ async def observe(
     live: dict[tuple[str, str], Obj] = {}
     children: list[ChildRef] = []
     deployments: dict[str, DeploymentInfo] = {}
+    canaries: dict[str, DeploymentInfo] = {}
     for api_version, kind in kinds:
         objs = None
         if watched is not None:
@@ -204,7 +207,8 @@ async def observe(
             children.append(ChildRef(api_version, kind, child, _labels(obj).get(pool_key, "")))
             if kind == "Deployment":
                 info = _deployment_info(obj, pool_key, revision_key)
-                deployments[info.pool] = info
+                canary = _labels(obj).get(track_key) == contract_names.CANARY_TRACK
+                (canaries if canary else deployments)[info.pool] = info
     problems = await _problems(kube, watched, namespace, name, prefix)
     names = claim_names(factory)
     claims = _watched_claims(watched, namespace, names) if names else None
@@ -214,6 +218,7 @@ async def observe(
         now=now,
         nodes=nodes,
         deployments=deployments,
+        canaries=canaries,
         problems=problems,
         children=children,
         podmonitor_crd=has_podmonitor,

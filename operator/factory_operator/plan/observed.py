@@ -59,6 +59,8 @@ class Observed:
     now: str
     nodes: Sequence[NodeInfo] = ()
     deployments: Mapping[str, DeploymentInfo] = field(default_factory=dict)
+    # The pools' canary Deployments (track label ``canary``), by pool: a rollout's.
+    canaries: Mapping[str, DeploymentInfo] = field(default_factory=dict)
     problems: Sequence[PodProblem] = ()
     children: Sequence[ChildRef] = ()
     podmonitor_crd: bool = False

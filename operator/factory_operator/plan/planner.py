@@ -25,6 +25,8 @@ from .engine import merge_engine, resolve_profile, revision_hash, tensor_paralle
 from .jurisdiction import pressure_condition
 from .observed import ChildRef, Observed, PodProblem
 from .placement import Placement, ambiguity, candidate_nodes, place, region_scheme
+from .rollout import GateReport
+from .rollout_plan import GatesRequest, PoolOutcome, plan_rollout
 from .settings import OperatorSettings
 from .status import summarize
 from .storage import shared_volume_problem
@@ -63,19 +65,14 @@ class Plan:
     status: InferenceFactoryStatus = field(default_factory=InferenceFactoryStatus)
     events: list[PlannedEvent] = field(default_factory=list)
     permanent_error: str | None = None
-
-
-@dataclass
-class _Outcome:
-    status: PoolStatus
-    message: str = ""
-    children: list[Manifest] = field(default_factory=list)
+    # A rollout step whose gates are due (the rollout timer judges them, then plans again).
+    gates: GatesRequest | None = None
 
 
 def _blocked(
     pool: Pool, jurisdiction: str | None, reason: str, message: str, ready: int
-) -> _Outcome:
-    return _Outcome(
+) -> PoolOutcome:
+    return PoolOutcome(
         PoolStatus(
             name=pool.name,
             region=pool.region,
@@ -116,7 +113,7 @@ def _plan_pool(
     volume_problem: str | None = None,
     scale: PoolScale | None = None,
     external: bool = False,
-) -> _Outcome:
+) -> PoolOutcome:
     running = observed.deployments.get(pool.name)
     ready = running.ready_replicas if running else 0
     region = regions.get(pool.region)
@@ -140,7 +137,7 @@ def _plan_pool(
             ready,
         )
     if settings.region is not None and pool.region != settings.region:
-        return _Outcome(
+        return PoolOutcome(
             PoolStatus(
                 name=pool.name,
                 region=pool.region,
@@ -242,7 +239,7 @@ def _plan_pool(
         state = "Running"
     else:
         state = "Progressing"
-    return _Outcome(
+    return PoolOutcome(
         PoolStatus(
             name=pool.name,
             region=pool.region,
@@ -257,6 +254,7 @@ def _plan_pool(
         ),
         message,
         children,
+        ctx,
     )
 
 
@@ -266,12 +264,16 @@ def plan_factory(
     observed: Observed,
     settings: OperatorSettings,
     autoscale: AutoscalePlan | None = None,
+    *,
+    gates: GateReport | None = None,
 ) -> Plan:
     """Desired children, deletions, status and events for one factory. With ``autoscale``
     (``plan_autoscaling``'s outcome), its pools run the autoscaler's counts (mode external:
     a new Deployment starts at replicas.min and its count is then left to KEDA/HPA), show its
     decisions in status, and the factory gets its events and the CapacityPressure condition
-    (kept as it was when ``autoscale.held``: a reconcile that did not read the load)."""
+    (kept as it was when ``autoscale.held``: a reconcile that did not read the load). The
+    rollout (``plan.rollout_plan``) holds stables and adds canaries; ``gates`` is the
+    judgement of a step whose gates were due (only the rollout timer passes one)."""
     local = [
         p
         for p in factory.spec.pools
@@ -294,8 +296,9 @@ def plan_factory(
         )
         for pool in factory.spec.pools
     ]
+    rollout = plan_rollout(factory, outcomes, observed, gates)
     apply = [child for o in outcomes for child in o.children]
-    wanted = {(c["kind"], c["metadata"]["name"]) for c in apply}
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in apply} | rollout.keep
     delete = [c for c in observed.children if (c.kind, c.name) not in wanted]
     stopping = {c.pool for c in delete if c.kind == "Deployment"}
     events = [
@@ -313,6 +316,9 @@ def plan_factory(
         now=observed.now,
         previous=previous,
     )
+    events.extend(PlannedEvent(*event) for event in rollout.events)
+    if rollout.condition is not None:
+        conditions.append(rollout.condition)
     if autoscale is not None:
         events.extend(autoscale.events)
         kept = next((c for c in previous if c.type == "CapacityPressure"), None)
@@ -343,6 +349,7 @@ def plan_factory(
         total_pools=len(pools),
         pools_ready=f"{ready_pools}/{len(pools)}",
         jurisdictions=",".join(running_in),
+        rollout=rollout.status,
     )
     # Costs per million tokens change only on the economics timer (plan.economics).
     status = keep_costs(status, factory.status)
@@ -353,4 +360,5 @@ def plan_factory(
         status=status,
         events=events,
         permanent_error="; ".join(invalid) or None,
+        gates=rollout.gates,
     )

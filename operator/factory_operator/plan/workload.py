@@ -419,3 +419,23 @@ def pod_monitor(ctx: PoolContext) -> Manifest:
 def service_endpoint(ctx: PoolContext) -> str:
     """In-cluster base URL of the pool."""
     return f"http://{ctx.name}.{ctx.namespace}.svc:{SERVICE_PORT}/v1"
+
+
+def canary_deployment(ctx: PoolContext, replicas: int) -> Manifest:
+    """The pool's canary: the Deployment the pool would run at its new revision, named
+    ``<factory>-<pool>-canary``, its pods and selector also labelled track=canary (so the
+    stable Deployment's ReplicaSets never count them, and the router tells them apart by
+    their revision label). The pool's Service, PodDisruptionBudget and PodMonitor select
+    factory + pool: they reach the canary pods too."""
+    manifest = deployment(ctx)
+    track = {label_key(ctx.settings, names.TRACK_LABEL): names.CANARY_TRACK}
+    name = names.canary_object_name(ctx.factory.metadata.name, ctx.pool.name)
+    manifest["metadata"]["name"] = name
+    manifest["metadata"]["labels"] = {**manifest["metadata"]["labels"], **track}
+    spec = manifest["spec"]
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": {**spec["selector"]["matchLabels"], **track}}
+    spec["template"]["metadata"]["labels"] = {**spec["template"]["metadata"]["labels"], **track}
+    # A canary grows by its steps' counts: a surge pod first, never one short.
+    spec["strategy"]["rollingUpdate"] = {"maxSurge": 1, "maxUnavailable": 0}
+    return manifest
