@@ -55,8 +55,7 @@ Needle = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
 class RolloutStep(ApiModel):
-    """One step of a canary: its traffic weight, its size, and how long it runs before its
-    gates are judged."""
+    """One canary step: its traffic weight, its size, how long it runs before it is judged."""
 
     weight: int = Field(
         description="Percent of each canary pool's traffic sent to the new revision, 1-99 (the "
@@ -75,7 +74,7 @@ class RolloutStep(ApiModel):
     pause_seconds: int = Field(
         default=60,
         description="How long the step runs, once its canary replicas are ready, before its "
-        "gates are judged; also the window of the SLO comparison.",
+        "gates are judged; also the window of the SLO comparison. Default: 60.",
         ge=10,
         le=86400,
     )
@@ -125,11 +124,11 @@ GOLDEN_PROMPT_XOR = "a golden prompt takes either prompt or messages, not both"
 
 
 class GoldenPrompt(ApiModel):
-    """A prompt every canary must keep answering well.
+    """A prompt every canary must keep answering well."""
 
-    Also the schema of the ConfigMap's prompts (goldenPromptsFrom), which no CEL rule sees:
-    the model checks what the CRD's rule checks.
-    """
+    # Also the schema of the ConfigMap's prompts (goldenPromptsFrom), which no CEL rule sees:
+    # the model checks what the CRD's rule checks. (A comment: the docstring is the CRD's
+    # description, shown by kubectl explain.)
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -154,7 +153,9 @@ class GoldenPrompt(ApiModel):
         min_length=1,
         max_length=16,
     )
-    max_tokens: int = Field(default=64, description="max_tokens of the request.", ge=1, le=4096)
+    max_tokens: int = Field(
+        default=64, description="max_tokens of the request. Default: 64.", ge=1, le=4096
+    )
     checks: AnswerChecks = Field(description="What the answer must satisfy.")
 
     @model_validator(mode="after")
@@ -170,38 +171,38 @@ class ConfigMapPrompts(ApiModel):
     name: str = Field(description="ConfigMap name.", max_length=253)
     key: str = Field(
         default="golden-prompts.yaml",
-        description="Data key holding a YAML list of golden prompts (the goldenPrompts schema).",
+        description="Data key holding a YAML list of golden prompts (the goldenPrompts schema). "
+        "Default: golden-prompts.yaml.",
         max_length=253,
     )
 
 
 class SloGates(ApiModel):
-    """Live SLOs, canary against stable over the same window (the router's per-revision
-    series in Prometheus: what clients saw)."""
+    """Live SLOs, canary against stable over one window: what clients saw, from the router."""
 
     enabled: bool = Field(
         default=True,
         description="Judge the SLOs (needs the operator's --prometheus-url); false: only "
-        "the golden prompts judge.",
+        "the golden prompts judge. Default: true.",
     )
     max_error_ratio_increase: float = Field(
         default=0.01,
         description="Most the canary's error ratio (failed upstream attempts / attempts) may "
-        "exceed the stable's.",
+        "exceed the stable's. Default: 0.01.",
         ge=0,
         le=1,
     )
     max_ttft_p95_ratio: float = Field(
         default=1.5,
         description="Most the canary's time-to-first-token p95 may be, as a multiple of the "
-        "stable's.",
+        "stable's. Default: 1.5.",
         ge=1,
         le=100,
     )
     max_itl_p95_ratio: float = Field(
         default=1.5,
         description="Most the canary's inter-token latency p95 may be, as a multiple of the "
-        "stable's.",
+        "stable's. Default: 1.5.",
         ge=1,
         le=100,
     )
@@ -209,14 +210,14 @@ class SloGates(ApiModel):
         default=0.7,
         description="Least the canary's generation throughput (tokens per second of "
         "streaming, per request: what a replica does with each request it is given) may be, "
-        "as a fraction of the stable's.",
+        "as a fraction of the stable's. Default: 0.7.",
         ge=0,
         le=1,
     )
     min_requests: int = Field(
         default=20,
         description="Fewest canary requests in the window for the SLOs to be judged; fewer: "
-        "the step waits (inconclusive), and rolls back at progressDeadlineSeconds.",
+        "the step waits (inconclusive), and rolls back at progressDeadlineSeconds. Default: 20.",
         ge=1,
         le=1_000_000,
     )
@@ -276,7 +277,7 @@ class Rollout(ApiModel):
     strategy: Literal["Canary", "Rolling"] = Field(
         default="Canary",
         description="Canary: region by region, step by step, gated; Rolling: every pool's "
-        "Deployment rolls at once (the behaviour without spec.rollout).",
+        "Deployment rolls at once (the behaviour without spec.rollout). Default: Canary.",
     )
     waves: list[Wave] | None = Field(
         default=None,
@@ -288,7 +289,10 @@ class Rollout(ApiModel):
         max_length=MAX_WAVES,
     )
     wave_size: int = Field(
-        default=2, description="Regions per wave after the first (default waves).", ge=1, le=16
+        default=2,
+        description="Regions per wave after the first, when waves is not given. Default: 2.",
+        ge=1,
+        le=16,
     )
     steps: list[RolloutStep] | None = Field(
         default=None,
@@ -300,14 +304,14 @@ class Rollout(ApiModel):
     progress_deadline_seconds: int = Field(
         default=600,
         description="Longest a step may wait for its canary to be ready or its gates to be "
-        "conclusive; beyond it the revision is rolled back.",
+        "conclusive; beyond it the revision is rolled back. Default: 600.",
         ge=60,
         le=86400,
     )
     paused: bool = Field(
         default=False,
         description="Hold the rollout where it is (traffic split kept, no step judged); "
-        "false resumes it, restarting the current step's clock.",
+        "false (the default) resumes it, restarting the current step's clock.",
     )
     promote: str | None = Field(
         default=None,
@@ -318,7 +322,8 @@ class Rollout(ApiModel):
         max_length=32,
     )
     gates: RolloutGates = Field(
-        default_factory=RolloutGates, description="What each step is judged on."
+        default_factory=RolloutGates,
+        description="What each step is judged on. Default: the SLOs, no golden prompt.",
     )
 
     @model_validator(mode="after")
@@ -377,8 +382,12 @@ class RolloutStatus(ApiModel):
         description="Stable, Progressing, Paused, Promoting (the stable Deployments roll to "
         "the new revision) or RolledBack.",
     )
-    wave: int = Field(default=0, description="Index of the wave in progress.", ge=0)
-    step: int = Field(default=0, description="Index of the step in progress.", ge=0)
+    wave: int = Field(
+        default=0, description="Index (from 0) of the wave in progress in the waves.", ge=0
+    )
+    step: int = Field(
+        default=0, description="Index (from 0) of the step in progress in the steps.", ge=0
+    )
     regions: list[LabelValue] = Field(
         default_factory=list,
         description="The regions of the wave in progress.",

@@ -14,15 +14,19 @@ from celpy import celtypes
 from conftest import factory, pool
 from pydantic import ValidationError
 
+from factory_operator.api.common import ApiModel
 from factory_operator.api.crdgen import crd_objects
 from factory_operator.api.factory import InferenceFactoryStatus, PoolStatus
 from factory_operator.api.rollout import (
     DEFAULT_STEPS,
+    ConfigMapPrompts,
     GoldenPrompt,
     PoolCanaryStatus,
     Rollout,
+    RolloutGates,
     RolloutStatus,
     RolloutStep,
+    SloGates,
 )
 
 CRD = "inferencefactories.inference.factory.dev.yaml"
@@ -333,6 +337,18 @@ def test_every_rollout_field_is_described() -> None:
     for where, sub in _walk(_rollout_schema(), "spec.rollout"):
         if not where.endswith("[]"):
             assert sub.get("description"), f"{where} has no description"
+
+
+@pytest.mark.parametrize(
+    "model", [Rollout, RolloutStep, GoldenPrompt, ConfigMapPrompts, RolloutGates, SloGates]
+)
+def test_descriptions_state_the_defaults(model: type[ApiModel]) -> None:
+    # The CRD carries no defaults (the operator applies them): kubectl explain shows only
+    # the descriptions, so a scalar default must be written there.
+    for name, field in model.model_fields.items():
+        if field.is_required() or field.default is None or field.default_factory is not None:
+            continue
+        assert "default" in (field.description or "").lower(), f"{model.__name__}.{name}"
 
 
 # --- CEL rules, with cel-python --------------------------------------------------------------
