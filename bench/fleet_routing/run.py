@@ -41,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from brownout import BROWNOUTS, Brownout, apply, engine_ids  # noqa: E402
+from cost import COST_PREFIX, comparison, cost_policies, router_policy  # noqa: E402
+from cost import markdown as cost_markdown  # noqa: E402
 from peers import PEERS, POOL_LABEL, PeerRouters, engines_of, pools_by_engine, stop_all  # noqa: E402
 from scenario import PoolInfo, Record, Scenario, SideTask, Stream, run, summarise  # noqa: E402
 
@@ -50,7 +52,12 @@ from factoryctl.home import FleetHome, free_port  # noqa: E402
 from factoryctl.toolchain import find_tools  # noqa: E402
 from factoryctl.topology import load_topology  # noqa: E402
 
-POLICIES = ("round-robin", "least-request", "score", *PEERS)
+POLICIES = ("round-robin", "least-request", "score", *cost_policies(), *PEERS)
+# --quick: plain score against three cost weights, one surge level, 30 s each (cost.py)
+QUICK = {"policies": ",".join(["score", *cost_policies()]), "duration": 30.0, "warmup": 3.0,
+         "surges": [3.0], "brownouts": [], "repeats": 2, "prime": 30.0}  # fmt: skip
+COSTS_TIMEOUT_S = 150.0  # the economics timer runs once a minute per factory
+
 CLIENT_REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
 LLAMA, QWEN = "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"
 SLOW_REGION = "eu-west-1"
@@ -117,6 +124,29 @@ def pools_of(env: dict[str, Any]) -> dict[str, PoolInfo]:
     return pools
 
 
+def live_costs(env: dict[str, Any]) -> dict[str, float | None]:
+    """Every pool's `status.pools[].costPerMillionTokens` now (what the cost term sees)."""
+    return {
+        f"{f['metadata']['name']}-{p['name']}": p.get("costPerMillionTokens")
+        for f in kubectl_json(env, "get", "inferencefactories", "-A")["items"]
+        for p in f.get("status", {}).get("pools", [])
+    }
+
+
+async def prime(
+    env: dict[str, Any], ctx: FleetContext, home: Path, scenario: Scenario, keys: dict[str, str]
+) -> None:
+    """Traffic through plain `score` routers (not measured), then wait until the pools that
+    served it have a live cost in status: the cost-weighted runs then see live figures
+    from their first request, not only list prices."""
+    print(f"priming: {scenario.duration_s:g} s of plain score", file=sys.stderr)
+    with Routers(ctx, "score", FleetHome(home).logs_dir) as routers:
+        await run(scenario, routers.urls, keys)
+    wait_until(lambda: sum(v is not None for v in live_costs(env).values()) >= 4,
+               COSTS_TIMEOUT_S, "live costs in the factories' status", interval=5)  # fmt: skip
+    print(f"live costs: {live_costs(env)}", file=sys.stderr)
+
+
 def shape_slow_region(env: dict[str, Any], ctx: FleetContext) -> None:
     """One replica with a small batch in the slow region; wait until routers can see it."""
     ns, name, pool = SLOW_POOL
@@ -157,8 +187,9 @@ class Routers:
     def __enter__(self) -> Routers:
         for region in CLIENT_REGIONS:
             port, admin = free_port(), free_port()
+            policy, extra = router_policy(self.policy)
             argv = router_argv(self.ctx, region=region, port=port, admin_port=admin,
-                               policy=self.policy, extra=("--no-access-log",))  # fmt: skip
+                               policy=policy, extra=("--no-access-log", *extra))  # fmt: skip
             log = (self.logs / f"router-{self.policy}-{region}.log").open("ab")
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -303,10 +334,12 @@ def _level_markdown(level: dict[str, Any]) -> list[str]:
             cells.append(f"{s.get('p50_ttft_ms')} / {s.get('p99_ttft_ms')}; "
                          f"{s.get('slo_met')}/{s.get('requests')}; {regions}")  # fmt: skip
         streams.append(f"| {stream['name']} | " + " | ".join(cells) + " |")
-    summary = []
+    summary: list[str] = []
+    if level.get("cost_comparison"):
+        summary += cost_markdown(level["cost_comparison"], level.get("live_costs", {}))
     if "comparison" in level:
         cmp = level["comparison"]
-        summary = [
+        summary += [
             "",
             f"Score vs the best other policy by goodput ({cmp['better_baseline']}): p99 "
             f"TTFT {cmp['p99_ttft_reduction']:+.1%} lower, goodput "
@@ -320,7 +353,7 @@ def _level_markdown(level: dict[str, Any]) -> list[str]:
 def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Score against the best of the others (baselines and peers alike): the one with the
     most goodput (ties: the lower p99), and the one with the lowest p99 TTFT."""
-    others = [p for p in results if p != "score"]
+    others = [p for p in results if p != "score" and not p.startswith(COST_PREFIX)]
     better = max(
         others, key=lambda p: (results[p]["goodput_rps"], -(results[p]["p99_ttft_ms"] or 1e9))
     )
@@ -397,33 +430,51 @@ async def main_async(args: argparse.Namespace) -> None:
             scenario = Scenario(streams, duration_s=args.duration, warmup_s=args.warmup,
                                 max_tokens=args.max_tokens)  # fmt: skip
             results: dict[str, dict[str, Any]] = {}
-            for policy in args.policies.split(","):
-                print(f"[{label}, {policy}] starting routers", file=sys.stderr)
-                load_before = os.getloadavg()
-                sides = [] if brown is None else [brownout_during(env, ctx, brown, scenario)]
-                explained: list[dict[str, Any]] = []
-                if policy in PEERS:
-                    records = await run_peer(env, policy, scenario, keys, allowed, home, sides)
-                else:
-                    with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
-                        if args.records_dir:
-                            sides.append(explain_sampler(routers.admin_urls, env["admin_key"],
-                                                         streams, explained))  # fmt: skip
-                        records, done = await run(scenario, routers.urls, keys, side_tasks=sides)
-                    if brown is not None:
-                        print(f"[{label}, {policy}] brownout: {done[0]} engine(s)", file=sys.stderr)
-                if args.records_dir:
-                    dump_records(Path(args.records_dir), label, policy, records, explained)
-                results[policy] = summarise(records, args.duration, args.slo_ms, allowed, pools)
-                r = results[policy]
-                # The machine is shared and the policies run one after the other: a busy
-                # minute lands on one policy only. The 1-minute load average before and
-                # after each says which figures to distrust.
-                r["load_avg_1m"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-                print(f"[{label}, {policy}] p50 {r['p50_ttft_ms']} p99 "
-                      f"{r['p99_ttft_ms']} ms, goodput {r['goodput_rps']} rps, errors "
-                      f"{r['errors']}, violations {r['residency_violations']}",
-                      file=sys.stderr)  # fmt: skip
+            live: dict[str, dict[str, float | None]] = {}
+            policies = args.policies.split(",")
+            if args.prime:
+                await prime(env, ctx, home, replace(scenario, duration_s=args.prime), keys)
+            records_of: dict[str, list[Record]] = {p: [] for p in policies}
+            loads: dict[str, list[list[float]]] = {p: [] for p in policies}
+            # Repeats run in alternating order (A B C, C B A, ...): a busy spell of the
+            # shared machine, and the live costs' drift, land on every policy alike.
+            for rep in range(args.repeats):
+                for policy in policies if rep % 2 == 0 else policies[::-1]:
+                    tag = policy if args.repeats == 1 else f"{policy} #{rep + 1}"
+                    print(f"[{label}, {tag}] starting routers", file=sys.stderr)
+                    load_before = os.getloadavg()
+                    sides = [] if brown is None else [brownout_during(env, ctx, brown, scenario)]
+                    explained: list[dict[str, Any]] = []
+                    if policy in PEERS:
+                        records = await run_peer(env, policy, scenario, keys, allowed, home, sides)
+                    else:
+                        live[tag] = live_costs(env)
+                        with Routers(ctx, policy, FleetHome(home).logs_dir) as routers:
+                            if args.records_dir:
+                                sides.append(explain_sampler(routers.admin_urls, env["admin_key"],
+                                                             streams, explained))  # fmt: skip
+                            records, done = await run(scenario, routers.urls, keys,
+                                                      side_tasks=sides)  # fmt: skip
+                        if brown is not None:
+                            print(f"[{label}, {tag}] brownout: {done[0]} engine(s)",
+                                  file=sys.stderr)  # fmt: skip
+                    if args.records_dir:
+                        dump_records(Path(args.records_dir), label, tag, records, explained)
+                    records_of[policy] += records
+                    # The machine is shared and the policies run one after the other: a busy
+                    # minute lands on one policy only. The 1-minute load average before and
+                    # after each says which figures to distrust.
+                    loads[policy].append([round(load_before[0], 2), round(os.getloadavg()[0], 2)])
+                    r = summarise(records, args.duration, args.slo_ms, allowed, pools)
+                    print(f"[{label}, {tag}] p50 {r['p50_ttft_ms']} p99 "
+                          f"{r['p99_ttft_ms']} ms, goodput {r['goodput_rps']} rps, SLO met "
+                          f"{r['slo_attainment']}, $/Mtok busy {r['cost_per_mtok_busy_usd']}, "
+                          f"errors {r['errors']}, violations {r['residency_violations']}",
+                          file=sys.stderr)  # fmt: skip
+            for policy in policies:
+                results[policy] = summarise(records_of[policy], args.duration * args.repeats,
+                                            args.slo_ms, allowed, pools)  # fmt: skip
+                results[policy]["load_avg_1m"] = [x for pair in loads[policy] for x in pair]
             surging = [s for s in streams if s.surge != 1.0]
             level: dict[str, Any] = {
                 "surge": surging[0].surge if surging else 1.0,
@@ -432,8 +483,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 "brownout": None if brown is None else brown.__dict__,
                 "streams": [s.__dict__ for s in streams], "policies": results,
             }  # fmt: skip
-            if "score" in results and len(results) > 1:
+            if "score" in results and any(
+                p != "score" and not p.startswith(COST_PREFIX) for p in results
+            ):
                 level["comparison"] = compare(results)
+            level["cost_comparison"] = comparison(results)
+            level["live_costs"] = live
             doc["surges"][label] = level
         write_results(Path(args.out), doc)
         print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
@@ -459,7 +514,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--records-dir", help="also write every request and, for the "
                         "project's routers, /admin/explain once a second (JSON lines)")  # fmt: skip
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per policy, in "
+                        "alternating order; the figures pool them")  # fmt: skip
+    parser.add_argument("--prime", type=float, default=0.0, help="s of plain score "
+                        "before the measured runs, then wait for live costs")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="score with and without "
+                        "the cost weight only, x3 surge, 30 s each (a few minutes)")  # fmt: skip
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
