@@ -89,7 +89,7 @@ def test_chart_uses_no_prefixed_key_the_contract_lacks(chart: list[Obj]) -> None
         for k in (
             names.FACTORY_LABEL, names.POOL_LABEL, names.REGION_LABEL,
             names.JURISDICTION_LABEL, names.REVISION_LABEL, names.ADDRESS_ANNOTATION,
-            names.ENGINE_READY_ANNOTATION, names.SIM_BEHAVIOUR_ANNOTATION,
+            names.ENGINE_READY_ANNOTATION, names.SIM_BEHAVIOUR_ANNOTATION, names.TRACK_LABEL,
         )
     }  # fmt: skip
     text = yaml.safe_dump_all(chart)
