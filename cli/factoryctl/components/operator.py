@@ -21,9 +21,12 @@ from factoryctl.component import (
     record_env,
     wait_until,
 )
+from factoryctl.components.router import gates_key
 from factoryctl.errors import ComponentError
 
 AUTOSCALE_INTERVAL = 5
+# The rollout gates' clock: a due step is judged within this many seconds.
+ROLLOUT_INTERVAL = 5
 
 
 class OperatorComponent:
@@ -49,8 +52,13 @@ class OperatorComponent:
             [binary, "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--liveness", self._health_url(ctx),
              "--prometheus-url", f"http://127.0.0.1:{ctx.home.port('prometheus')}",
-             "--autoscale-interval", str(AUTOSCALE_INTERVAL)],
-            env={"KUBECONFIG": str(ctx.home.kubeconfig)},
+             "--autoscale-interval", str(AUTOSCALE_INTERVAL),
+             # The rollout gates' golden prompts go through the fleet's router (started
+             # after the operator, on a port known in advance) with a key of their own.
+             "--router-url", f"http://127.0.0.1:{ctx.home.port('router')}",
+             "--rollout-interval", str(ROLLOUT_INTERVAL)],
+            env={"KUBECONFIG": str(ctx.home.kubeconfig),
+                 "FACTORY_OPERATOR_ROUTER_ADMIN_KEY": gates_key(ctx)},
         )  # fmt: skip
         wait_until(lambda: self._healthy(ctx), 60, "the operator's liveness endpoint")
         record_env(ctx, operator_metrics=f"127.0.0.1:{metrics_port}")

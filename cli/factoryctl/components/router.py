@@ -55,6 +55,23 @@ DEMO_TENANTS: dict[str, list[str]] = {
 }
 
 
+# The operator's rollout gates: a tenant of its own, allowed every jurisdiction of the
+# topology and `admin` (it may send x-factory-target: golden prompts to one revision of one
+# pool). Its key is kept apart from the demo tenants' (`rollout_gates_key` in the state).
+GATES_TENANT = "factory-operator"
+
+
+def gates_key(ctx: FleetContext) -> str:
+    """The rollout gates' key, created once and kept in the home state (the operator's
+    component asks for it before the router's writes the tenants file)."""
+    env: dict[str, Any] = ctx.home.state().get("env", {})
+    key = env.get("rollout_gates_key")
+    if not key:
+        key = secrets.token_urlsafe(32)
+        record_env(ctx, rollout_gates_key=key)
+    return str(key)
+
+
 def router_dir(ctx: FleetContext) -> Path:
     return ctx.home.root / "router"
 
@@ -86,9 +103,14 @@ def demo_credentials(ctx: FleetContext) -> tuple[str, dict[str, dict[str, Any]]]
     return str(admin), tenants
 
 
-def tenants_doc(admin_key: str, tenants: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The router's tenants file: hashes only, never a plaintext key."""
-    return {
+def tenants_doc(
+    admin_key: str,
+    tenants: dict[str, dict[str, Any]],
+    gates: tuple[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The router's tenants file: hashes only, never a plaintext key. ``gates``: the rollout
+    gates' key and jurisdictions (an admin tenant, ``GATES_TENANT``)."""
+    doc: dict[str, Any] = {
         "admin_keys_sha256": [_sha256(admin_key)],
         "tenants": [
             {
@@ -99,6 +121,15 @@ def tenants_doc(admin_key: str, tenants: dict[str, dict[str, Any]]) -> dict[str,
             for name, t in tenants.items()
         ],
     }
+    if gates is not None:
+        key, jurisdictions = gates
+        doc["tenants"].append({
+            "name": GATES_TENANT,
+            "jurisdictions": jurisdictions,
+            "api_keys_sha256": [_sha256(key)],
+            "admin": True,
+        })  # fmt: skip
+    return doc
 
 
 def rtt_doc(ctx: FleetContext) -> dict[str, dict[str, float]]:
@@ -173,7 +204,8 @@ class RouterComponent:
 
     def write_files(self, ctx: FleetContext) -> tuple[str, dict[str, dict[str, Any]]]:
         admin, tenants = demo_credentials(ctx)
-        _write(tenants_file(ctx), tenants_doc(admin, tenants))
+        jurisdictions = sorted({r.jurisdiction for r in ctx.topology.regions})
+        _write(tenants_file(ctx), tenants_doc(admin, tenants, (gates_key(ctx), jurisdictions)))
         _write(rtt_file(ctx), rtt_doc(ctx))
         return admin, tenants
 

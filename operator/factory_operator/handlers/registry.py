@@ -30,7 +30,7 @@ from typing import Any
 
 import kopf
 
-from factory_operator.api import GROUP, VERSION, FleetRegion
+from factory_operator.api import GROUP, VERSION, FleetRegion, InferenceFactory
 from factory_operator.api.errors import TransientError
 from factory_operator.k8s import (
     Kube,
@@ -42,7 +42,10 @@ from factory_operator.k8s import (
     node_info,
 )
 from factory_operator.k8s.economics import ECONOMICS_INTERVAL_SECONDS, TokenReader, economics_tick
+from factory_operator.k8s.gates import SloReader, judge_step
 from factory_operator.plan import NodeInfo, OperatorSettings, plan_region_status
+from factory_operator.plan.rollout import GateReport
+from factory_operator.plan.rollout_plan import GatesRequest
 
 from .index import RegionRefreshes, changed_regions, regions_of_node
 from .indexes import (
@@ -126,13 +129,46 @@ def build_registry(
 
     loads = LoadReader(settings.prometheus_url) if settings.prometheus_url else None
 
+    slos = SloReader(settings.prometheus_url) if settings.prometheus_url else None
+
+    async def judge(factory: InferenceFactory, request: GatesRequest) -> GateReport:
+        """A due step's gates (k8s.gates): golden prompts through the router, SLOs from
+        Prometheus; what cannot be judged comes back inconclusive, never passed."""
+        rollout = factory.spec.rollout
+        if rollout is None:  # the plan asks for a judgement only under spec.rollout
+            return GateReport(())
+        results = await judge_step(
+            namespace=factory.metadata.namespace or "default",
+            factory=factory.metadata.name,
+            model=factory.spec.model.name,
+            rollout=rollout,
+            step=request.step,
+            pools=request.pools,
+            settings=settings,
+            kube=kube(),
+            slo_reader=slos,
+        )
+        return GateReport(results)
+
     async def reconcile(
-        body: Any, memo: Any, indexes: Mapping[str, Any], *, decide: bool = False
+        body: Any,
+        memo: Any,
+        indexes: Mapping[str, Any],
+        *,
+        decide: bool = False,
+        judging: bool = False,
     ) -> None:
         watched = watched_view(indexes, own)
         async with runtime(memo).lock:
             await reconcile_factory(
-                kube(), body, settings, metrics, loads, decide=decide, watched=watched
+                kube(),
+                body,
+                settings,
+                metrics,
+                loads,
+                decide=decide,
+                watched=watched,
+                judge=judge if judging else None,
             )
 
     def wake(runtimes: Any) -> int:
@@ -204,6 +240,27 @@ def build_registry(
         except (kopf.PermanentError, kopf.TemporaryError) as err:
             # The next tick is the retry: no backoff state for kopf to keep in annotations.
             log.warning("autoscale: %s", err, extra={"factory": name})
+
+    def rolled_out(spec: kopf.Spec, **_: Any) -> bool:
+        return spec.get("rollout") is not None
+
+    # The rollout's clock: a step whose gates are due is judged here (k8s.gates), then
+    # planned with the judgement; every other handler moves a rollout only where no
+    # judgement is needed (a canary ready, a deadline passed, a pause, a promote).
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        FACTORIES,
+        id="factory-rollout",
+        registry=registry,
+        interval=settings.rollout_interval_seconds,
+        when=rolled_out,
+    )
+    async def factory_rollout(body: kopf.Body, name: str, memo: kopf.Memo, **indexes: Any) -> None:
+        try:
+            await reconcile(body, memo, indexes, judging=True)
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            log.warning("rollout: %s", err, extra={"factory": name})
 
     tokens = TokenReader(settings.prometheus_url) if settings.prometheus_url else None
 
