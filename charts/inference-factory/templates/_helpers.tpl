@@ -196,3 +196,20 @@ app.kubernetes.io/managed-by: inference-factory
 {{- define "if.poolSeriesLabels" -}}
 factory pool region jurisdiction
 {{- end -}}
+
+{{/* The operator's --router-url (the rollout gates' golden prompts): operator.rollout.routerUrl,
+else the router this release installs (its Service, by cluster DNS), else none. */}}
+{{- define "if.operator.routerUrl" -}}
+{{- if .Values.operator.rollout.routerUrl -}}
+{{- .Values.operator.rollout.routerUrl -}}
+{{- else if .Values.router.enabled -}}
+{{- printf "http://%s.%s.svc:%v" (include "if.component" (list . "router")) .Release.Namespace .Values.router.service.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the operator sends golden prompts to this release's router: an admin key is
+given and routerUrl is left to its default (the NetworkPolicies then let it through). */}}
+{{- define "if.operator.asksOwnRouter" -}}
+{{- $rollout := .Values.operator.rollout -}}
+{{- if and .Values.operator.enabled .Values.router.enabled $rollout.adminKeySecret.name (not $rollout.routerUrl) -}}true{{- end -}}
+{{- end -}}

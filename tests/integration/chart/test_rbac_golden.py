@@ -74,6 +74,11 @@ def _compare(got: str, golden: Path, what: str) -> None:
     ("operator", "get", "persistentvolumeclaims"),
     ("operator", "create", "persistentvolumeclaims"),
     ("router", "list", "persistentvolumeclaims"),
+    # ConfigMaps: golden prompts read by name (k8s/gates.py), never listed, watched or written.
+    ("operator", "list", "configmaps"),
+    ("operator", "watch", "configmaps"),
+    ("operator", "patch", "configmaps"),
+    ("router", "get", "configmaps"),
 ], ids=str)  # fmt: skip
 def test_service_accounts_cannot(
     fleet_api: KubectlCluster, installed: Release, component: str, verb: str, resource: str
@@ -97,3 +102,6 @@ def test_namespaced_operator_permissions_match_the_golden_file(
     elsewhere = fleet_api.run("auth", "can-i", "list", "deployments.apps", "--namespace",
                               release.namespace, f"--as={sa}")  # fmt: skip
     assert elsewhere.stdout.strip() == "no"
+    configmaps = fleet_api.run("auth", "can-i", "get", "configmaps", "--namespace",
+                               release.namespace, f"--as={sa}")  # fmt: skip
+    assert configmaps.stdout.strip() == "no"  # golden prompts: watched namespaces only

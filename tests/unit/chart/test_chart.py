@@ -296,6 +296,8 @@ def test_operator_rbac_is_what_the_code_uses() -> None:
         ("", "pods"): {"list", "watch"},
         ("", "persistentvolumeclaims"): {"list", "watch"},
         ("", "events"): {"create"},
+        # Golden prompts from the ConfigMap a factory names (k8s/gates.py), read by name.
+        ("", "configmaps"): {"get"},
     }
 
 
