@@ -19,7 +19,7 @@ from factory_operator.plan import OperatorSettings, Plan
 
 from .cache import OwnWrites
 from .client import FIELD_MANAGER, Kube, Obj
-from .diff import first_drift, needs_apply, with_hash
+from .diff import first_drift, merge_patch, needs_apply, with_hash
 from .observe import World
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,11 @@ async def execute(
     current = factory.status.to_wire() if factory.status else None
     if desired != current:
         answer = await kube.patch_status(
-            FACTORY_API, "InferenceFactory", factory.metadata.name, namespace, desired
+            FACTORY_API,
+            "InferenceFactory",
+            factory.metadata.name,
+            namespace,
+            merge_patch(current or {}, desired),
         )
         _remember(own, answer)
         writes += 1

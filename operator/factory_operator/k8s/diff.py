@@ -85,3 +85,17 @@ def needs_apply(desired: Obj, live: Obj | None, key: str) -> bool:
         {k: live.get(k) for k in ("metadata", "spec")},
         {k: desired[k] for k in ("metadata", "spec") if k in desired},
     )
+
+
+def merge_patch(current: Any, desired: Any) -> Any:
+    """A JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: ``desired``
+    itself, plus ``null`` for every key of ``current`` it no longer has, at every depth of
+    nested objects (lists are replaced whole). Without the nulls a merge patch keeps what it
+    does not mention: a status field the plan dropped (a rollout's stepStartedAt) would live
+    on."""
+    if not isinstance(current, dict) or not isinstance(desired, dict):
+        return desired
+    patch: Obj = {k: None for k in current if k not in desired}
+    for key, value in desired.items():
+        patch[key] = merge_patch(current.get(key), value) if key in current else value
+    return patch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from factory_operator.k8s.diff import needs_apply, with_hash
+from factory_operator.k8s.diff import merge_patch, needs_apply, with_hash
 
 KEY = "inference.factory.dev/applied-hash"
 DESIRED = {
@@ -35,3 +35,24 @@ def test_missing_changed_or_drifted_child_is_written() -> None:
     drifted = _live()
     drifted["metadata"]["labels"]["x"] = "2"
     assert needs_apply(DESIRED, drifted, KEY)
+
+
+def test_merge_patch_nulls_what_the_desired_state_dropped() -> None:
+    """A merge patch keeps what it does not mention: a dropped status field is sent as null
+    (a rollout's stepStartedAt outlived its rollout in the API server without it)."""
+    current = {
+        "rollout": {"phase": "RolledBack", "stepStartedAt": "t1", "failedRevision": "a"},
+        "costs": "dub=0.4",
+        "pools": [{"name": "dub", "canary": {"weight": 10}}],
+    }
+    desired = {
+        "rollout": {"phase": "Progressing", "failedRevision": "a"},
+        "pools": [{"name": "dub"}],
+    }
+    assert merge_patch(current, desired) == {
+        "rollout": {"phase": "Progressing", "failedRevision": "a", "stepStartedAt": None},
+        "costs": None,
+        "pools": [{"name": "dub"}],  # lists are replaced whole
+    }
+    assert merge_patch({}, desired) == desired
+    assert merge_patch({"rollout": "x"}, desired) == desired
