@@ -57,6 +57,7 @@ def pool_series_labels(
     Prometheus treats as absent)."""
     return {name: pod_labels.get(prefixed(name, prefix), "") for name in POOL_SERIES_LABELS}
 
+
 # The router's per-revision series (what clients saw of each revision of a pool), labelled
 # ``REVISION_SERIES_LABELS``; the operator's rollout gates compare canary against stable.
 REVISION_SERIES_LABELS = ("namespace", FACTORY_LABEL, POOL_LABEL, "revision")
