@@ -103,6 +103,27 @@ def _capacity_gap(
     )
 
 
+def spec_revision(factory: InferenceFactory, pool: Pool, settings: OperatorSettings) -> str | None:
+    """The pool revision the spec asks for, wherever the pool runs (blocked or not; None when
+    its engine cannot be rendered): the factory revision covers every pool, so that a pool
+    blocked or unblocked by its region does not make a new revision."""
+    engine = merge_engine(factory.spec.engine, pool.engine)
+    profile = resolve_profile(pool, engine, settings)
+    if profile is None:
+        return None
+    try:
+        tp = tensor_parallel_size(pool, engine)
+    except SpecError:
+        return None
+    args = vllm_args(
+        factory, pool, engine, profile, tp, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
+    env = {e.name: e.value for e in (engine.env or [])}
+    return revision_hash(
+        profile.image, factory.spec.model.uri, factory.spec.model.revision, args, env
+    )
+
+
 def _plan_pool(
     factory: InferenceFactory,
     pool: Pool,
@@ -296,6 +317,8 @@ def plan_factory(
         )
         for pool in factory.spec.pools
     ]
+    for pool, outcome in zip(factory.spec.pools, outcomes, strict=True):
+        outcome.revision = outcome.status.revision or spec_revision(factory, pool, settings)
     rollout = plan_rollout(factory, outcomes, observed, gates)
     apply = [child for o in outcomes for child in o.children]
     wanted = {(c["kind"], c["metadata"]["name"]) for c in apply} | rollout.keep

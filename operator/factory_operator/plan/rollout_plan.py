@@ -30,6 +30,9 @@ class PoolOutcome:
     message: str = ""
     children: list[Manifest] = field(default_factory=list)
     ctx: PoolContext | None = None
+    # The pool revision the spec asks for, also when the pool is blocked or managed
+    # elsewhere (None: its engine cannot be rendered): what the factory revision hashes.
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ def _view(outcome: PoolOutcome, observed: Observed) -> PoolView:
     )
 
 
+def _ignored(outcome: PoolOutcome) -> PoolView:
+    """A pool not deployed here (blocked, managed elsewhere): in the waves, never rolled."""
+    status = outcome.status
+    return PoolView(status.name, status.region, None, None, 0, 0, False, None, 0)
+
+
 def _held(status: PoolStatus, stable: DeploymentInfo) -> PoolStatus:
     """A pool whose stable Deployment the rollout holds: what it really runs."""
     state = status.state
@@ -135,15 +144,25 @@ def plan_rollout(
 ) -> RolloutPlan:
     """Run the state machine over the pools deployed here and apply its directives to their
     outcomes (in place): held stables, canary Deployments, ``status.pools[].canary``."""
-    deployed = [o for o in outcomes if o.ctx is not None and o.status.revision]
+
+    def here(o: PoolOutcome) -> bool:
+        return o.ctx is not None and bool(o.status.revision)
+
+    deployed = [o for o in outcomes if here(o)]
     if not deployed:
         return RolloutPlan()
-    revision = factory_revision({o.status.name: o.status.revision or "" for o in deployed})
+    # Over every pool, not only those deployed here: a pool blocked by its region (deleted
+    # FleetRegion, narrowed residency) neither makes a new revision (a rolled-back one would
+    # be tried again, one in progress restarted) nor moves the waves.
+    revision = factory_revision(
+        {o.status.name: o.revision or o.status.revision or "" for o in outcomes}
+    )
     previous = factory.status.rollout if factory.status else None
+    views = [_view(o, observed) if here(o) else _ignored(o) for o in outcomes]
     decision = next_rollout(
         factory.spec.rollout,
         revision,
-        [_view(o, observed) for o in deployed],
+        views,
         previous,
         gates,
         _parse(observed.now),

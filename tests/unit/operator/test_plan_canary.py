@@ -180,3 +180,40 @@ def test_an_orphaned_canary_is_deleted() -> None:
     stray = _stable("dub-canary", "new1", replicas=1)
     plan = _plan(f, _world(stray))
     assert ("Deployment", "llama-dub-canary") in {(c.kind, c.name) for c in plan.delete}
+
+
+def _rolled_back() -> Plan:
+    first = _plan(_factory(), _world())
+    canary = _ready_canary(first)
+    second = _plan(_factory(status=_status(first)), _world(canary))
+    failed = GateReport((GateResult(check="TtftP95", pool="dub", passed=False, message="slow"),))
+    late = "2026-01-01T00:00:31Z"
+    return _plan(_factory(status=_status(second)), _world(canary, now=late), failed)
+
+
+def test_a_blocked_pool_does_not_make_a_rolled_back_revision_new() -> None:
+    """The FleetRegion of another pool deleted (or residency narrowed): the engines did not
+    change, so the factory revision stays, and the rolled-back revision is not tried again."""
+    back = _status(_rolled_back())
+    rolled_back = back["rollout"]
+    regions = {k: v for k, v in REGIONS.items() if k != "eu-central-1"}
+    world = _world(now="2026-01-01T00:01:00Z")
+    plan = plan_factory(_factory(status=back), regions, world, OperatorSettings())
+    status = _status(plan)["rollout"]
+    assert status["revision"] == rolled_back["revision"]
+    assert status["phase"] == "RolledBack"
+    assert "llama-dub-canary" not in _deployments(plan)
+    assert "RolloutStarted" not in [e.reason for e in plan.events]
+
+
+def test_a_blocked_pool_does_not_restart_a_rollout_in_progress() -> None:
+    first = _plan(_factory(), _world())
+    canary = _ready_canary(first)
+    second = _plan(_factory(status=_status(first)), _world(canary))
+    regions = {k: v for k, v in REGIONS.items() if k != "eu-central-1"}
+    world = _world(canary, now="2026-01-01T00:00:10Z")
+    plan = plan_factory(_factory(status=_status(second)), regions, world, OperatorSettings())
+    before, after = _status(second)["rollout"], _status(plan)["rollout"]
+    assert after["revision"] == before["revision"]
+    assert after["stepStartedAt"] == before["stepStartedAt"]  # the step's clock runs on
+    assert [e.reason for e in plan.events] == ["PoolStopped"]
