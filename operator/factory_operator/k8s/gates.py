@@ -71,6 +71,11 @@ ROUTER_TIMEOUT = httpx.Timeout(60.0, connect=5.0, pool=10.0)
 ROUTER_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=8)
 # An answer body over this is not read further (max_tokens <= 4096 keeps a real one far below).
 MAX_ANSWER_BYTES = 1 << 20
+# A whole judgement's golden prompts must end within this: the reconcile judges holding the
+# factory's lock (no spec change, revert or other reconcile of the factory meanwhile), and
+# pools x prompts x 2 requests through ROUTER_LIMITS' connections at ROUTER_TIMEOUT's read
+# timeout each could take hours against a router that is slow or hangs. Past it: inconclusive.
+JUDGEMENT_BUDGET_SECONDS = 120.0
 # Characters of the router's error message kept in a result.
 MAX_ROUTER_ERROR = 200
 USER_AGENT = "factory-operator-gates"
@@ -401,10 +406,12 @@ async def judge_step(
     kube: ConfigMapSource,
     slo_reader: SloReader | None = None,
     prompt_runner: GoldenPromptRunner | None = None,
+    budget_seconds: float = JUDGEMENT_BUDGET_SECONDS,
 ) -> tuple[GateResult, ...]:
     """Every gate of the step for every pool of the wave: SLOs first, then golden prompts,
     pool by pool in the order given. ``slo_reader`` and ``prompt_runner`` default to ones
-    built from the settings (a runner given is not closed here)."""
+    built from the settings (a runner given is not closed here). Golden prompts not all
+    answered within ``budget_seconds``: one inconclusive result per pool."""
     gates = rollout.gates
     wave = [WavePool(*pool) for pool in pools]
     slo_task = _slo_results(
@@ -415,8 +422,22 @@ async def judge_step(
         namespace=namespace, factory=factory, model=model, rollout=rollout, pools=wave,
         settings=settings, kube=kube, runner=prompt_runner,
     )  # fmt: skip
-    slo, prompts = await asyncio.gather(slo_task, prompts_task)
+    slo, prompts = await asyncio.gather(slo_task, _bounded(prompts_task, wave, budget_seconds))
     return (*slo, *prompts)
+
+
+async def _bounded(
+    prompts: Awaitable[list[GateResult]], pools: Sequence[WavePool], budget: float
+) -> list[GateResult]:
+    try:
+        return await asyncio.wait_for(prompts, timeout=budget)
+    except TimeoutError:
+        why = (
+            f"golden prompts not judged within {budget:g} s (the router is slow or does not "
+            "answer); judged again at the next interval"
+        )
+        log.warning("%s", why)
+        return [gate_result(GOLDEN_PROMPT, p.name, None, why) for p in pools]
 
 
 async def _slo_results(

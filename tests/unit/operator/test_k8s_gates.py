@@ -331,3 +331,22 @@ async def test_judge_step_with_a_missing_configmap_is_inconclusive() -> None:
     )  # fmt: skip
     assert all(r.passed is None and "not YAML" in r.message for r in results)
     assert not any(KEY in json.dumps(r.model_dump()) for r in results)
+
+
+async def test_a_judgement_is_bounded_as_a_whole(router: FakeRouter) -> None:
+    """A router that takes each golden prompt's whole read timeout: the judgement (which the
+    reconcile runs holding the factory's lock) ends at its budget, inconclusive."""
+    router.hang.add("new")
+    spec = rollout(slo={"enabled": False},
+                   goldenPrompts=[{"name": "capital", "prompt": "?", "checks": {}}])  # fmt: skip
+    async with GoldenPromptRunner(router.url, SecretStr(KEY)) as runner:  # 60 s read timeout
+        results = await asyncio.wait_for(
+            judge_step(
+                namespace="ml", factory="llama", model="m", rollout=spec, step=STEP,
+                pools=POOLS, settings=OperatorSettings(), kube=ConfigMaps(),
+                prompt_runner=runner, budget_seconds=0.5,
+            ),
+            timeout=10,
+        )  # fmt: skip
+    assert [(r.pool, r.passed) for r in results] == [("west", None), ("east", None)]
+    assert all("not judged within 0.5 s" in r.message for r in results)
