@@ -22,7 +22,7 @@ Canary rollouts (`policy.canary`): `plan` splits each canary pool's candidates b
 an admin tenant's `x-factory-target` restricts them to one pool (and revision), unsplit and
 never held (the header is not forwarded: engines get an allowlist). Each attempt on an
 engine counts in its revision's series (`app.revisions`: attempts by outcome, TTFT, ITL,
-completion tokens and seconds of streams).
+completion tokens and seconds of streams), except a targeted request's.
 
 Priority and fairness (`factory_router.flow`): when every candidate of the plan is at its
 batch capacity (or others already wait), the request waits its turn in the flow queue, then
@@ -292,7 +292,9 @@ async def _forward(
             state.metrics.retries.inc()
         out.attempts += 1
         backend = ranked.backend
-        series = state.revisions.series(backend)
+        # An admin's targeted request (golden prompts) is no client's: not in the series the
+        # rollout gates compare (it would count towards minRequests, dilute error ratios).
+        series = None if req.target is not None else state.revisions.series(backend)
         state.load.passive.start(backend.id)
         try:
             sent = to_engine

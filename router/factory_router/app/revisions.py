@@ -21,7 +21,9 @@ Names and labels are the contract's (`factory_contract.metrics`): `namespace`, `
   time from its first to its last body byte. Only streams: their ratio is the decode
   throughput (a non-streamed answer's tokens were all made before its first byte).
 
-Not recorded: backends reached through a region's `spec.endpoint` (the router there records
+Not recorded: an admin's targeted request (`x-factory-target`: the operator's golden prompts,
+which are no client's and would count towards a step's minRequests); backends reached
+through a region's `spec.endpoint` (the router there records
 its own, with the revisions; counting them here too would count twice and add the
 cross-region round trip). A backend without a revision (a static backend without
 `revision`) is recorded with `revision=""`.

@@ -1,6 +1,7 @@
-"""Admin targeting and the per-revision series end to end: a real router process in front of
-two real simulator engines (`factory-sim serve`) of one pool, one per revision (the canary
-answers under another `answer_seed`, as a new revision whose answers differ would).
+"""Admin targeting and the per-revision series (clients' requests only) end to end: a real
+router process in front of two real simulator engines (`factory-sim serve`) of one pool, one
+per revision (the canary answers under another `answer_seed`, as a new revision whose
+answers differ would).
 
 The static backends file names each engine's namespace, factory, pool and revision, as
 Kubernetes discovery reads them from the pods (the split itself, which needs a canary in a
@@ -132,13 +133,14 @@ def _greedy(base_url: str, key: str, target: str | None = None) -> str:
     return chat.choices[0].message.content or ""
 
 
-def _stream(fleet: Fleet, target: str) -> tuple[str, int]:
+def _stream(fleet: Fleet, key: str, target: str | None = None) -> tuple[str, int]:
+    headers = {"x-factory-target": target} if target else {}
     with openai.OpenAI(
         base_url=fleet.router_url + "/v1",
-        api_key=OPS_KEY,
+        api_key=key,
         max_retries=0,
         timeout=60,
-        default_headers={"x-factory-target": target},
+        default_headers=headers,
     ) as client:
         stream = client.chat.completions.create(
             model="llama",
@@ -160,64 +162,97 @@ def _series(text: str, name: str, revision: str, *more: str) -> float:
     return metric_sum(text, name, *where, *more)
 
 
-def test_admin_targeting_reaches_that_revision_and_its_series_count_it(fleet: Fleet) -> None:
+SERIES = (
+    "factory_router_backend_attempts_total",
+    "factory_router_backend_ttft_seconds_count",
+    "factory_router_backend_itl_seconds_count",
+    "factory_router_backend_completion_tokens_total",
+    "factory_router_backend_stream_seconds_total",
+)
+
+
+def _all_series(fleet: Fleet) -> dict[tuple[str, str], float]:
+    text = fleet.metrics()
+    return {(n, r): _series(text, n, r) for n in SERIES for r in REVISIONS.values()}
+
+
+def test_admin_targeting_reaches_that_revision_and_is_not_counted(fleet: Fleet) -> None:
     direct = {name: _greedy(url, "unused") for name, url in fleet.engines.items()}
     assert direct["stable"] != direct["canary"]  # the revisions answer otherwise
     received = {name: fleet.received(name) for name in REVISIONS}
-    tokens: dict[str, int] = {}
+    before = _all_series(fleet)
     for name, revision in REVISIONS.items():
         target = f"ml/llama/eu@{revision}"
         assert _greedy(fleet.router_url, OPS_KEY, target) == direct[name]
-        tokens[name] = 0
         for _ in range(3):
-            text, completion = _stream(fleet, target)
+            text, completion = _stream(fleet, OPS_KEY, target)
             assert text == direct[name][: len(text)] and completion > 0
-            tokens[name] += completion
     # Every targeted request reached its revision's engine, none the other's.
     assert {name: fleet.received(name) - received[name] for name in REVISIONS} == {
         "stable": 4,
         "canary": 4,
     }
-    metrics = fleet.metrics()
+    # The operator's golden prompts are no client's: the gates' series did not move.
+    assert _all_series(fleet) == before
+
+
+def test_clients_requests_count_in_the_series_of_the_revision_that_served_them(
+    fleet: Fleet,
+) -> None:
+    received = {name: fleet.received(name) for name in REVISIONS}
+    before = _all_series(fleet)
+    text = fleet.metrics()
+    ok_before = {r: _series(text, SERIES[0], r, 'outcome="ok"') for r in REVISIONS.values()}
+    tokens = 0
+    for _ in range(8):
+        text, completion = _stream(fleet, ACME_KEY)
+        assert text and completion > 0
+        tokens += completion
+    served = {name: fleet.received(name) - received[name] for name in REVISIONS}
+    assert sum(served.values()) == 8
+    after = _all_series(fleet)
+
+    def moved(name: str, revision: str) -> float:
+        return after[(name, revision)] - before[(name, revision)]
+
+    text = fleet.metrics()
     for name, revision in REVISIONS.items():
-        attempts = "factory_router_backend_attempts_total"
-        assert _series(metrics, attempts, revision, 'outcome="ok"') == 4
-        assert _series(metrics, attempts, revision, 'outcome="error"') == 0
-        assert _series(metrics, "factory_router_backend_ttft_seconds_count", revision) == 3
-        assert (
-            _series(metrics, "factory_router_backend_completion_tokens_total", revision)
-            == tokens[name]
-        )
-        itl = _series(metrics, "factory_router_backend_itl_seconds_count", revision)
-        assert itl == tokens[name] - 3, (name, itl, tokens[name])  # one token per event
-        assert _series(metrics, "factory_router_backend_stream_seconds_total", revision) > 0
+        ok = _series(text, SERIES[0], revision, 'outcome="ok"')
+        assert ok - ok_before[revision] == served[name]  # one ok attempt each
+        assert moved(SERIES[1], revision) == served[name]  # one TTFT per stream
+    assert sum(moved(SERIES[3], r) for r in REVISIONS.values()) == tokens
+    itl = sum(moved(SERIES[2], r) for r in REVISIONS.values())
+    assert itl == tokens - 8, (itl, tokens)  # one token per event, gaps after the first
+    assert sum(moved(SERIES[4], r) for r in REVISIONS.values()) > 0
 
 
 def test_a_failing_attempt_counts_as_an_error_of_its_revision(fleet: Fleet) -> None:
-    before = _series(
-        fleet.metrics(), "factory_router_backend_attempts_total", "bbbbbbbbbb", 'outcome="error"'
-    )
+    text = fleet.metrics()
+    error = ("factory_router_backend_attempts_total", 'outcome="error"')
+    before = {r: _series(text, error[0], r, error[1]) for r in REVISIONS.values()}
     fault = {"error_status": 500, "error_count": 1}
     httpx.put(
         f"{fleet.control_url}/engines/canary/faults", json=fault, timeout=5
     ).raise_for_status()
+    received = fleet.received("canary")
     try:
-        reply = httpx.post(
-            fleet.router_url + "/v1/chat/completions",
-            json={"model": "llama", "messages": MESSAGES, "max_tokens": 4},
-            headers={
-                "authorization": f"Bearer {OPS_KEY}",
-                "x-factory-target": "ml/llama/eu@bbbbbbbbbb",
-            },
-            timeout=30,
-        )
+        for _ in range(40):  # a client's requests until one is sent to the canary
+            reply = httpx.post(
+                fleet.router_url + "/v1/chat/completions",
+                json={"model": "llama", "messages": MESSAGES, "max_tokens": 4},
+                headers={"authorization": f"Bearer {ACME_KEY}"},
+                timeout=30,
+            )
+            assert reply.status_code == 200  # a 500 there fails over to the stable revision
+            if fleet.received("canary") > received:
+                break
     finally:
         httpx.delete(f"{fleet.control_url}/engines/canary/faults", timeout=5)
-    assert reply.status_code in (502, 503)  # its only candidate failed
-    after = _series(
-        fleet.metrics(), "factory_router_backend_attempts_total", "bbbbbbbbbb", 'outcome="error"'
-    )
-    assert after - before == 1
+    assert fleet.received("canary") == received + 1
+    text = fleet.metrics()
+    after = {r: _series(text, error[0], r, error[1]) for r in REVISIONS.values()}
+    assert after[REVISIONS["canary"]] - before[REVISIONS["canary"]] == 1
+    assert after[REVISIONS["stable"]] == before[REVISIONS["stable"]]
 
 
 def test_the_target_header_is_refused_to_tenants_without_admin(fleet: Fleet) -> None:

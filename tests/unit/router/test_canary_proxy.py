@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from factory_router.app.revisions import RevisionMetrics
 from factory_router.policy.fleet import Backend, Region, build_fleet
+from factory_router.policy.policies import PolicyName
 from factory_router.policy.tenants import hash_key
 from tests.integration.router.processes import metric_sum
 from tests.unit.router.router_testkit import (
@@ -52,7 +53,7 @@ def series(text: str, name: str, revision: str, *more: str) -> float:
     )
 
 
-async def test_targeting_is_for_admins_only_and_never_forwarded_and_series_count() -> None:
+async def test_targeting_is_for_admins_only_and_never_forwarded_nor_counted() -> None:
     async with (
         engines(1) as (old,),
         engines(1, chunk_delay=0.01) as (new,),
@@ -103,18 +104,9 @@ async def test_targeting_is_for_admins_only_and_never_forwarded_and_series_count
             assert (new.total, old.total, bad.total) == (3, 0, 1)
             assert KEYS["eu"] not in str(new.headers_seen)
             text = await scrape(r)
-    attempts = "factory_router_backend_attempts_total"
-    assert series(text, attempts, NEW, 'outcome="ok"') == 3
-    assert series(text, attempts, NEW, 'outcome="error"') == 0
-    assert series(text, attempts, BAD, 'outcome="error"') == 1
-    assert series(text, attempts, OLD) == 0
-    assert series(text, "factory_router_backend_ttft_seconds_count", NEW) == 3
-    # 5 content events per stream: 5 tokens (estimated: no usage chunk), 4 gaps each.
-    assert series(text, "factory_router_backend_completion_tokens_total", NEW) == 15
-    assert series(text, "factory_router_backend_itl_seconds_count", NEW) == 12
-    # Chunks 10 ms apart: 4 gaps of about 10 ms per stream (more on a loaded machine).
-    assert series(text, "factory_router_backend_stream_seconds_total", NEW) >= 0.1
-    assert series(text, "factory_router_backend_ttft_seconds_count", BAD) == 0
+    # Targeted requests are the operator's, not clients': in no revision's series.
+    assert "factory_router_backend_attempts_total{" not in text
+    assert "factory_router_backend_ttft_seconds_count{" not in text
 
 
 def test_series_of_revisions_gone_from_the_fleet_are_removed_after_the_retention() -> None:
@@ -141,3 +133,52 @@ def test_series_of_revisions_gone_from_the_fleet_are_removed_after_the_retention
     assert s is not None
     s.attempt(ok=False)
     assert b'outcome="error"' in generate_latest(registry)
+
+
+async def test_admin_targeted_requests_are_not_counted_in_the_revision_series() -> None:
+    """The series are what clients saw, which the rollout gates compare: the operator's golden
+    prompts (targeted, sent to the canary only unless similarToStable) must neither count
+    towards a step's minRequests nor dilute the canary's error ratio."""
+    async with engines(1, chunk_delay=0.01) as (new,):
+        fleet = [revision_backend(new, NEW)]
+        async with router(fleet, tenants_doc=TENANTS) as r, httpx.AsyncClient(base_url=r.url) as c:
+            ops = {"authorization": f"Bearer {OPS_KEY}", "x-factory-target": f"ml/llama/eu@{NEW}"}
+            for body in (STREAM, {**STREAM, "stream": False}):
+                reply = await c.post("/v1/chat/completions", json=body, headers=ops)
+                assert reply.status_code == 200
+            for _ in range(3):
+                reply = await c.post("/v1/chat/completions", json=STREAM, headers=auth("eu"))
+                assert reply.status_code == 200 and reply.text.endswith("data: [DONE]\n\n")
+            assert new.total == 5
+            text = await scrape(r)
+    attempts = "factory_router_backend_attempts_total"
+    assert series(text, attempts, NEW, 'outcome="ok"') == 3  # the tenant's requests only
+    assert series(text, attempts, NEW, 'outcome="error"') == 0
+    assert series(text, "factory_router_backend_ttft_seconds_count", NEW) == 3
+    # 5 content events per stream: 5 tokens (estimated: no usage chunk), 4 gaps each.
+    assert series(text, "factory_router_backend_completion_tokens_total", NEW) == 15
+    assert series(text, "factory_router_backend_itl_seconds_count", NEW) == 12
+    # Chunks 10 ms apart: 4 gaps of about 10 ms per stream (more on a loaded machine).
+    assert series(text, "factory_router_backend_stream_seconds_total", NEW) >= 0.1
+
+
+async def test_an_error_failed_over_counts_on_the_revision_that_failed() -> None:
+    async with engines(1) as (old,), engines(1, mode="fail") as (bad,):
+        fleet = [revision_backend(old, OLD), revision_backend(bad, BAD)]
+        rr = PolicyName.ROUND_ROBIN  # the failing revision comes first within two requests
+        async with (
+            router(fleet, tenants_doc=TENANTS, policy=rr) as r,
+            httpx.AsyncClient(base_url=r.url) as c,
+        ):
+            for _ in range(2):
+                reply = await c.post("/v1/chat/completions", json=STREAM, headers=auth("eu"))
+                assert reply.status_code == 200  # failed over to the good revision
+                if bad.total:
+                    break
+            assert bad.total == 1
+            text = await scrape(r)
+    attempts = "factory_router_backend_attempts_total"
+    assert series(text, attempts, BAD, 'outcome="error"') == 1
+    assert series(text, attempts, BAD, 'outcome="ok"') == 0
+    assert series(text, attempts, OLD, 'outcome="ok"') == old.total
+    assert series(text, attempts, OLD, 'outcome="error"') == 0
