@@ -45,8 +45,8 @@ Decisions the design notes leave open, taken as an Argo Rollouts / Flagger user 
   from the status and stays the same on every later call.
 - Rolling (or no ``spec.rollout``) clears ``failedRevision``. Wave and step indices that no
   longer exist (``waves``/``steps`` are not part of the revision) are clamped; a missing or
-  unparsable ``stepEnteredAt`` of a step in progress restarts at ``now``; times are to the
-  second.
+  unparsable ``stepEnteredAt`` of a step in progress restarts at ``now``, and a stamp
+  ahead of ``now`` (clock skew) counts as ``now``; times are to the second.
 - Message and summary are derived from the resulting status and the pools only, so a call fed
   its own status returns the same status (idempotence). With no canary rollout running the
   summary is the phase alone ("Stable", "Progressing"), as RolloutStatus.summary says.
@@ -241,11 +241,17 @@ def _restore(ctx: RolloutContext, prev: RolloutStatus) -> RolloutState:
         failed_revision=prev.failed_revision,
         wave=max(0, min(prev.wave, ctx.last)),
         step=min(prev.step, len(ctx.steps) - 1),
-        entered=parse_time(prev.step_entered_at),
-        started=parse_time(prev.step_started_at),
+        entered=_not_after(parse_time(prev.step_entered_at), ctx.now),
+        started=_not_after(parse_time(prev.step_started_at), ctx.now),
         started_at=prev.started_at,
         gates=tuple(prev.gates),
     )
+
+
+def _not_after(moment: datetime | None, now: datetime) -> datetime | None:
+    """A stamp ahead of this clock (skew, a hand edit) counts from now: never a step that
+    waits, unjudged and without deadline, for the clock to catch up."""
+    return None if moment is None else min(moment, now)
 
 
 def _start(

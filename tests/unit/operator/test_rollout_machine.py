@@ -782,3 +782,20 @@ def test_a_whole_rollout_is_idempotent_and_never_double_steps() -> None:
         "RolloutPromoted",
     ]
     assert all(p.stable == "p2" and p.canary is None for p in cluster)
+
+
+def test_timestamps_in_the_future_count_from_now() -> None:
+    """A step's stamps ahead of the operator's clock (another replica's clock was ahead, a
+    hand edit): counted from now, so the step is judged and its deadline runs, instead of
+    the rollout waiting (unalerted) until the clock reaches them."""
+    skewed = started().status.model_copy(
+        update={"step_entered_at": stamp(86_400), "step_started_at": stamp(86_400)}
+    )
+    now = decide(A_READY, skewed, now=20)
+    assert now.status.step_started_at == stamp(20)
+    assert now.status.step_entered_at == stamp(20)
+    assert decide(A_READY, now.status, now=80).gates_due
+    # Canaries never ready: rolled back at the deadline from now.
+    waiting = skewed.model_copy(update={"step_started_at": None})
+    later = decide(OLD, decide(OLD, waiting, now=20).status, now=20 + 601)
+    assert later.status.phase == "RolledBack"
