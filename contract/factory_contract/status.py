@@ -98,11 +98,9 @@ class RegionSpecView(View):
     def _prices(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return {}
-        return {
-            str(k): v
-            for k, v in value.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        # A price the CRD would refuse (negative, NaN, inf) is no price, as a cost figure.
+        prices = {str(k): _amount(v) for k, v in value.items()}
+        return {k: v for k, v in prices.items() if v is not None}
 
 
 class RegionView(View):

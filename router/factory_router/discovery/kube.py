@@ -29,6 +29,7 @@ region (never a candidate, still visible in the explain output).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -131,9 +132,11 @@ def _list_price(factory: FactoryView, pool_name: str, region: RegionView | None)
     if spec is None or region is None or spec.accelerator.type is None:
         return None
     price = region.spec.pricing.get(spec.accelerator.type)
-    if price is None:
+    count = spec.accelerator.count
+    if price is None or (count is not None and count < 0):
         return None
-    return price * float(spec.accelerator.count or 1)
+    total = price * float(count or 1)
+    return total if math.isfinite(total) else None  # never a negative or unbounded cost
 
 
 def _pool(

@@ -4,11 +4,12 @@ ceiling; the score's cost term; residency untouched by cost."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
-from factory_contract.status import PoolStatusView
+from factory_contract.status import PoolStatusView, RegionView
 from factory_router.discovery.kube import fleet_from_objects
 from factory_router.policy.config import CostConfig, EjectionConfig, ScoringConfig
 from factory_router.policy.cost import Cost, PoolPrice, resolve_costs
@@ -270,3 +271,30 @@ def test_discovery_without_any_live_cost_keeps_the_list_price_order() -> None:
     by_pool = {b.pool: b for b in fleet.backends}
     assert by_pool["llama-dub"].cost == pytest.approx(10.0 * NOMINAL_K)
     assert by_pool["llama-inf"].cost == pytest.approx(2.0 * NOMINAL_K)
+
+
+def test_a_price_that_is_not_a_finite_number_at_least_0_reads_as_no_price() -> None:
+    """FleetRegion pricing the CRD would refuse (a negative, NaN, inf: say written before its
+    validation, or by hand) never becomes a negative or non-finite cost that draws every
+    request, nor skews the calibration of the other pools; likewise a negative count."""
+    regions = [
+        _region("eu-west-1", "EU", pricing={"H100": 5.0, "neg": -5.0, "nan": float("nan"),
+                                            "inf": float("inf"), "big": 1e308}),
+    ]  # fmt: skip
+    view = RegionView.model_validate(regions[0])
+    assert view.spec.pricing == {"H100": 5.0, "big": 1e308}
+    factory = _factory(
+        [("dub", "eu-west-1", "H100", 2.5), ("neg", "eu-west-1", "neg", 2.5),
+         ("nan", "eu-west-1", "nan", 2.5), ("inf", "eu-west-1", "inf", "absent"),
+         ("big", "eu-west-1", "big", 2.5), ("cnt", "eu-west-1", "H100", 2.5)]
+    )  # fmt: skip
+    factory["spec"]["pools"][-1]["accelerator"]["count"] = -2
+    slices = [_slice(f"llama-{p}", f"10.0.0.{i}")
+              for i, p in enumerate(("dub", "neg", "nan", "inf", "big", "cnt"))]  # fmt: skip
+    fleet = fleet_from_objects(regions, [factory], slices, [])
+    for b in fleet.backends:
+        assert math.isfinite(b.cost) and b.cost >= 0, (b.pool, b.cost, b.cost_source)
+    for p in fleet.pools:
+        assert math.isfinite(p.cost) and p.cost >= 0, (p.name, p.cost)
+    by_pool = {b.pool: b for b in fleet.backends}
+    assert (by_pool["llama-dub"].cost, by_pool["llama-dub"].cost_source) == (2.5, "live")
