@@ -18,8 +18,9 @@ Targeting (`requested_target`, header `x-factory-target:
 <namespace>/<factory>/<pool>[@<revision>]`, `names.TARGET_HEADER`): the operator's golden
 prompts to one pool, one revision. Only a tenant with `admin: true` may send it (else 403
 `target_not_allowed`, whatever the value); malformed: 400 `invalid_target`. A targeted
-request's candidates are the compliant backends of that pool (and revision), unsplit;
-none: 503 `no_compliant_backend` (`policy.route`). The header is never sent upstream (the
+request's candidates are the compliant backends of that pool (and revision), unsplit, never
+a region reached through its `spec.endpoint` (its router would choose the pool and revision
+itself); none: 503 `no_compliant_backend` (`policy.route`). The header is never sent upstream (the
 proxy forwards an allowlist of headers).
 """
 
@@ -51,8 +52,11 @@ class Target:
     revision: str | None = None
 
     def matches(self, backend: Backend) -> bool:
+        # Never a region's `spec.endpoint`: the router there gets no target header and
+        # would choose its own pool and revision.
         return (
-            backend.bare_pool == self.pool
+            not backend.via_endpoint
+            and backend.bare_pool == self.pool
             and (backend.factory or "") == self.factory
             and (backend.namespace or "") == self.namespace
             and (self.revision is None or backend.revision == self.revision)

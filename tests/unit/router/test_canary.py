@@ -365,3 +365,19 @@ def test_static_backends_carry_a_revision() -> None:
         fleet_from_doc(
             {"backends": [{"model": "m", "pool": "p", "url": "http://a", "revision": ""}]}
         )
+
+
+def test_a_target_never_matches_a_region_reached_through_its_endpoint() -> None:
+    """The router there gets no x-factory-target (engines and peers get an allowlist) and
+    would split, or choose another pool of the model: the admin would be answered by a
+    revision or pool it did not ask for."""
+    peer = Backend(
+        id="region:eu-central-1/m", model="m", pool="llama-fra", region="eu-central-1",
+        url="https://fra.example", factory="llama", namespace="ml", via_endpoint=True,
+        pool_name="fra",
+    )  # fmt: skip
+    regions = [Region("eu-west-1", "EU"), Region("eu-central-1", "EU")]
+    fleet = build_fleet(regions, [*STABLE, peer])
+    assert "m" in route(fleet, None)  # untargeted, the region is a candidate
+    with pytest.raises(NoCompliantBackend):
+        route(fleet, None, target=Target("ml", "llama", "fra"))
