@@ -21,6 +21,7 @@ from factory_operator.k8s import (
     LoadReader,
     OperatorMetrics,
     Watched,
+    World,
     execute,
     observe,
     plan_scaling,
@@ -106,6 +107,31 @@ def record_metrics(metrics: OperatorMetrics, factory: InferenceFactory, plan: Pl
             metrics.rollbacks.labels(ns, name, failed.reason if failed else "GateFailed").inc()
 
 
+async def _snapshot(
+    kube: Kube, body: Any, settings: OperatorSettings, watched: Watched | None
+) -> tuple[InferenceFactory, World, datetime] | None:
+    """The factory as stored now and the world around it; None when it is gone or going.
+
+    Not from kopf's body alone: the body can predate our own last status patch, and
+    conditions planned from it would flap (read_factory; with the watches, the newer of the
+    body and that patch's answer)."""
+    meta = body["metadata"]
+    namespace = meta.get("namespace") or "default"
+    if watched is not None:
+        seen = {k: body[k] for k in TOP_LEVEL if k in body}
+        live = watched.own.fresher("InferenceFactory", namespace, meta["name"], seen)
+    else:
+        live = await read_factory(kube, namespace, meta["name"])
+    if live is None:
+        return None  # deleted since kopf saw it
+    factory = parse_factory(live)
+    if factory.metadata.deletion_timestamp:
+        return None  # garbage collection removes owned children
+    now = datetime.now(UTC).replace(microsecond=0)
+    world = await observe(kube, factory, settings, now.strftime("%Y-%m-%dT%H:%M:%SZ"), watched)
+    return factory, world, now
+
+
 async def reconcile_factory(
     kube: Kube,
     body: Any,
@@ -128,29 +154,23 @@ async def reconcile_factory(
     kopf.TemporaryError for transient API failures.
     """
     started = time.monotonic()
-    meta = body["metadata"]
     try:
-        # Plan from the factory as stored now, not from kopf's body alone: the body can predate
-        # our own last status patch, and conditions planned from it would flap (read_factory;
-        # with the watches, the newer of the body and that patch's answer).
-        namespace = meta.get("namespace") or "default"
-        if watched is not None:
-            seen = {k: body[k] for k in TOP_LEVEL if k in body}
-            live = watched.own.fresher("InferenceFactory", namespace, meta["name"], seen)
-        else:
-            live = await read_factory(kube, namespace, meta["name"])
-        if live is None:
-            return Plan()  # deleted since kopf saw it
-        factory = parse_factory(live)
-        if factory.metadata.deletion_timestamp:
-            return Plan()  # garbage collection removes owned children
-        now = datetime.now(UTC).replace(microsecond=0)
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        world = await observe(kube, factory, settings, stamp, watched)
+        snapshot = await _snapshot(kube, body, settings, watched)
+        if snapshot is None:
+            return Plan()
+        factory, world, now = snapshot
         scaling = await plan_scaling(factory, world, settings, loads, decide=decide, now=now)
         plan = plan_factory(factory, world.regions, world.observed, settings, scaling)
         if judge is not None and plan.gates is not None:
             report = await judge(factory, plan.gates)
+            # A judgement takes seconds (golden prompts, Prometheus): plan it against the
+            # factory and the cluster as they are now; a report that no longer applies (a
+            # new revision, a pause) is ignored by the state machine.
+            snapshot = await _snapshot(kube, body, settings, watched)
+            if snapshot is None:
+                return Plan()
+            factory, world, now = snapshot
+            scaling = await plan_scaling(factory, world, settings, loads, decide=False, now=now)
             plan = plan_factory(
                 factory, world.regions, world.observed, settings, scaling, gates=report
             )
