@@ -42,7 +42,8 @@ from factory_operator.k8s import (
     node_info,
 )
 from factory_operator.k8s.economics import ECONOMICS_INTERVAL_SECONDS, TokenReader, economics_tick
-from factory_operator.k8s.gates import SloReader, judge_step
+from factory_operator.k8s.gates import judge_step
+from factory_operator.k8s.slo import SloReader
 from factory_operator.plan import NodeInfo, OperatorSettings, plan_region_status
 from factory_operator.plan.rollout import GateReport
 from factory_operator.plan.rollout_plan import GatesRequest

@@ -3,7 +3,8 @@ checks, a pool's live SLOs canary against stable, and golden prompts read from a
 
 Each judgement is a list of ``GateResult``: ``passed`` True, False, or None (inconclusive:
 the step waits, and rolls back at its progress deadline; fail closed). ``k8s/gates.py`` does
-the I/O (the router, Prometheus, the ConfigMap) and calls these.
+the I/O (the router through ``k8s/golden.py``, Prometheus through ``k8s/slo.py``, the
+ConfigMap) and calls these.
 
 Decisions worth knowing (docs/rollouts.md, "Gates"):
 

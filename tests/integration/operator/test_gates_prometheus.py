@@ -35,7 +35,8 @@ from factory_contract.metrics import (
     BACKEND_TTFT_SECONDS,
 )
 from factory_operator.api.rollout import GateResult, Rollout, RolloutStep
-from factory_operator.k8s.gates import SloReader, judge_step
+from factory_operator.k8s.gates import judge_step
+from factory_operator.k8s.slo import SloReader
 from factory_operator.plan.settings import OperatorSettings
 from tests.integration.operator.prometheus_kit import START_TIMEOUT, STOP_TIMEOUT, free_port
 from tests.support.waiting import async_wait_until, wait_until

@@ -1,6 +1,7 @@
-"""The rollout gates' I/O (k8s/gates.py): golden prompts against a real HTTP server standing
+"""The rollout gates' I/O: golden prompts (k8s/golden.py) against a real HTTP server standing
 in for the router (headers, body, errors, timeouts, the admin key never shown), the reading
-of Prometheus' vectors, and ``judge_step`` end to end with its fail-closed cases."""
+of Prometheus' vectors (k8s/slo.py), and ``judge_step`` (k8s/gates.py) end to end with its
+fail-closed cases."""
 
 from __future__ import annotations
 
@@ -18,15 +19,9 @@ from pydantic import SecretStr
 
 from factory_contract.names import TARGET_HEADER
 from factory_operator.api.rollout import GoldenPrompt, Rollout, RolloutStep
-from factory_operator.k8s.gates import (
-    GoldenPromptRunner,
-    SloReader,
-    Target,
-    WavePool,
-    judge_step,
-    slo_queries,
-    stats_from_results,
-)
+from factory_operator.k8s.gates import WavePool, judge_step
+from factory_operator.k8s.golden import GoldenPromptRunner, Target
+from factory_operator.k8s.slo import SloReader, slo_queries, stats_from_results
 from factory_operator.plan.gates import RevisionStats
 from factory_operator.plan.settings import OperatorSettings
 
