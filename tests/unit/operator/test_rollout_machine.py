@@ -1,105 +1,42 @@
-"""The rollout state machine (plan.rollout.next_rollout): every path, then a whole rollout
-driven call by call, fed its own status, to check it never double-steps and is idempotent."""
+"""The rollout state machine (plan.rollout.next_rollout), path by path: what one call decides
+from the spec, the pools and the previous status (Rolling, a canary step by step, failures
+and rollbacks, waves). Interruptions and whole rollouts: test_rollout_machine_sequences.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from rollout_machine_kit import (
+    A_READY,
+    AP,
+    EU,
+    HOLD,
+    OLD,
+    PASS,
+    STABLE_R1,
+    TARGET,
+    US,
+    decide,
+    last_step_passed,
+    reasons,
+    result,
+    rollback_at_step_one,
+    spec,
+    stamp,
+    started,
+    view,
+)
 
 from factory_operator.api.rollout import GateResult, Rollout, RolloutStatus, RolloutStep
 from factory_operator.plan.rollout import (
     GateReport,
     PoolDirective,
-    PoolView,
-    RolloutDecision,
     canary_replicas,
     factory_revision,
-    next_rollout,
     waves,
 )
-
-EU, US, AP = "eu-west-1", "us-east-1", "ap-south-1"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-STABLE_R1 = RolloutStatus(revision="r1", stable_revision="r1", phase="Stable")
-HOLD = PoolDirective("hold", 0, 0)
-TARGET = PoolDirective("target", 0, 0)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def stamp(seconds: float) -> str:
-    return at(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def view(
-    name: str = "a",
-    region: str = EU,
-    *,
-    target: str | None = "p2",
-    stable: str | None = "p1",
-    desired: int = 4,
-    rolled: bool = True,
-    canary: str | None = None,
-    ready: int = 0,
-) -> PoolView:
-    return PoolView(
-        name=name,
-        region=region,
-        target=target,
-        stable=stable,
-        stable_desired=desired,
-        stable_ready=desired if rolled else 0,
-        stable_rolled=rolled,
-        canary=canary,
-        canary_ready=ready,
-    )
-
-
-def spec(**fields: Any) -> Rollout:
-    return Rollout.model_validate(fields)
-
-
-CANARY = spec()
-
-
-def decide(
-    pools: list[PoolView],
-    previous: RolloutStatus | None = None,
-    *,
-    now: float = 0,
-    gates: GateReport | None = None,
-    rollout: Rollout | None = CANARY,
-    revision: str = "r2",
-) -> RolloutDecision:
-    return next_rollout(rollout, revision, pools, previous, gates, at(now))
-
-
-def result(check: str, pool: str = "a", passed: bool | None = True, **figures: Any) -> GateResult:
-    return GateResult(check=check, pool=pool, passed=passed, **figures)
-
-
-PASS = GateReport((result("ErrorRatio", value=0.001, baseline=0.002, threshold=0.01),))
-
-
-def reasons(decision: RolloutDecision) -> list[str]:
-    return [reason for _, reason, _ in decision.events]
-
-
-# Pools of two waves (default: eu alone, then us), both changed: a canary in each.
-OLD = [view("a"), view("b", US)]
-A_READY = [view("a", canary="p2", ready=1), view("b", US)]  # step 0: 1 replica of 4 (10%)
-
-
-def started() -> RolloutDecision:
-    """Wave 1 step 1: started at 0, canary ready at 10 (gates due at 70)."""
-    first = decide(OLD, STABLE_R1, now=0)
-    return decide(A_READY, first.status, now=10)
-
 
 # --- the pieces -----------------------------------------------------------------------------
 
@@ -311,16 +248,8 @@ def test_a_passed_step_whose_canaries_are_already_big_enough_starts_at_once() ->
     assert passed.pools["a"] == PoolDirective("hold", 1, 50)
 
 
-def _last_step(pools: list[PoolView]) -> RolloutDecision:
-    running = started()
-    step2 = decide(A_READY, running.status, now=70, gates=PASS)
-    bigger = [replace(pools[0], canary="p2", canary_ready=2), *pools[1:]]
-    ready = decide(bigger, step2.status, now=80)
-    return decide(bigger, ready.status, now=140, gates=PASS)
-
-
 def test_the_last_step_promotes_the_wave_canaries_kept_until_its_stables_rolled() -> None:
-    promoting = _last_step(OLD)
+    promoting = last_step_passed(OLD)
     status = promoting.status
     assert (status.phase, status.wave, status.step) == ("Promoting", 0, 1)
     assert status.summary == "promoting wave 1/2"
@@ -420,14 +349,8 @@ def test_a_failed_gate_rolls_back_at_once_naming_the_numbers(
     assert "step 1/2" in message
 
 
-def _rolled_back() -> RolloutDecision:
-    running = started()
-    bad = GateReport((result("TtftP95", passed=False, value=0.9, baseline=0.4, threshold=1.5),))
-    return decide(A_READY, running.status, now=70, gates=bad)
-
-
 def test_a_rolled_back_revision_is_not_tried_again() -> None:
-    rolled_back = _rolled_back()
+    rolled_back = rollback_at_step_one()
     for now, gates in ((80, None), (5000, PASS)):
         again = decide(A_READY, rolled_back.status, now=now, gates=gates)
         assert again.status == rolled_back.status
@@ -437,14 +360,14 @@ def test_a_rolled_back_revision_is_not_tried_again() -> None:
 
 
 def test_a_rollback_keeps_promoted_waves_and_new_pools_on_the_target() -> None:
-    previous = _rolled_back().status.model_copy(update={"wave": 1})
+    previous = rollback_at_step_one().status.model_copy(update={"wave": 1})
     pools = [view("a", stable="p2"), view("b", US), view("new", US, stable=None)]
     held = decide(pools, previous, now=100)
     assert held.pools == {"a": TARGET, "b": HOLD, "new": TARGET}
 
 
 def test_a_new_spec_after_a_rollback_starts_a_new_rollout() -> None:
-    rolled_back = _rolled_back()
+    rolled_back = rollback_at_step_one()
     pools = [view("a", target="p3"), view("b", US, target="p3")]
     fresh = decide(pools, rolled_back.status, now=200, revision="r3")
     assert (fresh.status.phase, fresh.status.revision, fresh.status.failed_revision) == (
@@ -458,7 +381,7 @@ def test_a_new_spec_after_a_rollback_starts_a_new_rollout() -> None:
 
 def test_reverting_to_the_stable_revision_is_stable_at_once() -> None:
     back = [view("a", target="p1", canary="p2", ready=1), view("b", US, target="p1")]
-    after_rollback = decide(back, _rolled_back().status, now=200, revision="r1")
+    after_rollback = decide(back, rollback_at_step_one().status, now=200, revision="r1")
     assert after_rollback.status.phase == "Stable"
     assert after_rollback.status.failed_revision is None
     assert after_rollback.pools == {"a": TARGET, "b": TARGET}
@@ -492,177 +415,6 @@ def test_inconclusive_gates_wait_then_roll_back_at_the_deadline() -> None:
     assert conclusive.status.step == 1
 
 
-# --- pause, resume, promote -----------------------------------------------------------------
-
-
-def test_pause_freezes_everything_and_resume_restarts_the_step_clock() -> None:
-    running = started()
-    paused_spec = spec(paused=True)
-    paused = decide(A_READY, running.status, now=20, rollout=paused_spec)
-    assert paused.status.phase == "Paused"
-    assert paused.status.summary == "paused at wave 1/2 step 1/2"
-    assert paused.pools == running.pools  # weight kept
-    assert reasons(paused) == ["RolloutPaused"]
-    assert not paused.gates_due
-    later = decide(A_READY, paused.status, now=5000, gates=PASS, rollout=paused_spec)
-    assert later.status == paused.status  # no judgement, no deadline
-    assert later.events == ()
-    assert decide([view("a"), view("b", US)], paused.status, now=5000, rollout=paused_spec).pools[
-        "a"
-    ] == PoolDirective("hold", 1, 10)
-    resumed = decide(A_READY, later.status, now=6000)
-    assert resumed.status.phase == "Progressing"
-    assert resumed.status.step_started_at == resumed.status.step_entered_at == stamp(6000)
-    assert reasons(resumed) == ["RolloutResumed"]
-    assert not resumed.gates_due
-    assert decide(A_READY, resumed.status, now=6060).gates_due
-    assert decide(A_READY, resumed.status, now=6010).events == ()
-
-
-def test_a_rollout_started_paused_creates_its_canary_without_traffic() -> None:
-    paused = decide(OLD, STABLE_R1, rollout=spec(paused=True))
-    assert paused.status.phase == "Paused"
-    assert reasons(paused) == ["RolloutStarted", "RolloutPaused"]
-    assert paused.pools["a"] == PoolDirective("hold", 1, 0)
-
-
-def test_resume_before_the_canaries_were_ready_restarts_the_readiness_deadline() -> None:
-    first = decide(OLD, STABLE_R1, now=0)
-    paused = decide(OLD, first.status, now=10, rollout=spec(paused=True))
-    resumed = decide(OLD, paused.status, now=3000)
-    assert resumed.status.phase == "Progressing"
-    assert (resumed.status.step_entered_at, resumed.status.step_started_at) == (stamp(3000), None)
-    assert decide(OLD, resumed.status, now=3600).status.phase == "Progressing"
-    assert decide(OLD, resumed.status, now=3601).failed_check == "CanaryReady"
-
-
-def test_pause_is_ignored_while_promoting() -> None:
-    promoting = _last_step(OLD)
-    rolled = [view("a", stable="p2", canary="p2", ready=2), view("b", US)]
-    on = decide(rolled, promoting.status, now=160, rollout=spec(paused=True))
-    assert (on.status.phase, on.status.wave) == ("Progressing", 1)
-
-
-def test_manual_promote_rolls_every_pool_then_is_stable() -> None:
-    running = started()
-    promote = spec(promote="r2")
-    promoting = decide(A_READY, running.status, now=20, rollout=promote)
-    assert promoting.status.phase == "Promoting"
-    assert promoting.status.summary == "promoting everywhere"
-    assert promoting.status.regions == [EU, US]
-    assert promoting.pools == {"a": PoolDirective("target", 1, 10), "b": TARGET}
-    assert not promoting.gates_due
-    rolled = [view("a", stable="p2", canary="p2", ready=1), view("b", US, stable="p2")]
-    done = decide(rolled, promoting.status, now=60, rollout=promote)
-    assert (done.status.phase, done.status.stable_revision) == ("Stable", "r2")
-    [(_, reason, message)] = done.events
-    assert reason == "RolloutPromoted"
-    assert "manual" in message
-
-
-@pytest.mark.parametrize("paused", [False, True])
-def test_manual_promote_wins_over_pause_and_works_from_the_start(paused: bool) -> None:
-    promote = spec(promote="r2", paused=paused)
-    at_start = decide(OLD, STABLE_R1, rollout=promote)
-    assert at_start.status.phase == "Promoting"
-    assert at_start.pools == {"a": TARGET, "b": TARGET}  # canary without traffic: removed
-    assert reasons(at_start) == ["RolloutStarted"]
-    held = decide(A_READY, started().status, now=20, rollout=spec(paused=True))
-    from_pause = decide(A_READY, held.status, now=30, rollout=promote)
-    assert from_pause.status.phase == "Promoting"
-    assert from_pause.pools["a"] == PoolDirective("target", 1, 10)
-
-
-def test_manual_promote_of_a_rolled_back_revision() -> None:
-    rolled_back = _rolled_back()
-    promoting = decide(A_READY, rolled_back.status, now=100, rollout=spec(promote="r2"))
-    assert promoting.status.phase == "Promoting"
-    assert promoting.status.failed_revision is None
-    assert promoting.failed_check is None
-    assert promoting.pools == {"a": TARGET, "b": TARGET}  # its canary stays removed
-
-
-def test_a_promote_of_another_revision_is_ignored() -> None:
-    running = started()
-    stale = decide(A_READY, running.status, now=20, rollout=spec(promote="r1"))
-    assert stale.status == decide(A_READY, running.status, now=20).status
-    rolled_back = _rolled_back()
-    assert decide(A_READY, rolled_back.status, rollout=spec(promote="r1")).status == (
-        rolled_back.status
-    )
-
-
-# --- revisions changing, restarts -----------------------------------------------------------
-
-
-def test_a_new_revision_mid_rollout_replaces_it_from_wave_one() -> None:
-    previous = RolloutStatus(
-        revision="r2",
-        stable_revision="r1",
-        phase="Progressing",
-        wave=1,
-        step=0,
-        started_at=stamp(0),
-        step_entered_at=stamp(300),
-        step_started_at=stamp(310),
-        gates=list(PASS.results),
-    )
-    pools = [view("a", target="p3", stable="p2"), view("b", US, target="p3", canary="p2", ready=1)]
-    fresh = decide(pools, previous, now=400, revision="r3")
-    status = fresh.status
-    assert (status.phase, status.revision, status.wave, status.step) == ("Progressing", "r3", 0, 0)
-    assert (status.started_at, status.gates) == (stamp(400), [])
-    assert fresh.pools == {"a": PoolDirective("hold", 1, 0), "b": HOLD}
-    [(_, reason, message)] = fresh.events
-    assert reason == "RolloutStarted"
-    assert "replaces the rollout of r2" in message
-
-
-def test_a_new_revision_with_nothing_to_canary_abandons_the_rollout() -> None:
-    pools = [view("a", target="p1", stable="p1", canary="p2", ready=1), view("b", US, target="p1")]
-    pools[1] = view("b", US, target="p1", stable="p1")
-    calm = decide(pools, started().status, now=20, revision="r9")
-    assert (calm.status.phase, calm.status.stable_revision) == ("Stable", "r9")
-    assert calm.pools == {"a": TARGET, "b": TARGET}
-    assert reasons(calm) == ["RolloutAbandoned"]
-
-
-def test_judging_twice_never_skips_a_step() -> None:
-    running = started()
-    once = decide(A_READY, running.status, now=70, gates=PASS)
-    again = decide(A_READY, running.status, now=75, gates=PASS)  # status write lost: re-judged
-    assert (once.status.wave, once.status.step) == (again.status.wave, again.status.step) == (0, 1)
-    twice = decide(A_READY, once.status, now=75, gates=PASS)  # status written, judged again
-    assert twice.status == once.status
-    assert twice.events == ()
-
-
-def test_a_call_with_gates_not_due_changes_nothing() -> None:
-    running = started()
-    for gates in (None, PASS, GateReport((result("TtftP95", passed=False),))):
-        same = decide(A_READY, running.status, now=30, gates=gates)
-        assert same.status == running.status
-        assert same.events == ()
-
-
-def test_unparsable_timestamps_read_as_absent() -> None:
-    running = started()
-    broken = running.status.model_copy(
-        update={"step_entered_at": "yesterday", "step_started_at": "soon"}
-    )
-    repaired = decide(A_READY, broken, now=40)
-    assert repaired.status.step_entered_at == repaired.status.step_started_at == stamp(40)
-    lenient = running.status.model_copy(update={"step_started_at": "2026-01-01T00:00:10+00:00"})
-    assert decide(A_READY, lenient, now=70).gates_due
-
-
-def test_steps_removed_mid_rollout_are_clamped() -> None:
-    running = started()
-    ahead = running.status.model_copy(update={"step": 5, "wave": 7})
-    clamped = decide(A_READY, ahead, now=20, rollout=spec(steps=[{"weight": 20}]))
-    assert (clamped.status.wave, clamped.status.step) == (1, 0)
-
-
 # --- waves ----------------------------------------------------------------------------------
 
 
@@ -689,113 +441,3 @@ def test_explicit_waves_order_the_regions() -> None:
     first = decide(pools, STABLE_R1, rollout=us_first)
     assert first.status.regions == [US]
     assert first.pools == {"a": HOLD, "b": PoolDirective("hold", 1, 0)}
-
-
-# --- a whole rollout ------------------------------------------------------------------------
-
-
-@dataclass
-class SimPool:
-    """A pool in a simulated cluster: what is applied shows one call later, ready one more."""
-
-    name: str
-    region: str
-    target: str
-    stable: str | None
-    desired: int = 3
-    rolled: bool = True
-    canary: str | None = None
-    canary_ready: int = 0
-
-    def view(self) -> PoolView:
-        return PoolView(
-            self.name,
-            self.region,
-            self.target,
-            self.stable,
-            self.desired,
-            self.desired if self.rolled else 0,
-            self.rolled,
-            self.canary,
-            self.canary_ready,
-        )
-
-    def apply(self, directive: PoolDirective) -> None:
-        if directive.stable == "target" and self.stable != self.target:
-            self.stable, self.rolled = self.target, False
-        else:
-            self.rolled = True
-        if directive.canary_replicas == 0:
-            self.canary, self.canary_ready = None, 0
-        elif self.canary != self.target:
-            self.canary, self.canary_ready = self.target, 0
-        else:
-            self.canary_ready = directive.canary_replicas
-
-
-def test_a_whole_rollout_is_idempotent_and_never_double_steps() -> None:
-    rollout = spec(waveSize=1)
-    cluster = [
-        SimPool("a", EU, "p2", "p1"),
-        SimPool("b", US, "p2", "p1"),
-        SimPool("c", AP, "p2", "p1", desired=10),
-        SimPool("new", AP, "p2", None),
-    ]
-    status: RolloutStatus | None = STABLE_R1
-    phases: list[str] = []
-    positions: list[tuple[int, int]] = []
-    events: list[str] = []
-    now = 0
-    for _ in range(500):
-        pools = [p.view() for p in cluster]
-        decision = next_rollout(rollout, "r2", pools, status, None, at(now))
-        if decision.gates_due:
-            report = GateReport(tuple(result("ErrorRatio", pool=p.name) for p in cluster))
-            judged = next_rollout(rollout, "r2", pools, status, report, at(now))
-            rejudged = next_rollout(rollout, "r2", pools, judged.status, report, at(now))
-            assert rejudged.status == judged.status  # a second judgement is ignored
-            assert rejudged.events == ()
-            decision = replace(judged, events=decision.events + judged.events)
-        again = next_rollout(rollout, "r2", pools, decision.status, None, at(now))
-        assert again.status == decision.status
-        assert again.events == ()
-        assert again.pools == decision.pools
-        status = decision.status
-        events += reasons(decision)
-        if not phases or phases[-1] != status.phase:
-            phases.append(status.phase)
-        if status.phase == "Progressing" and (status.wave, status.step) not in positions:
-            positions.append((status.wave, status.step))
-        for p in cluster:
-            p.apply(decision.pools[p.name])
-        if status.phase == "Stable":
-            break
-        now += 10
-    assert status is not None
-    assert (status.phase, status.stable_revision) == ("Stable", "r2")
-    assert phases == ["Progressing", "Promoting"] * 3 + ["Stable"]
-    assert positions == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
-    assert events == [
-        "RolloutStarted",
-        *(["RolloutStepPassed"] * 2 + ["RolloutWavePromoted"]) * 2,
-        *["RolloutStepPassed"] * 2,
-        "RolloutPromoted",
-    ]
-    assert all(p.stable == "p2" and p.canary is None for p in cluster)
-
-
-def test_timestamps_in_the_future_count_from_now() -> None:
-    """A step's stamps ahead of the operator's clock (another replica's clock was ahead, a
-    hand edit): counted from now, so the step is judged and its deadline runs, instead of
-    the rollout waiting (unalerted) until the clock reaches them."""
-    skewed = started().status.model_copy(
-        update={"step_entered_at": stamp(86_400), "step_started_at": stamp(86_400)}
-    )
-    now = decide(A_READY, skewed, now=20)
-    assert now.status.step_started_at == stamp(20)
-    assert now.status.step_entered_at == stamp(20)
-    assert decide(A_READY, now.status, now=80).gates_due
-    # Canaries never ready: rolled back at the deadline from now.
-    waiting = skewed.model_copy(update={"step_started_at": None})
-    later = decide(OLD, decide(OLD, waiting, now=20).status, now=20 + 601)
-    assert later.status.phase == "RolledBack"
