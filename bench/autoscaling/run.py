@@ -128,7 +128,7 @@ class Kube:
         return json.loads(self.run(*args, "-o", "json"))
 
 
-def factory_doc(setup: str) -> dict[str, Any]:
+def factory_doc(setup: str, autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
     low, high = {"fixed-min": (LOW, LOW), "fixed-max": (HIGH, HIGH)}.get(setup, (LOW, HIGH))
     pools = [
         {"name": name, "region": region,
@@ -144,7 +144,7 @@ def factory_doc(setup: str) -> dict[str, Any]:
         "pools": pools,
     }
     if setup == "autoscaler":
-        spec["autoscaling"] = AUTOSCALING
+        spec["autoscaling"] = autoscaling or AUTOSCALING
     return {
         "apiVersion": "inference.factory.dev/v1alpha1",
         "kind": "InferenceFactory",
@@ -153,10 +153,19 @@ def factory_doc(setup: str) -> dict[str, Any]:
     }
 
 
-def apply_setup(kube: Kube, setup: str) -> None:
+def apply_setup(kube: Kube, setup: str, autoscaling: dict[str, Any] | None = None) -> None:
     """Server-side apply of the whole spec: a field the set-up drops (autoscaling) goes."""
     kube.run("apply", "--server-side", "--force-conflicts", "--field-manager=bench-autoscaling",
-             "-f", "-", input=json.dumps(factory_doc(setup)))  # fmt: skip
+             "-f", "-", input=json.dumps(factory_doc(setup, autoscaling)))  # fmt: skip
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s fields, nested objects merged (``--autoscaling``)."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 def pods_by_pool(kube: Kube) -> dict[str, int]:
@@ -349,7 +358,7 @@ def run_setup(
         # Start from the floor, as the day starts; then hand the pools to the autoscaler.
         apply_setup(kube, "fixed-min")
         wait_until(lambda: settled(kube, ctx, LOW), 300, "pools at 1", interval=2)
-    apply_setup(kube, setup)
+    apply_setup(kube, setup, args.autoscaling)
     wait_until(lambda: settled(kube, ctx, start_at), 300, f"{setup}: pools at {start_at}",
                interval=2)  # fmt: skip
     keys = {j.name: env["tenants"][j.tenant]["api_key"] for j in JURISDICTIONS}
@@ -476,7 +485,11 @@ def main() -> None:
                         help="the autoscaler's SLO attainment counts as fixed-max's when "
                         "within this (absolute)")  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--autoscaling", type=json.loads, default={},
+                        help="JSON merged into the autoscaler's spec.autoscaling (AUTOSCALING), "
+                        'e.g. \'{"scaleDown": {"maxStepReplicas": 2}}\'')  # fmt: skip
     args = parser.parse_args()
+    args.autoscaling = merged(AUTOSCALING, args.autoscaling)
 
     home = Path(args.home or tempfile.mkdtemp(prefix="autoscaling-bench-"))
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -504,7 +517,7 @@ def main() -> None:
                 "pools": {p: {"region": r, "accelerator": k, "behaviour": b}
                           for p, (r, k, b) in POOLS.items()},
                 "replicas": {"low": LOW, "high": HIGH}, "max_num_seqs": MAX_NUM_SEQS,
-                "autoscaling": AUTOSCALING, "price_per_replica_hour": prices(),
+                "autoscaling": args.autoscaling, "price_per_replica_hour": prices(),
             },
             "results": results,
             "aim": judge(results, args.slo_tolerance),
